@@ -1,0 +1,1 @@
+"""Prefect flows: one per DVC stage, plus the whole chain. Thin: tasks call `pipeline`."""

@@ -1,0 +1,73 @@
+"""The whole chain: `dvc repro` (each stage runs its own flow), then a metrics summary.
+
+DVC decides which stages are stale and caches their outputs; each stage's command starts
+its Prefect flow, so one pipeline run shows up as this flow plus one flow run per stage
+that actually ran. Run it with `ganpipe repro`, which provides a local Prefect server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
+
+from flows.evaluate import metrics_markdown
+from flows.stage import stage_task
+from pipeline import layout
+from pipeline.artifacts import read_json
+
+
+@stage_task
+def dvc_repro(dvc_args: list[str]) -> int:
+    """`dvc repro` as a child process, its output streamed to the terminal; returns its exit code.
+
+    The stage commands in dvc.yaml call `python`: this interpreter's directory goes first on
+    PATH so they run in the same environment even when it was not activated.
+    """
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    print("$ dvc repro " + " ".join(dvc_args))
+    return subprocess.run([sys.executable, "-m", "dvc", "repro", *dvc_args], env=env).returncode
+
+
+@stage_task
+def read_metrics() -> dict:
+    """Every metrics/*.json the stages wrote, keyed by file stem."""
+    return {p.stem: read_json(p) for p in sorted(Path("metrics").glob("*.json"))}
+
+
+def summary_markdown(metrics: dict) -> str:
+    parts = []
+    if "eval" in metrics:
+        parts.append(metrics_markdown(metrics["eval"]))
+    if "evaluator" in metrics:
+        parts.append(f"Evaluator val accuracy: {metrics['evaluator']['val_accuracy']:.4f}")
+    if "export" in metrics:
+        e = metrics["export"]
+        lat = e["latency_ms_batch16"]
+        parts.append(
+            f"ONNX parity: max |onnx - torch| = {e['max_abs_diff']:.2e} (tolerance {e['tolerance']}, "
+            f"{'passed' if e['parity_passed'] else 'FAILED'}); batch-16 latency: onnxruntime {lat['onnxruntime']} ms, "
+            f"torch {lat['torch']} ms on {', '.join(e['providers'])}"
+        )
+    return "\n\n".join(parts)
+
+
+@flow(name="ganpipe-pipeline")
+def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
+    """Bring every stage up to date with `dvc repro`, then publish the metrics."""
+    code = dvc_repro(list(dvc_args or []))
+    if code != 0:
+        return Failed(message=f"dvc repro failed with exit code {code} (the failing stage's message is above)")
+    metrics = read_metrics()
+    if metrics:
+        create_markdown_artifact(
+            key="ganpipe-pipeline",
+            markdown=summary_markdown(metrics),
+            description=f"metrics after dvc repro ({layout.PARAMS})",
+        )
+    return metrics

@@ -1,0 +1,163 @@
+"""params.yaml -> typed, validated configuration. The one place that knows the keys.
+
+Validation uses pydantic (already in the dependency tree through Prefect) so that a
+typo or a bad value fails at start-up with the exact key path, instead of deep inside
+a stage. Unknown keys are errors: a misspelt key silently ignored is a wasted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "folder"] = "digits"
+    path: str | None = None
+    image_size: int = Field(32, ge=8, le=1024)
+    channels: Literal[1, 3] = 1
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    on_error: Literal["fail", "skip"] = "fail"
+    max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb guard, pixels per image")
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"must be a power of two (8, 16, 32, 64, ...), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_for_folder(self) -> DataConfig:
+        if self.source == "folder" and not self.path:
+            raise ValueError("source 'folder' needs data.path (a directory, .zip, .tar or .tar.gz)")
+        return self
+
+
+class AugmentConfig(_Section):
+    diffaugment: str = Field("", description="comma-separated DiffAugment policies: color, translation, cutout")
+
+    @field_validator("diffaugment")
+    @classmethod
+    def _known_policies(cls, v: str) -> str:
+        known = {"color", "translation", "cutout"}
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        bad = [p for p in parts if p not in known]
+        if bad:
+            raise ValueError(f"unknown DiffAugment policy {bad}; known: {sorted(known)}")
+        return ",".join(parts)
+
+
+class ModelConfig(_Section):
+    arch: Literal["dcgan"] = "dcgan"
+    conditional: bool = False
+    latent_dim: int = Field(64, ge=1, le=4096)
+    g_channels: int = Field(64, ge=4, description="width of G's last hidden layer; doubles per block inwards")
+    d_channels: int = Field(64, ge=4, description="width of D's first layer; doubles per block inwards")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    loss: Literal["nonsaturating"] = "nonsaturating"
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sample_every: int = Field(500, ge=1)
+    log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+
+
+class EvaluatorConfig(_Section):
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    features: int = Field(128, ge=2, description="width of the penultimate layer used as the feature space")
+
+
+class EvaluateConfig(_Section):
+    feature_extractor: Literal["evaluator"] = "evaluator"
+    num_samples: int = Field(0, ge=0, description="generated samples per FID/KID; 0 = size of the val split")
+    kid_subset_size: int = Field(100, ge=2)
+    kid_subsets: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+
+
+class ExportConfig(_Section):
+    opset: int = Field(18, ge=18, description="opset < 18 cannot express the padded ops of the exporter")
+    parity_tolerance: float = Field(1e-4, gt=0)
+
+
+class Params(_Section):
+    seed: int = 0
+    task: Literal["generate"] = "generate"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    export: ExportConfig = ExportConfig()
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable short hash of the named top-level sections (for fingerprints and metadata)."""
+        payload = {s: _plain(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plain(v: Any) -> Any:
+    return v.model_dump(mode="json") if isinstance(v, BaseModel) else v
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid parameters"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Parameters')"
+        got = e.get("input")
+        got_txt = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {msg}{got_txt}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: Path | str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(Path(source), err)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the repository root or pass --params)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of groups, got {type(raw).__name__}")
+    return parse_params(raw, path)

@@ -1,0 +1,66 @@
+"""Reading the prepared dataset: memory-mapped arrays and a fast in-memory batch sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import read_json
+from pipeline.errors import MissingInput
+
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    images: np.ndarray  # uint8 [N, C, H, W], memory-mapped
+    labels: np.ndarray  # int64 [N]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_split(prepared_dir: Path | str, split: str) -> PreparedSplit:
+    """Open one split of `data/prepared/` without reading it all into RAM."""
+    d = Path(prepared_dir)
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    try:
+        images = np.load(d / f"{split}_images.npy", mmap_mode="r")
+        labels = np.load(d / f"{split}_labels.npy")
+        classes = read_json(d / "manifest.json")["classes"]
+    except FileNotFoundError as err:
+        raise MissingInput(f"{err.filename}: prepared data missing; run the prepare stage first") from None
+    return PreparedSplit(images=images, labels=labels, classes=classes)
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1], the range every model here works in."""
+    t = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copies read-only mmaps
+    return t.float().div_(127.5).sub_(1.0)
+
+
+class BatchSampler:
+    """Random mini-batches with replacement across epochs, driven by its own torch.Generator.
+
+    The whole split lives in one float tensor (small datasets) and batches are index
+    gathers, which is far faster than a DataLoader for 32x32 images. Its generator state
+    is part of the training checkpoint, so a resumed run draws the same batches.
+    """
+
+    def __init__(self, split: PreparedSplit, batch_size: int, seed: int, device: torch.device):
+        self.images = to_float(split.images).to(device)
+        self.labels = torch.as_tensor(split.labels).to(device)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self), (self.batch_size,), generator=self.generator).to(self.device)
+        return self.images[idx], self.labels[idx]

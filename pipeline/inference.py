@@ -1,0 +1,147 @@
+"""ONNX Runtime inference for exported generators. No torch import: deployments need only
+onnxruntime, numpy and Pillow.
+
+Provider choice: onnxruntime-gpu lists CUDAExecutionProvider even on machines without a
+GPU, and asking for it there prints native library load errors before silently falling
+back to CPU. So CUDA is requested only when an NVIDIA device is really present, with ORT's
+logger muted during the attempt, and the providers actually obtained are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.errors import UserError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class ModelError(UserError, ValueError):
+    """The ONNX file is missing, unreadable, or not a ganpipe generator."""
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA GPU is visible to this process (device node or nvidia-smi)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def create_session(path: Path | str, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
+    """An InferenceSession on CUDA when usable (device auto|cuda), else CPU, without CUDA noise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: ONNX model not found")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers() and gpu_present()
+    if device == "cuda" and not want_cuda:
+        raise ModelError("device 'cuda' requested but no usable NVIDIA GPU / CUDA provider is present")
+    providers = [CUDA, CPU] if want_cuda else [CPU]
+    ort.set_default_logger_severity(4 if want_cuda else 3)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as err:  # onnxruntime raises its own (non-exported) exception types
+        raise ModelError(f"{path}: cannot be loaded by ONNX Runtime: {err}") from None
+    finally:
+        ort.set_default_logger_severity(3)
+    if device == "cuda" and CUDA not in session.get_providers():
+        raise ModelError(f"{path}: CUDA provider could not be initialised; got {session.get_providers()}")
+    return session
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    task: str
+    latent_dim: int
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    channels: int
+    arch: str
+    metadata: dict[str, str]
+
+
+def model_info(session: ort.InferenceSession, path: Path | str = "model") -> ModelInfo:
+    """Read the ganpipe.* metadata_props that the export stage writes."""
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    try:
+        return ModelInfo(
+            task=meta["ganpipe.task"],
+            latent_dim=int(meta.get("ganpipe.latent_dim", 0)),
+            num_classes=int(meta.get("ganpipe.num_classes", 0)),
+            class_names=json.loads(meta.get("ganpipe.class_names", "[]")),
+            image_size=int(meta["ganpipe.image_size"]),
+            channels=int(meta["ganpipe.channels"]),
+            arch=meta.get("ganpipe.arch", "?"),
+            metadata=meta,
+        )
+    except (KeyError, ValueError) as err:
+        raise ModelError(f"{path}: not a ganpipe export (metadata {err} missing or malformed)") from None
+
+
+class OnnxGenerator:
+    """Sample images from an exported generator: z ~ N(0, I) from a seeded NumPy RNG."""
+
+    def __init__(self, path: Path | str, device: str = "auto", threads: int = 0):
+        self.path = Path(path)
+        self.session = create_session(path, device, threads)
+        self.info = model_info(self.session, path)
+        if self.info.task != "generate":
+            raise ModelError(f"{path}: is a {self.info.task!r} model, not an image generator")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def resolve_labels(self, n: int, labels: list[str | int] | None) -> np.ndarray | None:
+        """Class indices for n samples: given names/indices cycled, or every class in turn."""
+        if not self.info.num_classes:
+            if labels:
+                raise ModelError(f"{self.path}: unconditional model; it takes no labels")
+            return None
+        if not labels:
+            return np.arange(n, dtype=np.int64) % self.info.num_classes
+        idx = []
+        for lab in labels:
+            if str(lab) in self.info.class_names:
+                idx.append(self.info.class_names.index(str(lab)))
+            elif str(lab).lstrip("-").isdigit() and 0 <= int(lab) < self.info.num_classes:
+                idx.append(int(lab))
+            else:
+                raise ModelError(f"unknown label {lab!r}; this model's classes are {self.info.class_names}")
+        return np.resize(np.array(idx, dtype=np.int64), n)
+
+    def generate(self, n: int, seed: int = 0, labels: list[str | int] | None = None, batch_size: int = 256):
+        """[n, C, H, W] float32 images in [-1, 1]."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rng = np.random.default_rng(seed)
+        z = rng.standard_normal((n, self.info.latent_dim), dtype=np.float32)
+        y = self.resolve_labels(n, labels)
+        out = []
+        for i in range(0, n, batch_size):
+            feed = {"z": z[i : i + batch_size]}
+            if y is not None:
+                feed["labels"] = y[i : i + batch_size]
+            out.append(self.session.run(["images"], feed)[0])
+        return np.concatenate(out)

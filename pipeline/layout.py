@@ -1,0 +1,24 @@
+"""Artifact paths, relative to the repository root. A contract: dvc.yaml, the flows, the
+CLI and users' deployments all rely on these names (see DESIGN.md)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+PREPARED = Path("data/prepared")
+DATA_REPORT = Path("reports/data_report.json")
+
+EVALUATOR = Path("models/evaluator.pt")
+EVALUATOR_METRICS = Path("metrics/evaluator.json")
+
+CHECKPOINTS = Path("models/checkpoints")
+GENERATOR = Path("models/generator.pt")
+DVCLIVE = Path("dvclive")
+SAMPLES = Path("reports/samples.png")
+
+EVAL_METRICS = Path("metrics/eval.json")
+EVAL_COMPARISON = Path("reports/eval_comparison.png")
+
+ONNX_GENERATOR = Path("exports/generator.onnx")
+MODEL_CARD = Path("exports/model_card.json")
+EXPORT_METRICS = Path("metrics/export.json")

@@ -1,0 +1,56 @@
+"""FID and KID between two sets of features, computed by torchmetrics.
+
+Features are extracted once per image set and passed through an identity module, so the
+real reference set is embedded once and reused for every comparison (model, floor,
+ceiling). torchmetrics accepts a custom feature module when it has an integer
+`num_features`; without it, it probes with a uint8 299x299 image and fails.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+
+class PrecomputedFeatures(nn.Module):
+    """Identity 'extractor': the inputs handed to torchmetrics already are features."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = int(num_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def fid_kid(
+    real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int = 100, kid_subsets: int = 100, seed: int = 0
+) -> dict[str, float]:
+    """FID, and KID mean/std over random subsets, between feature sets [N, F] and [M, F].
+
+    KID's subset size is clipped to the smaller set. Its subsets are drawn from torch's
+    global RNG, so it is seeded here and the result is reproducible.
+    """
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature sets must be [N, F] with equal F, got {tuple(real.shape)} and {tuple(fake.shape)}")
+    dim = real.shape[1]
+    real, fake = real.double(), fake.double()
+    fid = FrechetInceptionDistance(feature=PrecomputedFeatures(dim), reset_real_features=False)
+    fid.set_dtype(torch.float64)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    subset = min(kid_subset_size, len(real), len(fake))
+    with warnings.catch_warnings():  # "will save all extracted features": they are small here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=PrecomputedFeatures(dim), subsets=kid_subsets, subset_size=subset)
+    kid.set_dtype(torch.float64)
+    kid.update(real, real=True)
+    kid.update(fake, real=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}

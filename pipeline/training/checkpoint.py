@@ -1,0 +1,61 @@
+"""Training checkpoints: written atomically, the last two kept, a corrupt newest one skipped.
+
+A checkpoint carries a fingerprint of everything that shapes training except its length,
+so a rerun after a crash, or with more `train.steps`, continues exactly, while a run with
+other settings never resumes from weights trained under different ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.artifacts import atomic_path
+
+log = logging.getLogger(__name__)
+KEEP = 2
+_NAME = re.compile(r"^ckpt_(\d{7})\.pt$")
+
+
+def checkpoint_files(directory: Path | str) -> list[Path]:
+    """Checkpoints in `directory`, newest (highest step) first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(directory: Path | str, step: int, state: dict[str, Any]) -> Path:
+    """Write `ckpt_<step>.pt` atomically and prune to the newest KEEP."""
+    target = Path(directory) / f"ckpt_{step:07d}.pt"
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
+    for old in checkpoint_files(directory)[KEEP:]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def load_latest(directory: Path | str, fingerprint: str, max_step: int) -> dict[str, Any] | None:
+    """The newest readable checkpoint made under `fingerprint` at a step <= `max_step`.
+
+    Unreadable checkpoints are skipped with a warning; checkpoints from other settings are
+    removed (they cannot be resumed and would shadow the new run's own).
+    """
+    for path in checkpoint_files(directory):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated or corrupt file: fall back to the previous one
+            log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, err)
+            continue
+        if state.get("fingerprint") != fingerprint or state.get("step", 0) > max_step:
+            log.warning("checkpoint %s was made with other settings; starting from scratch", path)
+            for stale in checkpoint_files(directory):
+                stale.unlink(missing_ok=True)
+            return None
+        return state
+    return None
