@@ -45,6 +45,21 @@ def png_bytes(array: np.ndarray, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
+def save_panels(panels: list[np.ndarray], path: Path | str, nrow: int = 4, gap: int = 8, scale: int = 2) -> Path:
+    """Write grids of several image sets side by side (e.g. real | generated) as one PNG."""
+    grids = [make_grid(p, nrow) for p in panels]
+    height = max(g.shape[0] for g in grids)
+    channels = max(g.shape[2] for g in grids)
+    parts = []
+    for i, g in enumerate(grids):
+        g = np.pad(g, ((0, height - g.shape[0]), (0, 0), (0, 0)))
+        parts.append(np.repeat(g, channels // g.shape[2], axis=2))
+        if i < len(grids) - 1:
+            parts.append(np.full((height, gap, channels), 128, np.uint8))  # grey divider
+    write_bytes(path, png_bytes(np.concatenate(parts, axis=1), scale=scale))
+    return Path(path)
+
+
 def save_grid(images: np.ndarray, path: Path | str, nrow: int | None = None, scale: int = 2) -> Path:
     """Write a grid PNG of [N, C, H, W] images atomically; returns the path."""
     write_bytes(path, png_bytes(make_grid(images, nrow), scale=scale))

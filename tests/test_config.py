@@ -38,11 +38,11 @@ def test_bad_values_name_the_key_and_the_problem(raw, key, fragment):
 
 
 def test_missing_and_malformed_files_are_reported_by_name(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml: not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: not found"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
         load_params(bad)
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")

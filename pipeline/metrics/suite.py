@@ -20,7 +20,7 @@ from torch import nn
 from pipeline import layout
 from pipeline.config import ModelConfig, Params
 from pipeline.data.dataset import load_split, to_float
-from pipeline.grid import save_grid
+from pipeline.grid import save_panels
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.models import build_generator
@@ -118,5 +118,5 @@ def evaluate(
     if comparison_png:
         k = min(32, n)
         real = to_float(np.asarray(val.images[np.sort(val_idx)[:k]])).numpy()
-        save_grid(np.concatenate([real, fakes[:k].numpy()]), comparison_png, nrow=8, scale=3)
+        save_panels([real, fakes[:k].numpy()], comparison_png, nrow=4, scale=3)  # real | generated
     return result

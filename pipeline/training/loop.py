@@ -193,14 +193,17 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         done = step + 1
         images_window += cfg.batch_size
         bar.update(1)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            ld, lg = loss_d.item(), loss_g.item()  # the only host syncs: at log steps
+        log_now = done % cfg.log_every == 0 or done == cfg.steps
+        checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        if log_now or checkpoint_now:  # the only host syncs: never checkpoint or log a diverged model
+            ld, lg = loss_d.item(), loss_g.item()
             if not (np.isfinite(ld) and np.isfinite(lg)):
                 live.end()
                 raise TrainingDiverged(
                     f"loss became non-finite at step {done} (loss_D={ld}, loss_G={lg}); "
                     f"the last good checkpoint in {paths.checkpoints} is kept. Lower train.lr_* and rerun."
                 )
+        if log_now:
             now = time.perf_counter()
             live.step = done
             live.log_metric("train/loss_D", ld)
@@ -214,7 +217,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             grid = make_grid(sample(G_ema, z_fixed, y_fixed, device), nrow=8)
             live.step = done
             live.log_image(f"samples/{done:07d}.png", grid[..., 0] if grid.shape[-1] == 1 else grid)
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if checkpoint_now:
             checkpoint(done)
     bar.close()
     live.end()

@@ -1,0 +1,25 @@
+# The two commands of the README. Both create ./.venv and install the project first.
+#   make repro   - run the whole pipeline (dvc repro, through a local Prefect server)
+#   make test    - lint and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup repro test bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+repro: setup
+	$(VENV)/bin/ganpipe repro
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,173 @@
+import io
+import json
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import DataConfig
+from pipeline.data.dataset import load_split
+from pipeline.data.prepare import DataError, prepare, split_of
+
+
+def png(color: int, size=(12, 10), mode="L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_folder(root, per_class=6):
+    for cls, base in (("cat", 40), ("dog", 160)):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            (root / cls / f"{i:02d}.png").write_bytes(png(base + i))
+    return root
+
+
+def folder_cfg(path, **kw) -> DataConfig:
+    return DataConfig(source="folder", path=str(path), image_size=8, val_fraction=0.3, **kw)
+
+
+def test_digits_prepare_writes_uniform_arrays_manifest_and_stats(tmp_path):
+    res = prepare(DataConfig(image_size=16), tmp_path / "prepared", tmp_path / "report.json")
+    train, val = load_split(tmp_path / "prepared", "train"), load_split(tmp_path / "prepared", "val")
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (1, 16, 16)
+    assert len(train.labels) + len(val.labels) == 1797  # every real sklearn digit, none dropped
+    assert train.classes == [str(i) for i in range(10)]
+    assert isinstance(train.images, np.memmap)  # readable without loading into RAM
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert len(manifest["files"]) == 1797
+    assert all(len(f["sha256"]) == 64 and f["split"] in ("train", "val") for f in manifest["files"])
+    stats = json.loads((tmp_path / "prepared" / "stats.json").read_text())
+    assert stats["splits"]["train"]["count"] == res.counts["train"] == len(train.labels)
+    assert sum(stats["splits"]["val"]["per_class"].values()) == len(val.labels)
+    assert stats["original_sizes"] == {"8x8": 1797}
+    assert 0.1 < res.counts["val"] / 1797 < 0.3  # val_fraction 0.2, hash-based
+
+
+def test_split_is_deterministic_and_stable_when_the_dataset_grows(tmp_path):
+    src = make_folder(tmp_path / "src")
+    prepare(folder_cfg(src), tmp_path / "a", tmp_path / "ra.json")
+    for i in range(20):
+        (src / "cat" / f"new{i}.png").write_bytes(png(100 + i))
+    prepare(folder_cfg(src), tmp_path / "b", tmp_path / "rb.json")
+    before = {f["name"]: f["split"] for f in json.loads((tmp_path / "a/manifest.json").read_text())["files"]}
+    after = {f["name"]: f["split"] for f in json.loads((tmp_path / "b/manifest.json").read_text())["files"]}
+    assert all(after[name] == split for name, split in before.items())
+    assert split_of("0" * 64, 0.2) == "val" and split_of("f" * 64, 0.2) == "train"
+
+
+def test_folder_classes_come_from_subfolders(tmp_path):
+    src = make_folder(tmp_path / "src")
+    prepare(folder_cfg(src), tmp_path / "out", tmp_path / "r.json")
+    train = load_split(tmp_path / "out", "train")
+    val = load_split(tmp_path / "out", "val")
+    assert train.classes == ["cat", "dog"]
+    labels = np.concatenate([train.labels, val.labels])
+    assert sorted(np.bincount(labels).tolist()) == [6, 6]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_archives_give_the_same_dataset_as_the_folder(tmp_path, kind):
+    src = make_folder(tmp_path / "src")
+    archive = tmp_path / f"data.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for f in sorted(src.rglob("*.png")):
+                zf.write(f, f.relative_to(src).as_posix())
+    else:
+        with tarfile.open(archive, "w:gz" if kind == "tar.gz" else "w") as tf:
+            for f in sorted(src.rglob("*.png")):
+                tf.add(f, f.relative_to(src).as_posix())
+    prepare(folder_cfg(src), tmp_path / "from_dir", tmp_path / "r1.json")
+    prepare(folder_cfg(archive), tmp_path / "from_archive", tmp_path / "r2.json")
+    for split in ("train", "val"):
+        a, b = load_split(tmp_path / "from_dir", split), load_split(tmp_path / "from_archive", split)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def add_bad_files(src):
+    (src / "cat" / "empty.png").write_bytes(b"")
+    (src / "cat" / "notes.png").write_bytes(b"this is a text file, not a picture")
+    (src / "dog" / "truncated.png").write_bytes(png(200, size=(64, 64))[:60])
+
+
+def test_fail_mode_names_every_bad_file_and_writes_nothing(tmp_path):
+    src = make_folder(tmp_path / "src")
+    add_bad_files(src)
+    out = tmp_path / "prepared"
+    with pytest.raises(DataError) as err:
+        prepare(folder_cfg(src), out, tmp_path / "report.json")
+    msg = str(err.value)
+    assert "cat/empty.png: empty file (0 bytes)" in msg
+    assert "cat/notes.png: not an image" in msg
+    assert "dog/truncated.png: cannot be decoded" in msg
+    assert "3 of 15" in msg
+    assert not out.exists() and not (tmp_path / "report.json").exists()
+    assert not list(tmp_path.glob(".prepared*"))  # no temporary left behind
+
+
+def test_fail_mode_keeps_a_previous_good_dataset_intact(tmp_path):
+    src = make_folder(tmp_path / "src")
+    out = tmp_path / "prepared"
+    prepare(folder_cfg(src), out, tmp_path / "report.json")
+    before = (out / "manifest.json").read_bytes()
+    add_bad_files(src)
+    with pytest.raises(DataError):
+        prepare(folder_cfg(src), out, tmp_path / "report.json")
+    assert (out / "manifest.json").read_bytes() == before
+
+
+def test_skip_mode_leaves_bad_files_out_and_reports_each(tmp_path):
+    src = make_folder(tmp_path / "src")
+    add_bad_files(src)
+    res = prepare(folder_cfg(src, on_error="skip"), tmp_path / "out", tmp_path / "report.json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {s["file"] for s in report["skipped"]} == {"cat/empty.png", "cat/notes.png", "dog/truncated.png"}
+    assert report["files_seen"] == 15 and report["files_used"] == 12
+    assert sum(res.counts.values()) == 12
+
+
+def test_decompression_bomb_guard_refuses_oversized_images(tmp_path):
+    src = make_folder(tmp_path / "src")
+    (src / "dog" / "huge.png").write_bytes(png(9, size=(400, 400)))
+    with pytest.raises(DataError, match=r"dog/huge.png: more than data.max_pixels=50000"):
+        prepare(folder_cfg(src, max_pixels=50_000), tmp_path / "out", tmp_path / "r.json")
+
+
+def test_zip_member_escaping_the_archive_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cat/ok.png", png(10))
+        zf.writestr("../../etc/evil.png", png(20))
+    with pytest.raises(DataError, match=r"escapes the archive"):
+        prepare(folder_cfg(archive), tmp_path / "out", tmp_path / "r.json")
+
+
+def test_missing_source_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(folder_cfg(tmp_path / "nowhere"), tmp_path / "out", tmp_path / "r.json")
+
+
+def test_colour_modes_are_converted_by_the_documented_rules(tmp_path):
+    src = tmp_path / "src" / "x"
+    src.mkdir(parents=True)
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(src / "transparent.png")  # alpha 0 -> black
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(src / "cmyk.jpg")  # no ink -> white
+    Image.new("I;16", (8, 8), 65535).save(src / "deep.png")  # 16-bit max -> 255
+    Image.new("P", (8, 8), 0).save(src / "palette.png")
+    cfg = DataConfig(source="folder", path=str(tmp_path / "src"), image_size=8, channels=3, val_fraction=0.5)
+    prepare(cfg, tmp_path / "out", tmp_path / "r.json")
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    pixels = {}
+    for split in ("train", "val"):
+        s = load_split(tmp_path / "out", split)
+        names = [f["name"] for f in manifest["files"] if f["split"] == split]
+        pixels.update({n.split("/")[-1]: s.images[i] for i, n in enumerate(names)})
+    assert pixels["transparent.png"].max() == 0
+    assert pixels["cmyk.jpg"].min() >= 250
+    assert pixels["deep.png"].min() == 255
+    assert all(p.shape == (3, 8, 8) for p in pixels.values())

@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.config import ModelConfig
+from pipeline.export import ExportError, export_generator
+from pipeline.inference import ModelError, OnnxGenerator, create_session
+from pipeline.models import build_generator
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def save_generator(path: Path, conditional: bool = False, classes=("a", "b", "c")) -> Path:
+    cfg = ModelConfig(latent_dim=8, g_channels=8, conditional=conditional)
+    torch.manual_seed(0)
+    n = len(classes) if conditional else 0
+    g = build_generator(cfg, 16, 1, n)
+    spec = {"model": cfg.model_dump(mode="json"), "image_size": 16, "channels": 1, "num_classes": n,
+            "class_names": list(classes) if conditional else []}  # fmt: skip
+    torch.save({"spec": spec, "state_dict": g.eval().state_dict(), "steps": 0}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    metrics = export_generator(save_generator(root / "g.pt"), root / "generator.onnx", params_hash="abc123",
+                               card_path=root / "card.json")  # fmt: skip
+    return root, metrics
+
+
+@pytest.fixture(scope="module")
+def exported_conditional(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_cond")
+    export_generator(save_generator(root / "g.pt", conditional=True), root / "generator.onnx")
+    return root
+
+
+def test_export_follows_the_onnx_contract(exported):
+    root, _ = exported
+    model = onnx.load(root / "generator.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["z"]
+    assert [o.name for o in model.graph.output] == ["images"]
+    z_dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert z_dims[0].dim_param and not z_dims[0].dim_value  # dynamic batch
+    assert z_dims[1].dim_value == 8
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["ganpipe.task"] == "generate" and meta["ganpipe.latent_dim"] == "8"
+    assert meta["ganpipe.num_classes"] == "0" and json.loads(meta["ganpipe.class_names"]) == []
+    assert meta["ganpipe.image_size"] == "16" and meta["ganpipe.channels"] == "1"
+    assert meta["ganpipe.arch"] == "dcgan" and meta["ganpipe.params_hash"] == "abc123"
+    assert len(meta["ganpipe.git_rev"]) in (40, len("unknown"))
+    assert not list(root.glob("*.data"))  # weights embedded, no external data file
+
+
+def test_export_parity_with_pytorch_is_measured_and_recorded(exported):
+    root, metrics = exported
+    assert metrics["parity_passed"] and metrics["max_abs_diff"] <= 1e-4
+    assert set(metrics["max_abs_diff_per_batch"]) == {"batch_1", "batch_16"}
+    assert metrics["providers"] == ["CPUExecutionProvider"]
+    assert metrics["latency_ms_batch16"]["onnxruntime"] > 0 and metrics["latency_ms_batch16"]["torch"] > 0
+    card = json.loads((root / "card.json").read_text())
+    assert card["inputs"][0]["name"] == "z" and card["outputs"][0]["shape"] == ["N", 1, 16, 16]
+
+
+def test_onnx_runs_any_batch_size_and_matches_torch(exported, tmp_path):
+    root, _ = exported
+    sess = create_session(root / "generator.onnx")
+    blob = torch.load(root / "g.pt", weights_only=True)
+    g = build_generator(ModelConfig(latent_dim=8, g_channels=8), 16, 1)
+    g.load_state_dict(blob["state_dict"])
+    g.eval()
+    for n in (3, 33):
+        z = np.random.default_rng(n).standard_normal((n, 8), dtype=np.float32)
+        out = sess.run(["images"], {"z": z})[0]
+        with torch.no_grad():
+            ref = g(torch.from_numpy(z)).numpy()
+        assert out.shape == (n, 1, 16, 16)
+        assert np.abs(out - ref).max() <= 1e-4
+        assert out.min() >= -1 and out.max() <= 1
+
+
+def test_conditional_export_takes_labels(exported_conditional):
+    model = onnx.load(exported_conditional / "generator.onnx")
+    assert [i.name for i in model.graph.input] == ["z", "labels"]
+    assert model.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    gen = OnnxGenerator(exported_conditional / "generator.onnx")
+    assert gen.info.class_names == ["a", "b", "c"]
+    a = gen.generate(4, seed=1, labels=["a"])
+    c = gen.generate(4, seed=1, labels=["c"])
+    assert a.shape == (4, 1, 16, 16) and not np.allclose(a, c)
+    np.testing.assert_array_equal(gen.generate(4, seed=1, labels=["2"]), c)  # index or name
+    with pytest.raises(ModelError, match="unknown label 'z'"):
+        gen.generate(2, labels=["z"])
+
+
+def test_failed_parity_writes_no_model(tmp_path):
+    with pytest.raises(ExportError, match="not written"):
+        export_generator(save_generator(tmp_path / "g.pt"), tmp_path / "out.onnx", tolerance=1e-30)
+    assert not (tmp_path / "out.onnx").exists()
+    assert not list(tmp_path.glob(".out.onnx*"))
+
+
+def run_cli(*args, env_extra=None, block_torch=True):
+    """Run `ganpipe` in a fresh interpreter; with block_torch, importing torch fails."""
+    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
+    code = prelude + "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-c", "import sys; " + code, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_generate_cli_writes_a_grid_without_torch(exported, tmp_path):
+    root, _ = exported
+    out = tmp_path / "grid.png"
+    res = run_cli("generate", "--model", str(root / "generator.onnx"), "-n", "6", "--seed", "3", "--out", str(out),
+                  "--nrow", "3", "--scale", "1")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "CPUExecutionProvider" in res.stdout
+    assert "CUDA" not in res.stderr  # no native provider-load noise on a CPU machine
+    img = Image.open(out)
+    assert img.size == (3 * 18 + 2, 2 * 18 + 2)  # 3 x 2 tiles of 16 px with 2 px padding
+    again = tmp_path / "again.png"
+    run_cli("generate", "--model", str(root / "generator.onnx"), "-n", "6", "--seed", "3", "--out", str(again),
+            "--nrow", "3", "--scale", "1")  # fmt: skip
+    assert out.read_bytes() == again.read_bytes()  # same seed, same picture
+
+
+def test_generate_cli_reports_bad_input_clearly(exported, tmp_path):
+    root, _ = exported
+    res = run_cli("generate", "--model", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and "missing.onnx: ONNX model not found" in res.stderr
+    res = run_cli("generate", "--model", str(root / "generator.onnx"), "--label", "7", "--out", str(tmp_path / "y.png"))
+    assert res.returncode == 2 and "unconditional model" in res.stderr
+    not_onnx = tmp_path / "junk.onnx"
+    not_onnx.write_text("hello")
+    res = run_cli("generate", "--model", str(not_onnx), "--out", str(tmp_path / "z.png"))
+    assert res.returncode == 2 and "junk.onnx: cannot be loaded" in res.stderr
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "z.png").exists()

@@ -1,0 +1,154 @@
+"""The whole pipeline through real DVC and real Prefect, in a temporary git repository."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from conftest import REPO, TINY, merge, write_params
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+STAGES = ["prepare", "evaluator", "train", "evaluate", "export"]
+
+
+def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+    return res
+
+
+def flow_run_names(api_url: str) -> list[str]:
+    """Names of the flows of every flow run the Prefect server has recorded, oldest first."""
+    from prefect.client.orchestration import get_client
+
+    async def fetch():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(limit=200)
+            flows = {f.id: f.name for f in await client.read_flows(limit=200)}
+            return [flows[r.flow_id] for r in sorted(runs, key=lambda r: r.created)]
+
+    return asyncio.run(fetch())
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_api) -> Path:
+    """A copy of the project's tracked files as a fresh git + DVC repository with tiny params."""
+    root = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file() and f != "dvc.lock":
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, root / f)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    write_params(root / "params.yaml", merge(params, TINY))
+    sh(["git", "init", "-q"], root)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "init", "--allow-empty"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "code"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(repo, prefect_api):
+    before = flow_run_names(prefect_api)
+    res = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    return res, flow_run_names(prefect_api)[len(before) :]
+
+
+def test_repro_runs_every_stage_as_a_prefect_flow(first_run):
+    res, runs = first_run
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in res.stdout
+    assert runs == STAGES  # one flow run per stage, in pipeline order, on the shared server
+
+
+def test_evaluate_flow_publishes_the_metrics_table_as_a_prefect_artifact(first_run, prefect_api):
+    import httpx
+
+    found = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ganpipe-eval"]}}})
+    tables = [a["data"] for a in found.json()]
+    assert tables and "untrained generator (ceiling)" in tables[-1] and "real held-out images (floor)" in tables[-1]
+
+
+def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
+    for rel in ["data/prepared/train_images.npy", "data/prepared/manifest.json", "data/prepared/stats.json",
+                "reports/data_report.json", "models/evaluator.pt", "metrics/evaluator.json",
+                "models/generator.pt", "reports/samples.png", "dvclive/metrics.json",
+                "reports/eval_comparison.png", "metrics/eval.json", "exports/generator.onnx",
+                "exports/model_card.json", "metrics/export.json", "dvc.lock"]:  # fmt: skip
+        assert (repo / rel).is_file(), rel
+    assert len(list((repo / "models/checkpoints").glob("ckpt_*.pt"))) == 2
+    assert Image.open(repo / "reports/samples.png").format == "PNG"
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert ev["fid_real_floor"] < ev["fid_untrained_ceiling"]
+    assert ev["num_samples"] == len(np.load(repo / "data/prepared/val_labels.npy"))
+    assert 0 <= json.loads((repo / "metrics/evaluator.json").read_text())["val_accuracy"] <= 1
+
+
+def test_exported_model_matches_pytorch_and_carries_metadata(repo, first_run):
+    export = json.loads((repo / "metrics/export.json").read_text())
+    assert export["parity_passed"] is True and export["max_abs_diff"] <= 1e-4
+    meta = {p.key: p.value for p in onnx.load(repo / "exports/generator.onnx").metadata_props}
+    head = sh(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert meta["ganpipe.git_rev"] == head and meta["ganpipe.image_size"] == "16"
+    res = sh([sys.executable, "-m", "pipeline.cli", "generate", "-n", "4", "--out", "g.png"], repo)
+    assert "wrote 4 samples" in res.stdout and (repo / "g.png").is_file()
+
+
+def test_second_repro_with_nothing_changed_runs_no_stage(repo, first_run, prefect_api):
+    before = flow_run_names(prefect_api)
+    generator_mtime = (repo / "models/generator.pt").stat().st_mtime_ns
+    res = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    assert "Running stage" not in res.stdout
+    assert "Data and pipelines are up to date" in res.stdout
+    assert flow_run_names(prefect_api) == before
+    assert (repo / "models/generator.pt").stat().st_mtime_ns == generator_mtime
+
+
+def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run, prefect_api):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["steps"] = TINY["train"]["steps"] + 6
+    write_params(repo / "params.yaml", params)
+    prepared_mtime = (repo / "data/prepared/train_images.npy").stat().st_mtime_ns
+    before = flow_run_names(prefect_api)
+    # through the main command this time: it must reuse the running Prefect API, not start one
+    res = sh([sys.executable, "-m", "pipeline.cli", "repro"], repo)
+    out = res.stdout + res.stderr
+    assert f"Prefect API: {prefect_api}" in out
+    for stage in ("train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("prepare", "evaluator"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    assert "resumed from 12" in out  # the persisted checkpoint is continued, not retrained
+    assert flow_run_names(prefect_api)[len(before) :] == ["ganpipe-pipeline", "train", "evaluate", "export"]
+    assert (repo / "data/prepared/train_images.npy").stat().st_mtime_ns == prepared_mtime
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 18
+    assert "FID" in res.stdout  # the summary table is printed at the end
+
+
+def test_bad_params_fail_the_stage_with_the_key_named(repo, first_run):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["batch_sise"] = 3
+    write_params(repo / "params.yaml", params)
+    try:
+        res = sh([sys.executable, "-m", "flows.train"], repo, check=False)
+        assert res.returncode == 2
+        assert "train.batch_sise: unknown key" in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        del params["train"]["batch_sise"]
+        write_params(repo / "params.yaml", params)

@@ -1,0 +1,99 @@
+import shutil
+
+import pytest
+import torch
+from conftest import tiny_params
+
+from pipeline.training.checkpoint import checkpoint_files
+from pipeline.training.loop import TrainingDiverged, TrainPaths, load_generator, train
+
+
+def paths(root, prepared) -> TrainPaths:
+    return TrainPaths(prepared=prepared, checkpoints=root / "ckpt", generator=root / "generator.pt",
+                      live_dir=root / "dvclive", samples=root / "samples.png")  # fmt: skip
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_writes_generator_samples_checkpoints_and_dvclive(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    res = train(tiny_params(), p, progress=False)
+    assert res.steps == 12 and res.resumed_from == 0
+    g, spec = load_generator(p.generator)
+    assert spec["image_size"] == 16 and spec["num_classes"] == 0 and not g.training
+    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
+    assert (p.live_dir / "plots/metrics/train/loss_D.tsv").read_text().count("\n") == 1 + 12 // 3
+    assert sorted(f.name for f in (p.live_dir / "plots/images/samples").iterdir()) == ["0000006.png", "0000012.png"]
+    assert p.samples.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run_bit_for_bit(prepared_digits, tmp_path):
+    full = paths(tmp_path / "full", prepared_digits)
+    train(tiny_params(), full, progress=False)
+    # "crash" after step 6: keep only the step-6 checkpoint, then rerun with the same settings
+    part = paths(tmp_path / "part", prepared_digits)
+    train(tiny_params(train={"steps": 6}), part, progress=False)
+    res = train(tiny_params(), part, progress=False)
+    assert res.resumed_from == 6
+    assert_same_weights(weights(full.generator), weights(part.generator))
+    full_ckpt = torch.load(full.checkpoints / "ckpt_0000012.pt", weights_only=True)
+    part_ckpt = torch.load(part.checkpoints / "ckpt_0000012.pt", weights_only=True)
+    assert_same_weights(full_ckpt["D"], part_ckpt["D"])
+
+
+def test_changed_settings_never_resume_from_old_checkpoints(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(), p, progress=False)
+    res = train(tiny_params(train={"lr_g": 1e-3}), p, progress=False)
+    assert res.resumed_from == 0
+    fresh = paths(tmp_path / "fresh", prepared_digits)
+    train(tiny_params(train={"lr_g": 1e-3}), fresh, progress=False)
+    assert_same_weights(weights(p.generator), weights(fresh.generator))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(prepared_digits, tmp_path, caplog):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(train={"steps": 12}), p, progress=False)
+    newest = checkpoint_files(p.checkpoints)[0]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
+    res = train(tiny_params(train={"steps": 12}), p, progress=False)
+    assert res.resumed_from == 6
+    assert "unreadable" in caplog.text
+    ref = paths(tmp_path / "ref", prepared_digits)
+    train(tiny_params(train={"steps": 12}), ref, progress=False)
+    assert_same_weights(weights(ref.generator), weights(p.generator))
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(train={"steps": 6}), p, progress=False)
+    # a fault poisons D's weights (as an overflow would); the run continues from step 6
+    (ckpt,) = checkpoint_files(p.checkpoints)
+    state = torch.load(ckpt, weights_only=True)
+    state["D"]["head.weight"].fill_(float("nan"))
+    torch.save(state, ckpt)
+    before = {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)}
+    generator_before = p.generator.read_bytes()
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 9 .*Lower train.lr_"):
+        train(tiny_params(), p, progress=False)
+    # nothing written after the divergence: no new checkpoint, the generator not replaced
+    assert {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)} == before
+    assert p.generator.read_bytes() == generator_before
+
+
+def test_conditional_training_records_classes_for_export(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(model={"conditional": True}), p, progress=False)
+    g, spec = load_generator(p.generator)
+    assert spec["num_classes"] == 10 and spec["class_names"][3] == "3"
+    out = g(torch.randn(4, 16), torch.tensor([0, 1, 2, 3]))
+    assert out.shape == (4, 1, 16, 16)
+    shutil.rmtree(tmp_path)
