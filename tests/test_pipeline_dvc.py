@@ -135,6 +135,12 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
     assert "resumed from 12" in out  # the persisted checkpoint is continued, not retrained
     assert flow_run_names(prefect_api)[len(before) :] == ["ganpipe-pipeline", "train", "evaluate", "export"]
     assert (repo / "data/prepared/train_images.npy").stat().st_mtime_ns == prepared_mtime
+    steps = [
+        int(r.split("\t")[0])
+        for r in (repo / "dvclive/plots/metrics/train/loss_D.tsv").read_text().split("\n")[1:]
+        if r
+    ]
+    assert steps == list(range(3, 19, 3))  # the curves persisted and continued
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 18
     assert "FID" in res.stdout  # the summary table is printed at the end

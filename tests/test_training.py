@@ -47,6 +47,27 @@ def test_resume_after_interruption_matches_an_uninterrupted_run_bit_for_bit(prep
     full_ckpt = torch.load(full.checkpoints / "ckpt_0000012.pt", weights_only=True)
     part_ckpt = torch.load(part.checkpoints / "ckpt_0000012.pt", weights_only=True)
     assert_same_weights(full_ckpt["D"], part_ckpt["D"])
+    # the curves continue too: same rows, same values, no step twice
+    for name in ("loss_D", "loss_G", "D_real"):
+        tsv = f"plots/metrics/train/{name}.tsv"
+        assert (part.live_dir / tsv).read_text() == (full.live_dir / tsv).read_text()
+
+
+def test_crash_after_the_last_checkpoint_drops_the_logs_written_after_it(prepared_digits, tmp_path):
+    full = paths(tmp_path / "full", prepared_digits)
+    train(tiny_params(), full, progress=False)
+    # killed after logging steps 7-12 but before the step-12 checkpoint landed
+    crashed = paths(tmp_path / "crashed", prepared_digits)
+    train(tiny_params(), crashed, progress=False)
+    (crashed.checkpoints / "ckpt_0000012.pt").unlink()
+    crashed.generator.unlink()
+    res = train(tiny_params(), crashed, progress=False)
+    assert res.resumed_from == 6
+    assert_same_weights(weights(full.generator), weights(crashed.generator))
+    tsv = "plots/metrics/train/loss_D.tsv"
+    assert (crashed.live_dir / tsv).read_text() == (full.live_dir / tsv).read_text()
+    grids = sorted(p.name for p in (crashed.live_dir / "plots/images/samples").iterdir())
+    assert grids == ["0000006.png", "0000012.png"]
 
 
 def test_changed_settings_never_resume_from_old_checkpoints(prepared_digits, tmp_path):

@@ -31,6 +31,7 @@ from pipeline.models import build_discriminator, build_generator
 from pipeline.runtime import autocast, resolve_device, seed_everything, set_threads
 from pipeline.training.checkpoint import load_latest, save_checkpoint
 from pipeline.training.ema import make_ema, update_ema
+from pipeline.training.live import has_logs, open_live
 
 log = logging.getLogger(__name__)
 NUM_FIXED_SAMPLES = 64
@@ -57,10 +58,26 @@ class TrainResult:
     seconds: float
 
 
+# Source files whose code shapes the weights: a checkpoint made by other code is not resumed.
+_TRAINING_CODE = ("training/loop.py", "training/ema.py", "models", "losses.py", "data/augment.py", "data/dataset.py")
+
+
+def code_hash() -> str:
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in _TRAINING_CODE:
+        path = root / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def fingerprint(params: Params, prepared: Path) -> str:
-    """Hash of everything that shapes the weights except the run length (and logging cadence)."""
+    """Hash of everything that shapes the weights except the run length (and logging cadence):
+    params, the prepared data and the training code."""
     volatile = {"steps", "sample_every", "log_every", "checkpoint_every", "device"}
     payload = {
+        "code": code_hash(),
         "seed": params.seed,
         "model": params.model.model_dump(mode="json"),
         "augment": params.augment.model_dump(mode="json"),
@@ -100,8 +117,6 @@ def sample(g: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, dev
 
 def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = True) -> TrainResult:
     """Train G and D for `params.train.steps` steps, resuming from a matching checkpoint."""
-    from dvclive import Live  # imported here: the library is usable without a logger
-
     cfg, mcfg = params.train, params.model
     set_threads()
     seed_everything(params.seed)
@@ -126,6 +141,9 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
 
     start = 0
     state = load_latest(paths.checkpoints, fp, max_step=cfg.steps)
+    if state is not None and state["step"] == cfg.steps and not has_logs(paths.live_dir):
+        log.warning("training logs in %s are missing; retraining from scratch to rebuild them", paths.live_dir)
+        state = None
     if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -160,7 +178,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             },
         )
 
-    live = Live(dir=str(paths.live_dir), resume=start > 0, dvcyaml=False, save_dvc_exp=False, report=None)
+    live = open_live(paths.live_dir, start)
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
