@@ -23,15 +23,15 @@ from pipeline.artifacts import read_json
 
 
 @stage_task
-def dvc_repro(dvc_args: list[str]) -> int:
-    """`dvc repro` as a child process, its output streamed to the terminal; returns its exit code.
+def run_dvc(dvc_args: list[str]) -> int:
+    """`dvc <args>` (repro, exp run) as a child process, output streamed; returns its exit code.
 
     The stage commands in dvc.yaml call `python`: this interpreter's directory goes first on
     PATH so they run in the same environment even when it was not activated.
     """
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    print("$ dvc repro " + " ".join(dvc_args))
-    return subprocess.run([sys.executable, "-m", "dvc", "repro", *dvc_args], env=env).returncode
+    print("$ dvc " + " ".join(dvc_args))
+    return subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env).returncode
 
 
 @stage_task
@@ -59,10 +59,11 @@ def summary_markdown(metrics: dict) -> str:
 
 @flow(name="ganpipe-pipeline")
 def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
-    """Bring every stage up to date with `dvc repro`, then publish the metrics."""
-    code = dvc_repro(list(dvc_args or []))
+    """Bring every stage up to date with `dvc repro` (or `dvc exp run ...`), then publish the metrics."""
+    args = list(dvc_args or ["repro"])
+    code = run_dvc(args)
     if code != 0:
-        return Failed(message=f"dvc repro failed with exit code {code} (the failing stage's message is above)")
+        return Failed(message=f"dvc {args[0]} failed with exit code {code} (the failing stage's message is above)")
     metrics = read_metrics()
     if metrics:
         create_markdown_artifact(

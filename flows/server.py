@@ -48,6 +48,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def drain_prefect_clients(timeout: float = 15.0) -> None:
+    """Send this process's queued Prefect logs and events while the server still listens.
+
+    Otherwise Prefect drains them at interpreter exit, after our server is gone, and the
+    process waits forever on a connection that will never come back.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
+
+
 @contextlib.contextmanager
 def local_prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
     """Yield the URL of a healthy Prefect API on this machine, setting PREFECT_API_URL for
@@ -92,6 +105,7 @@ def local_prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
             else:
                 os.environ["PREFECT_API_URL"] = previous
     finally:
+        drain_prefect_clients()
         proc.terminate()
         try:
             proc.wait(timeout=15)

@@ -9,12 +9,17 @@ from prefect import flow
 from flows.stage import run_stage, stage_task
 from pipeline import layout
 from pipeline.config import load_params
+from pipeline.training.distributed import launch
 from pipeline.training.loop import train
 
 
 @stage_task
 def train_gan(params_path: str) -> dict:
-    result = train(load_params(params_path))
+    params = load_params(params_path)
+    if params.train.nproc_per_node > 1:  # DDP: torchrun runs the same training in N processes
+        launch(params_path, params.train.nproc_per_node)
+        return {"steps": params.train.steps, "processes": params.train.nproc_per_node}
+    result = train(params)
     print(f"trained {result.steps} steps (resumed from {result.resumed_from}) in {result.seconds:.0f}s")
     return {"steps": result.steps, "resumed_from": result.resumed_from, "generator": str(result.generator)}
 

@@ -7,25 +7,70 @@ and Pillow, never torch or Prefect.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.errors import UserError
 
 STAGES = ("prepare", "evaluator", "train", "evaluate", "export")
 
 
-def _cmd_repro(args: argparse.Namespace) -> int:
+def _run_pipeline(dvc_args: list[str]) -> int:
     from flows.pipeline import pipeline_flow, summary_markdown
     from flows.server import local_prefect_api
 
     with local_prefect_api() as url:
         print(f"Prefect API: {url}", file=sys.stderr)
-        state = pipeline_flow(dvc_args=args.dvc_args, return_state=True)
+        state = pipeline_flow(dvc_args=dvc_args, return_state=True)
     if not state.is_completed():
         print(f"ganpipe repro: {state.message}", file=sys.stderr)
         return 1
     print(summary_markdown(state.result()))
     return 0
+
+
+def _cmd_repro(args: argparse.Namespace) -> int:
+    return _run_pipeline(["repro", *args.dvc_args])
+
+
+def overrides(overlay: dict, prefix: str = "") -> list[str]:
+    """Flatten a params overlay into `dvc exp run -S key=value` arguments (values as JSON,
+    which DVC's override grammar reads back as the same types)."""
+    out = []
+    for key, value in overlay.items():
+        if isinstance(value, dict):
+            out += overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={json.dumps(value, separators=(',', ':'))}")
+    return out
+
+
+def _cmd_exp(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.config import load_params, parse_params
+
+    try:
+        overlay = yaml.safe_load(Path(args.config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{args.config}: cannot be read as YAML: {err}") from None
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{args.config}: must be a mapping of params groups")
+    base = load_params("params.yaml").model_dump(mode="json")
+    parse_params(_merge(base, overlay), args.config)  # validate the combination before running
+    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
+    return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -53,9 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    repro = sub.add_parser("repro", help="run `dvc repro` against a local Prefect server (started if needed)")
-    repro.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed to dvc repro (e.g. train, --force)")
-    repro.set_defaults(fn=_cmd_repro)
+    repro = sub.add_parser("repro", help="run `dvc repro` against a local Prefect server (started if needed)",
+                           epilog="Other arguments go to dvc repro, e.g. `ganpipe repro --force train`.")  # fmt: skip
+    repro.set_defaults(fn=_cmd_repro, passes_through=True)
+
+    exp = sub.add_parser("exp", help="run a shipped params overlay (configs/*.yaml) as a DVC experiment")
+    exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
+    exp.add_argument("--name", help="experiment name (default: the file's stem)")
+    exp.set_defaults(fn=_cmd_exp, passes_through=True)
 
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")
@@ -76,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dvc_args = extra  # repro / exp: everything we do not know goes to dvc
     if getattr(args, "n", 1) is not None and args.command == "generate" and args.n < 1:
         print("ganpipe generate: error: -n must be at least 1", file=sys.stderr)
         return 2

@@ -64,11 +64,14 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["dcgan"] = "dcgan"
+    arch: Literal["dcgan", "resnet"] = "dcgan"
     conditional: bool = False
+    conditioning: Literal["projection", "acgan"] = "projection"
     latent_dim: int = Field(64, ge=1, le=4096)
-    g_channels: int = Field(64, ge=4, description="width of G's last hidden layer; doubles per block inwards")
-    d_channels: int = Field(64, ge=4, description="width of D's first layer; doubles per block inwards")
+    g_channels: int = Field(64, ge=4, description="dcgan: G's last hidden width, doubling inwards; resnet: G's width")
+    d_channels: int = Field(64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width")
+    d_norm: Literal["batch", "none"] = "batch"
+    spectral_norm: bool = False
 
 
 class TrainConfig(_Section):
@@ -77,9 +80,20 @@ class TrainConfig(_Section):
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.5, 0.999)
-    loss: Literal["nonsaturating"] = "nonsaturating"
+    loss: Literal["nonsaturating", "hinge", "lsgan", "wgan-gp"] = "nonsaturating"
+    n_critic: int = Field(1, ge=1, description="D steps per G step")
+    gp_weight: float = Field(10.0, ge=0, description="gradient-penalty weight (wgan-gp)")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight; 0 = off")
+    r1_every: int = Field(16, ge=1, description="lazy R1: apply every N D steps, scaled by N")
+    acgan_weight: float = Field(1.0, ge=0, description="weight of the auxiliary class loss (conditioning: acgan)")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool = Field(False, description="torch.compile G and D (CUDA)")
+    accumulate: int = Field(1, ge=1, description="micro-batches per step (gradient accumulation)")
+    nproc_per_node: int = Field(1, ge=1, description="processes per machine; > 1 launches DDP via torchrun")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm across processes (CUDA only)")
+    collapse_threshold: float = Field(0.2, ge=0, description="warn when sample diversity / real diversity < this")
     sample_every: int = Field(500, ge=1)
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(500, ge=1)
@@ -115,6 +129,25 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
+            raise ValueError(
+                "train.loss wgan-gp penalises each sample's gradient; batch norm in D mixes samples: "
+                "set model.d_norm: none"
+            )
+        if self.train.batch_size % (self.train.nproc_per_node * self.train.accumulate):
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) is the total batch: it must divide evenly into "
+                f"train.nproc_per_node x train.accumulate = {self.train.nproc_per_node * self.train.accumulate} parts"
+            )
+        if (
+            self.train.batch_size // (self.train.nproc_per_node * self.train.accumulate) < 2
+            and self.model.d_norm == "batch"
+        ):
+            raise ValueError("batch norm needs at least 2 images per micro-batch: raise train.batch_size")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """A stable short hash of the named top-level sections (for fingerprints and metadata)."""

@@ -1,4 +1,8 @@
-"""Adversarial losses, written on D's raw logits. One registry: add a loss in one place."""
+"""Adversarial losses and regularisers, written on D's raw logits.
+
+One registry (LOSSES): a new objective is added in one place. Each entry is a pair
+(D loss from real and fake logits, G loss from fake logits), to be minimised.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,63 @@ import torch.nn.functional as F
 LossPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
-def nonsaturating_d(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-log D(x) - log(1 - D(G(z))), i.e. binary cross-entropy with real=1, fake=0."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+def nonsaturating_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """-log D(x) - log(1 - D(G(z))): binary cross-entropy with real = 1, fake = 0."""
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
-def nonsaturating_g(fake_logits: torch.Tensor) -> torch.Tensor:
-    """-log D(G(z)): the non-saturating G loss of Goodfellow et al. (strong gradients early on)."""
-    return F.softplus(-fake_logits).mean()
+def nonsaturating_g(fake: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z)) (Goodfellow et al., 2014): strong gradients while D still rejects the fakes."""
+    return F.softplus(-fake).mean()
+
+
+def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """max(0, 1 - D(x)) + max(0, 1 + D(G(z))) (Lim & Ye, 2017; SNGAN, BigGAN)."""
+    return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+
+
+def hinge_g(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
+
+
+def least_squares_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """LSGAN (Mao et al., 2017): (D(x) - 1)^2 / 2 + D(G(z))^2 / 2."""
+    return 0.5 * ((real - 1.0) ** 2).mean() + 0.5 * (fake**2).mean()
+
+
+def least_squares_g(fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * ((fake - 1.0) ** 2).mean()
+
+
+def wasserstein_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Critic loss of WGAN (Arjovsky et al., 2017): D(G(z)) - D(x); pair with a gradient penalty."""
+    return fake.mean() - real.mean()
+
+
+def wasserstein_g(fake: torch.Tensor) -> torch.Tensor:
+    return -fake.mean()
 
 
 LOSSES: dict[str, LossPair] = {
     "nonsaturating": (nonsaturating_d, nonsaturating_g),
+    "hinge": (hinge_d, hinge_g),
+    "lsgan": (least_squares_d, least_squares_g),
+    "wgan-gp": (wasserstein_d, wasserstein_g),
 }
+
+
+def gradient_penalty(
+    d: Callable, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al., 2017): (||grad D(x_hat)|| - 1)^2 on random interpolates."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x_hat, labels)[0].sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(d: Callable, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """R1 (Mescheder et al., 2018): ||grad_x D(x)||^2 on real data, pushing D flat around it."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(x, labels)[0].sum(), x, create_graph=True)
+    return grad.flatten(1).pow(2).sum(1).mean()

@@ -24,11 +24,24 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no GradScaler needed for bf16); full precision on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: 'auto' -> bf16 on CUDA (fp16 where bf16 is unsupported), None (fp32) on CPU."""
+    if name == "fp32":
+        return None
+    if device.type != "cuda":
+        if name != "auto":
+            raise RuntimeError(f"train.precision {name} needs CUDA; use 'auto' or 'fp32' on CPU")
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None = None) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA with `dtype`; a no-op in full precision."""
+    if dtype is None or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def seed_everything(seed: int) -> None:

@@ -56,3 +56,12 @@ def test_section_hash_changes_only_with_the_named_sections():
     c = parse_params({"train": {"steps": 7}})
     assert a.section_hash("model", "train") == b.section_hash("model", "train")
     assert a.section_hash("model", "train") != c.section_hash("model", "train")
+
+
+def test_inconsistent_combinations_are_refused_with_the_fix_named():
+    with pytest.raises(ConfigError, match=r"set model\.d_norm: none"):
+        parse_params({"train": {"loss": "wgan-gp"}})
+    with pytest.raises(ConfigError, match="must divide evenly"):
+        parse_params({"train": {"batch_size": 10, "nproc_per_node": 4}})
+    ok = parse_params({"train": {"loss": "wgan-gp", "n_critic": 5}, "model": {"d_norm": "none"}})
+    assert ok.train.n_critic == 5

@@ -18,8 +18,8 @@ from pipeline.models import build_generator
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_generator(path: Path, conditional: bool = False, classes=("a", "b", "c")) -> Path:
-    cfg = ModelConfig(latent_dim=8, g_channels=8, conditional=conditional)
+def save_generator(path: Path, conditional: bool = False, classes=("a", "b", "c"), arch: str = "dcgan") -> Path:
+    cfg = ModelConfig(arch=arch, latent_dim=8, g_channels=8, conditional=conditional)
     torch.manual_seed(0)
     n = len(classes) if conditional else 0
     g = build_generator(cfg, 16, 1, n)
@@ -101,6 +101,19 @@ def test_conditional_export_takes_labels(exported_conditional):
     np.testing.assert_array_equal(gen.generate(4, seed=1, labels=["2"]), c)  # index or name
     with pytest.raises(ModelError, match="unknown label 'z'"):
         gen.generate(2, labels=["z"])
+
+
+def test_resnet_generator_with_conditional_batch_norm_exports_with_parity(tmp_path):
+    g_path = save_generator(tmp_path / "g.pt", conditional=True, arch="resnet")
+    blob = torch.load(g_path, weights_only=True)
+    for name, value in blob["state_dict"].items():  # give every class its own scale and shift
+        if name.endswith(("gamma.weight", "beta.weight")):
+            value.add_(torch.randn_like(value) * 0.5)
+    torch.save(blob, g_path)
+    metrics = export_generator(g_path, tmp_path / "resnet.onnx")
+    assert metrics["parity_passed"] and metrics["max_abs_diff"] <= 1e-4
+    gen = OnnxGenerator(tmp_path / "resnet.onnx")
+    assert gen.info.arch == "resnet" and gen.generate(5, labels=["b"]).shape == (5, 1, 16, 16)
 
 
 def test_failed_parity_writes_no_model(tmp_path):

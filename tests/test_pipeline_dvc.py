@@ -47,7 +47,8 @@ def flow_run_names(api_url: str) -> list[str]:
 def repo(tmp_path_factory, prefect_api) -> Path:
     """A copy of the project's tracked files as a fresh git + DVC repository with tiny params."""
     root = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # the working tree, as committed next
+    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (REPO / f).is_file() and f != "dvc.lock":
             (root / f).parent.mkdir(parents=True, exist_ok=True)
@@ -158,3 +159,19 @@ def test_bad_params_fail_the_stage_with_the_key_named(repo, first_run):
     finally:
         del params["train"]["batch_sise"]
         write_params(repo / "params.yaml", params)
+
+
+def test_main_command_without_a_server_starts_one_and_exits_cleanly(repo, first_run, tmp_path):
+    """`ganpipe repro` with no Prefect API configured: it starts its own server on 127.0.0.1,
+    sends every queued log and event before stopping it (else Prefect reports
+    'Error logging to API' and waits at exit), and leaves nothing running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "repro"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert "Prefect API: http://127.0.0.1:" in out and os.environ["PREFECT_API_URL"] not in out
+    assert "Data and pipelines are up to date" in out
+    assert "Error logging to API" not in out

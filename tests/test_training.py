@@ -99,7 +99,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     # a fault poisons D's weights (as an overflow would); the run continues from step 6
     (ckpt,) = checkpoint_files(p.checkpoints)
     state = torch.load(ckpt, weights_only=True)
-    state["D"]["head.weight"].fill_(float("nan"))
+    state["D"]["head.linear.weight"].fill_(float("nan"))
     torch.save(state, ckpt)
     before = {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)}
     generator_before = p.generator.read_bytes()
@@ -118,3 +118,113 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     out = g(torch.randn(4, 16), torch.tensor([0, 1, 2, 3]))
     assert out.shape == (4, 1, 16, 16)
     shutil.rmtree(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"train": {"loss": "hinge"}, "model": {"spectral_norm": True, "d_norm": "none"}},
+        {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2}},
+        {"train": {"loss": "wgan-gp", "n_critic": 2, "betas": [0.0, 0.9]}, "model": {"d_norm": "none"}},
+        {"model": {"arch": "resnet", "conditional": True, "spectral_norm": True, "d_norm": "none"}},
+        {"model": {"conditional": True, "conditioning": "acgan"}},
+        {"augment": {"diffaugment": "color,translation,cutout"}},
+    ],
+    ids=["hinge-sn", "lsgan-r1", "wgan-gp", "resnet-cond", "acgan", "diffaugment"],
+)
+def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_digits, tmp_path, over):
+    full = paths(tmp_path / "full", prepared_digits)
+    train(tiny_params(**over), full, progress=False)
+    part = paths(tmp_path / "part", prepared_digits)
+    train(merge_params(over, {"train": {"steps": 6}}), part, progress=False)
+    assert train(tiny_params(**over), part, progress=False).resumed_from == 6
+    assert_same_weights(weights(full.generator), weights(part.generator))
+
+
+def merge_params(*overs):
+    from conftest import merge
+
+    out: dict = {}
+    for o in overs:
+        out = merge(out, o)
+    return tiny_params(**out)
+
+
+def test_collapse_warning_fires_below_the_threshold_and_diversity_is_logged(prepared_digits, tmp_path, caplog):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(train={"collapse_threshold": 100.0}), p, progress=False)  # any model is "collapsed" at 100x
+    assert "possible mode collapse" in caplog.text
+    rows = (p.live_dir / "plots/metrics/train/sample_diversity.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 2 and all(float(r.split("\t")[1]) > 0 for r in rows[1:])
+    caplog.clear()
+    train(tiny_params(train={"collapse_threshold": 0.0}), paths(tmp_path / "b", prepared_digits), progress=False)
+    assert "possible mode collapse" not in caplog.text
+
+
+def test_half_precision_on_cpu_is_refused_clearly(prepared_digits, tmp_path):
+    with pytest.raises(RuntimeError, match=r"train\.precision fp16 needs CUDA"):
+        train(tiny_params(train={"precision": "fp16"}), paths(tmp_path, prepared_digits), progress=False)
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared_digits, tmp_path):
+    """SIGKILL a real training process mid-run, start it again, compare with a clean run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, TINY, merge, write_params
+
+    over = {"train": {"steps": 400, "checkpoint_every": 20, "log_every": 20, "sample_every": 200}}
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "prepared").symlink_to(prepared_digits)
+    write_params(work / "params.yaml", merge(TINY, over))
+    cmd = [sys.executable, "-m", "pipeline.training.distributed", "--params", "params.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = work / "models" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while len(checkpoint_files(ckpts)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # no cleanup of any kind
+    proc.wait()
+    killed_at = max(int(c.stem.split("_")[1]) for c in checkpoint_files(ckpts))
+    assert 0 < killed_at < 400 and not (work / "models" / "generator.pt").exists()
+    res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ref = paths(tmp_path / "ref", prepared_digits)
+    train(tiny_params(**over), ref, progress=False)
+    assert_same_weights(weights(ref.generator), weights(work / "models" / "generator.pt"))
+
+
+def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths(prepared_digits, tmp_path):
+    """DDP over 2 CPU processes (gloo) vs one process accumulating the same 2 shards."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, TINY, merge, write_params
+
+    work = tmp_path / "ddp"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "prepared").symlink_to(prepared_digits)
+    write_params(work / "params.yaml", merge(TINY, {"train": {"nproc_per_node": 2, "steps": 8, "checkpoint_every": 8}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GANPIPE_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "pipeline.training.distributed", "--params", "params.yaml"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "2 processes in sync" in res.stdout
+    single = paths(tmp_path / "single", prepared_digits)
+    train(tiny_params(train={"accumulate": 2, "steps": 8, "checkpoint_every": 8}), single, progress=False)
+    ddp_ckpt = torch.load(work / "models/checkpoints/ckpt_0000008.pt", weights_only=True)
+    one_ckpt = torch.load(single.checkpoints / "ckpt_0000008.pt", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for name, value in one_ckpt[net].items():
+            if "running" in name or "num_batches" in name:
+                continue  # BN statistics: DDP keeps rank 0's, accumulation sees both shards
+            torch.testing.assert_close(ddp_ckpt[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")

@@ -12,14 +12,19 @@ import torch.nn.functional as F
 
 
 class DiffAugment:
-    """Apply the comma-separated `policy` (color, translation, cutout) to a batch in [-1, 1]."""
+    """Apply the comma-separated `policy` (color, translation, cutout) to a batch in [-1, 1].
 
-    def __init__(self, policy: str, seed: int = 0, translation_ratio: float = 0.125, cutout_ratio: float = 0.5):
+    Random draws come from the generator passed per call, so the caller owns (and
+    checkpoints) the random state; an empty policy is the identity.
+    """
+
+    def __init__(self, policy: str, translation_ratio: float = 0.125, cutout_ratio: float = 0.5):
         self.policies = [p for p in policy.split(",") if p]
-        self.generator = torch.Generator().manual_seed(seed + 777)
         self.translation_ratio, self.cutout_ratio = translation_ratio, cutout_ratio
+        self.generator: torch.Generator | None = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        self.generator = generator
         for p in self.policies:
             x = getattr(self, f"_{p}")(x)
         return x

@@ -48,7 +48,9 @@ class BatchSampler:
 
     The whole split lives in one float tensor (small datasets) and batches are index
     gathers, which is far faster than a DataLoader for 32x32 images. Its generator state
-    is part of the training checkpoint, so a resumed run draws the same batches.
+    is part of the training checkpoint, so a resumed run draws the same batches. Under DDP
+    every process holds the same generator and takes its own slice of each global batch
+    (the role DistributedSampler plays for a DataLoader).
     """
 
     def __init__(self, split: PreparedSplit, batch_size: int, seed: int, device: torch.device):
@@ -61,6 +63,13 @@ class BatchSampler:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(self), (self.batch_size,), generator=self.generator).to(self.device)
+    def draw(self) -> torch.Tensor:
+        """Indices of the next (global) batch. Every process draws the same ones."""
+        return torch.randint(len(self), (self.batch_size,), generator=self.generator)
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = idx.to(self.device)
         return self.images[idx], self.labels[idx]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.take(self.draw())

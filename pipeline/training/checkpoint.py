@@ -40,7 +40,9 @@ def save_checkpoint(directory: Path | str, step: int, state: dict[str, Any]) -> 
     return target
 
 
-def load_latest(directory: Path | str, fingerprint: str, max_step: int) -> dict[str, Any] | None:
+def load_latest(
+    directory: Path | str, fingerprint: str, max_step: int, remove_stale: bool = True
+) -> dict[str, Any] | None:
     """The newest readable checkpoint made under `fingerprint` at a step <= `max_step`.
 
     Unreadable checkpoints are skipped with a warning; checkpoints from other settings are
@@ -53,8 +55,8 @@ def load_latest(directory: Path | str, fingerprint: str, max_step: int) -> dict[
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, err)
             continue
         if state.get("fingerprint") != fingerprint or state.get("step", 0) > max_step:
-            log.warning("checkpoint %s was made with other settings; starting from scratch", path)
-            for stale in checkpoint_files(directory):
+            log.warning("checkpoint %s was made with other settings or code; starting from scratch", path)
+            for stale in checkpoint_files(directory) if remove_stale else []:
                 stale.unlink(missing_ok=True)
             return None
         return state

@@ -17,19 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import layout
 from pipeline.artifacts import atomic_path
 from pipeline.config import Params
 from pipeline.data.augment import DiffAugment
-from pipeline.data.dataset import BatchSampler, load_split
+from pipeline.data.dataset import BatchSampler, load_split, to_float
 from pipeline.errors import MissingInput, UserError
 from pipeline.grid import make_grid, save_grid
-from pipeline.losses import LOSSES
+from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
 from pipeline.models import build_discriminator, build_generator
-from pipeline.runtime import autocast, resolve_device, seed_everything, set_threads
+from pipeline.runtime import autocast, resolve_device, resolve_precision, seed_everything, set_threads
 from pipeline.training.checkpoint import load_latest, save_checkpoint
+from pipeline.training.distributed import checksum, gather, init_world, mean, no_sync, shutdown, wrap
 from pipeline.training.ema import make_ema, update_ema
 from pipeline.training.live import has_logs, open_live
 
@@ -56,10 +58,11 @@ class TrainResult:
     resumed_from: int
     generator: Path
     seconds: float
+    world_size: int = 1
 
 
 # Source files whose code shapes the weights: a checkpoint made by other code is not resumed.
-_TRAINING_CODE = ("training/loop.py", "training/ema.py", "models", "losses.py", "data/augment.py", "data/dataset.py")
+_TRAINING_CODE = ("training", "models", "losses.py", "data/augment.py", "data/dataset.py")
 
 
 def code_hash() -> str:
@@ -75,7 +78,7 @@ def code_hash() -> str:
 def fingerprint(params: Params, prepared: Path) -> str:
     """Hash of everything that shapes the weights except the run length (and logging cadence):
     params, the prepared data and the training code."""
-    volatile = {"steps", "sample_every", "log_every", "checkpoint_every", "device"}
+    volatile = {"steps", "sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
     payload = {
         "code": code_hash(),
         "seed": params.seed,
@@ -99,11 +102,12 @@ def generator_spec(params: Params, image_size: int, channels: int, classes: list
 
 
 def fixed_inputs(latent_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The same noise (and one class per row) for every sample grid of a run."""
+    """The same noise for every sample grid of a run; conditional models get one class per row."""
     g = torch.Generator().manual_seed(seed + 12345)
-    z = torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=g)
-    labels = torch.arange(NUM_FIXED_SAMPLES) // 8 % num_classes if num_classes else None
-    return z, labels
+    if num_classes:
+        labels = torch.arange(min(num_classes, 16)).repeat_interleave(8)
+        return torch.randn(len(labels), latent_dim, generator=g), labels
+    return torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=g), None
 
 
 @torch.no_grad()
@@ -115,12 +119,31 @@ def sample(g: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, dev
     return out
 
 
+def diversity(images: np.ndarray | torch.Tensor) -> float:
+    """Mean pairwise L2 distance between images: near 0 when G has collapsed to one output."""
+    x = torch.as_tensor(images).float().flatten(1)
+    return float(torch.pdist(x).mean())
+
+
+def grad_norm(module: torch.nn.Module) -> float:
+    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
+    return float(torch.cat(grads).norm()) if grads else 0.0
+
+
 def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = True) -> TrainResult:
-    """Train G and D for `params.train.steps` steps, resuming from a matching checkpoint."""
+    """Train G and D for `params.train.steps` steps, resuming from a matching checkpoint.
+
+    Runs alone, or as one of `train.nproc_per_node` processes under torchrun (DDP).
+    """
     cfg, mcfg = params.train, params.model
     set_threads()
     seed_everything(params.seed)
     device = resolve_device(cfg.device)
+    world = init_world(device.type)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    precision = resolve_precision(cfg.precision, device)
     data = load_split(paths.prepared, "train")
     _, channels, image_size, _ = data.images.shape
     num_classes = data.num_classes if mcfg.conditional else 0
@@ -132,15 +155,24 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     G_ema = make_ema(G)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
-    augment = DiffAugment(params.augment.diffaugment, seed=params.seed)
+    acgan = bool(num_classes) and mcfg.conditioning == "acgan"
+    augment = DiffAugment(params.augment.diffaugment)
+
+    # The total batch is split into shards: one per process and micro-batch. Every process
+    # draws the same global indices and noise; shard s always gets slice s and RNG s.
+    shards = world.size * cfg.accumulate
+    micro = cfg.batch_size // shards
+    mine = [world.rank * cfg.accumulate + i for i in range(cfg.accumulate)]
+    shard_rng = {s: torch.Generator().manual_seed(params.seed * 1000 + 777 + s) for s in range(shards)}
     batches = BatchSampler(data, cfg.batch_size, seed=params.seed + 1, device=device)
     noise = torch.Generator().manual_seed(params.seed + 2)  # z and fake labels, on CPU for portability
     z_fixed, y_fixed = fixed_inputs(mcfg.latent_dim, num_classes, params.seed)
     fp = fingerprint(params, paths.prepared)
 
     start = 0
-    state = load_latest(paths.checkpoints, fp, max_step=cfg.steps)
+    state = load_latest(paths.checkpoints, fp, max_step=cfg.steps, remove_stale=world.is_main)
     if state is not None and state["step"] == cfg.steps and not has_logs(paths.live_dir):
         log.warning("training logs in %s are missing; retraining from scratch to rebuild them", paths.live_dir)
         state = None
@@ -150,101 +182,180 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         G_ema.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        scaler.load_state_dict(state["scaler"])
         batches.generator.set_state(state["rng"]["batches"])
         noise.set_state(state["rng"]["noise"])
-        augment.generator.set_state(state["rng"]["augment"])
+        for s, st in enumerate(state["rng"]["shards"]):
+            shard_rng[s].set_state(st)
         torch.set_rng_state(state["rng"]["torch"])
         start = state["step"]
         log.info("resuming from checkpoint at step %d", start)
 
-    def checkpoint(step: int) -> None:
-        save_checkpoint(
-            paths.checkpoints,
-            step,
-            {
-                "fingerprint": fp,
-                "step": step,
-                "G": G.state_dict(),
-                "D": D.state_dict(),
-                "G_ema": G_ema.state_dict(),
-                "opt_g": opt_g.state_dict(),
-                "opt_d": opt_d.state_dict(),
-                "rng": {
-                    "batches": batches.generator.get_state(),
-                    "noise": noise.get_state(),
-                    "augment": augment.generator.get_state(),
-                    "torch": torch.get_rng_state(),
-                },
-            },
-        )
+    # DDP wrappers all-reduce gradients; the plain modules serve penalties, sampling and saving.
+    G_train, D_train = wrap(G, world, device, cfg.sync_batchnorm), wrap(D, world, device, cfg.sync_batchnorm)
+    if cfg.compile:
+        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+    # Alone with one micro-batch, the fakes of the last D step are reused for the G step (one
+    # G forward saved). With shards, each G step regenerates them under DDP's sync rules;
+    # the values are the same, since only D changed in between.
+    reuse_fakes = shards == 1
 
-    live = open_live(paths.live_dir, start)
+    def checkpoint(step: int) -> None:
+        shard_states = [st for rank_states in gather({s: shard_rng[s].get_state() for s in mine}, world)
+                        for st in rank_states.values()]  # fmt: skip
+        if not world.is_main:
+            return
+        save_checkpoint(paths.checkpoints, step, {
+            "fingerprint": fp, "step": step,
+            "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+            "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
+            "rng": {"batches": batches.generator.get_state(), "noise": noise.get_state(),
+                    "shards": shard_states, "torch": torch.get_rng_state()},
+        })  # fmt: skip
+
+    def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        idx = batches.draw()
+        z = torch.randn(cfg.batch_size, mcfg.latent_dim, generator=noise).to(device)
+        y = torch.randint(num_classes, (cfg.batch_size,), generator=noise).to(device) if num_classes else None
+        return idx, z, y
+
+    def part(t: torch.Tensor | None, s: int) -> torch.Tensor | None:
+        return None if t is None else t[s * micro : (s + 1) * micro]
+
+    def d_loss_on(real, y_real, fake, y_fake, rng, step):
+        """D's objective on one shard: adversarial + class + penalty terms."""
+        real_aug, fake_aug = augment(real, rng), augment(fake, rng)
+        with autocast(device, precision):
+            real_logits, real_cls = D_train(real_aug, y_real)
+            fake_logits, fake_cls = D_train(fake_aug, y_fake)
+        loss = d_loss_fn(real_logits.float(), fake_logits.float())
+        if acgan:
+            loss = loss + cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
+                                              + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
+        if cfg.loss == "wgan-gp" and cfg.gp_weight:
+            loss = loss + cfg.gp_weight * gradient_penalty(D, real_aug, fake_aug, y_real if num_classes else None, rng)
+        if cfg.r1_gamma and step % cfg.r1_every == 0:  # lazy R1, scaled up by its interval
+            loss = loss + cfg.r1_gamma / 2 * cfg.r1_every * r1_penalty(D, real_aug, y_real if num_classes else None)
+        return loss, real_logits, fake_logits
+
+    def optimiser_step(opt: torch.optim.Optimizer) -> None:
+        scaler.step(opt)
+        scaler.update()
+
+    live = open_live(paths.live_dir, start) if world.is_main else None
+    real_diversity = diversity(to_float(data.images[: len(z_fixed)]))
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
+               disable=not (progress and world.is_main), dynamic_ncols=True)  # fmt: skip
     G.train()
     D.train()
     for step in range(start, cfg.steps):
-        real, y_real = batches.next()
-        z = torch.randn(cfg.batch_size, mcfg.latent_dim, generator=noise).to(device)
-        y_fake = torch.randint(num_classes, (cfg.batch_size,), generator=noise).to(device) if num_classes else None
-        y_real = y_real if num_classes else None
-
-        # D step: push D(x) up and D(G(z)) down, both seen through the same augmentation
-        with autocast(device):
-            fake = G(z, y_fake)
-            real_logits = D(augment(real), y_real)
-            fake_logits = D(augment(fake.detach()), y_fake)
-            loss_d = d_loss_fn(real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-
-        # G step: make D call the (same) fakes real
-        with autocast(device):
-            loss_g = g_loss_fn(D(augment(fake), y_fake))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        update_ema(G_ema, G, step, cfg.ema_decay)
-
         done = step + 1
-        images_window += cfg.batch_size
-        bar.update(1)
         log_now = done % cfg.log_every == 0 or done == cfg.steps
         checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+
+        # D: push D(x) up and D(G(z)) down, everything D sees passing through the same augmentation
+        for _ in range(cfg.n_critic):
+            idx, z, y_fake = draw()
+            opt_d.zero_grad(set_to_none=True)
+            loss_d_sum = torch.zeros((), device=device)
+            for k, s in enumerate(mine):
+                real, y_real = batches.take(part(idx, s))
+                with autocast(device, precision):
+                    if reuse_fakes:
+                        fake = G_train(part(z, s), part(y_fake, s))
+                    else:
+                        with torch.no_grad():
+                            fake = G(part(z, s), part(y_fake, s))
+                with no_sync(D_train, sync=k == len(mine) - 1):
+                    loss_d, real_logits, fake_logits = d_loss_on(
+                        real, y_real if num_classes else None, fake.detach(), part(y_fake, s), shard_rng[s], step
+                    )
+                    scaler.scale(loss_d / cfg.accumulate).backward()
+                loss_d_sum += loss_d.detach() / cfg.accumulate
+            grad_d = grad_norm(D) if log_now else 0.0
+            optimiser_step(opt_d)
+
+        # G: make D call the fakes real (D frozen: its gradients are not needed here)
+        D.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g_sum = torch.zeros((), device=device)
+        for k, s in enumerate(mine):
+            with no_sync(G_train, sync=k == len(mine) - 1):
+                with autocast(device, precision):
+                    fake_g = fake if reuse_fakes else G_train(part(z, s), part(y_fake, s))
+                    logits, cls = D(augment(fake_g, shard_rng[s]), part(y_fake, s))
+                loss_g = g_loss_fn(logits.float())
+                if acgan:
+                    loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
+                scaler.scale(loss_g / cfg.accumulate).backward()
+            loss_g_sum += loss_g.detach() / cfg.accumulate
+        grad_g = grad_norm(G) if log_now else 0.0
+        optimiser_step(opt_g)
+        D.requires_grad_(True)
+        update_ema(G_ema, G, step, cfg.ema_decay)
+
+        images_window += cfg.batch_size
+        bar.update(1)
         if log_now or checkpoint_now:  # the only host syncs: never checkpoint or log a diverged model
-            ld, lg = loss_d.item(), loss_g.item()
+            ld, lg = float(mean(loss_d_sum, world)), float(mean(loss_g_sum, world))
             if not (np.isfinite(ld) and np.isfinite(lg)):
-                live.end()
+                if live is not None:
+                    live.end()
                 raise TrainingDiverged(
                     f"loss became non-finite at step {done} (loss_D={ld}, loss_G={lg}); "
                     f"the last good checkpoint in {paths.checkpoints} is kept. Lower train.lr_* and rerun."
                 )
-        if log_now:
+        if log_now and live is not None:
             now = time.perf_counter()
             live.step = done
             live.log_metric("train/loss_D", ld)
             live.log_metric("train/loss_G", lg)
-            live.log_metric("train/D_real", torch.sigmoid(real_logits.detach()).mean().item())
-            live.log_metric("train/D_fake", torch.sigmoid(fake_logits.detach()).mean().item())
+            real_p, fake_p = torch.sigmoid(real_logits.detach().float()), torch.sigmoid(fake_logits.detach().float())
+            live.log_metric("train/D_real", float(real_p.mean()))
+            live.log_metric("train/D_fake", float(fake_p.mean()))
+            live.log_metric("train/grad_norm_D", grad_d)
+            live.log_metric("train/grad_norm_G", grad_g)
+            live.log_metric("train/lr_D", opt_d.param_groups[0]["lr"])
+            live.log_metric("train/lr_G", opt_g.param_groups[0]["lr"])
             live.log_metric("train/images_per_s", images_window / max(now - t_window, 1e-9))
             t_window, images_window = now, 0
             bar.set_postfix(loss_D=f"{ld:.3f}", loss_G=f"{lg:.3f}")
-        if done % cfg.sample_every == 0 or done == cfg.steps:
-            grid = make_grid(sample(G_ema, z_fixed, y_fixed, device), nrow=8)
+        if (done % cfg.sample_every == 0 or done == cfg.steps) and live is not None:
+            samples = sample(G_ema, z_fixed, y_fixed, device)
+            ratio = diversity(samples) / max(real_diversity, 1e-12)
+            if ratio < cfg.collapse_threshold:
+                msg = (f"step {done}: possible mode collapse: fixed-noise samples are {ratio:.2f}x as diverse as "
+                       f"real images (threshold train.collapse_threshold={cfg.collapse_threshold})")  # fmt: skip
+                log.warning(msg)
+                bar.write("WARNING " + msg)
             live.step = done
+            live.log_metric("train/sample_diversity", ratio)
+            grid = make_grid(samples, nrow=8)
             live.log_image(f"samples/{done:07d}.png", grid[..., 0] if grid.shape[-1] == 1 else grid)
         if checkpoint_now:
             checkpoint(done)
     bar.close()
-    live.end()
 
-    spec = generator_spec(params, image_size, channels, data.classes)
-    with atomic_path(paths.generator) as tmp:
-        torch.save({"spec": spec, "state_dict": G_ema.cpu().state_dict(), "steps": cfg.steps}, tmp)
-    save_grid(sample(G_ema, z_fixed, y_fixed, torch.device("cpu")), paths.samples, nrow=8, scale=3)
-    return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator, seconds=time.perf_counter() - t0)
+    sums = gather(checksum(G) + checksum(D), world)
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"processes hold different weights after training (checksums {sums}); DDP lost sync")
+    if world.enabled and world.is_main:
+        print(f"{world.size} processes in sync: weight checksum {sums[0]:.6f}")
+    if live is not None:
+        live.end()
+    if world.is_main:
+        spec = generator_spec(params, image_size, channels, data.classes)
+        with atomic_path(paths.generator) as tmp:
+            torch.save({"spec": spec, "state_dict": G_ema.cpu().state_dict(), "steps": cfg.steps}, tmp)
+        grid_g = G_ema.to("cpu")
+        save_grid(sample(grid_g, z_fixed, y_fixed, torch.device("cpu")), paths.samples, nrow=8, scale=3)
+    if world.enabled:
+        torch.distributed.barrier()
+    shutdown(world)
+    return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator,
+                       seconds=time.perf_counter() - t0, world_size=world.size)  # fmt: skip
 
 
 def load_generator(path: Path | str, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
