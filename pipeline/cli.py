@@ -44,7 +44,7 @@ def overrides(overlay: dict, prefix: str = "") -> list[str]:
         if isinstance(value, dict):
             out += overrides(value, f"{prefix}{key}.")
         else:
-            out.append(f"{prefix}{key}={json.dumps(value, separators=(',', ':'))}")
+            out.append(f"++{prefix}{key}={json.dumps(value, separators=(',', ':'))}")  # ++: set or add
     return out
 
 
