@@ -312,9 +312,10 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             live.step = done
             live.log_metric("train/loss_D", ld)
             live.log_metric("train/loss_G", lg)
-            real_p, fake_p = torch.sigmoid(real_logits.detach().float()), torch.sigmoid(fake_logits.detach().float())
-            live.log_metric("train/D_real", float(real_p.mean()))
-            live.log_metric("train/D_fake", float(fake_p.mean()))
+            # D(x), D(G(z)): probabilities for the non-saturating loss, raw scores for the others
+            to_score = torch.sigmoid if cfg.loss == "nonsaturating" else (lambda t: t)
+            live.log_metric("train/D_real", float(to_score(real_logits.detach().float()).mean()))
+            live.log_metric("train/D_fake", float(to_score(fake_logits.detach().float()).mean()))
             live.log_metric("train/grad_norm_D", grad_d)
             live.log_metric("train/grad_norm_G", grad_g)
             live.log_metric("train/lr_D", opt_d.param_groups[0]["lr"])

@@ -1,0 +1,53 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from pipeline.cli import main, overrides
+
+
+def test_overlay_flattens_to_dvc_set_param_arguments_with_typed_values():
+    overlay = {"model": {"conditional": True, "d_norm": "none"}, "train": {"betas": [0.0, 0.9], "lr_d": 4e-4}}
+    assert overrides(overlay) == [
+        "++model.conditional=true",
+        '++model.d_norm="none"',
+        "++train.betas=[0.0,0.9]",
+        "++train.lr_d=0.0004",
+    ]
+
+
+def test_shipped_overlays_are_valid_on_top_of_params_yaml():
+    import yaml
+
+    from pipeline.cli import _merge
+    from pipeline.config import load_params, parse_params
+
+    base = load_params(REPO / "params.yaml").model_dump(mode="json")
+    names = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    assert names == ["conditional-digits.yaml", "hinge-sn.yaml", "wgan-gp.yaml"]
+    for name in names:
+        overlay = yaml.safe_load((REPO / "configs" / name).read_text())
+        parse_params(_merge(base, overlay), name)  # raises on any bad key or combination
+
+
+def test_exp_refuses_an_invalid_overlay_before_running_anything(tmp_path):
+    import shutil
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # never the repository's own file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  loss: wgan-gp\n")  # wgan-gp with the default batch-norm D
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PYTHONPATH"] = str(REPO)
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "exp", str(bad)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 2
+    assert "bad.yaml" in res.stderr and "set model.d_norm: none" in res.stderr
+    assert "Prefect API" not in res.stderr  # refused before a server was started
+
+
+def test_unknown_options_are_errors_except_where_they_go_to_dvc():
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--bogus"])
+    assert exc.value.code == 2
