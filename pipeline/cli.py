@@ -94,6 +94,27 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preview_augment(args: argparse.Namespace) -> int:
+    from pipeline.config import AugmentConfig, load_params
+    from pipeline.data.augment import preview
+    from pipeline.data.dataset import load_split, to_float
+    from pipeline.grid import save_panels
+
+    params = load_params(args.params)
+    policy = args.policy if args.policy is not None else params.augment.diffaugment
+    if not policy:
+        raise ConfigError(f"{args.params}: augment.diffaugment is empty; pass --policy color,translation,cutout")
+    try:
+        policy = AugmentConfig(diffaugment=policy).diffaugment  # validated policy names
+    except ValueError as err:  # pydantic's ValidationError
+        raise ConfigError(f"--policy {policy!r}: {err.errors()[0]['msg']}") from None
+    images = to_float(load_split(args.prepared, "train").images[: args.n])
+    panels = preview(images, policy, seed=args.seed)
+    save_panels([p.numpy() for p in panels], args.out, nrow=args.nrow, scale=3)
+    print(f"wrote {args.out}: originals, then {len(panels) - 1} draws of DiffAugment({policy})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")
         p.add_argument("--params", default="params.yaml")
         p.set_defaults(fn=_cmd_stage)
+
+    prev = sub.add_parser("preview-augment", help="PNG of training images as D sees them after augmentation")
+    prev.add_argument("--params", default="params.yaml")
+    prev.add_argument("--policy", default=None, help="override augment.diffaugment, e.g. color,translation,cutout")
+    prev.add_argument("--prepared", default="data/prepared", help="prepared dataset (the prepare stage's output)")
+    prev.add_argument("-n", type=int, default=32, help="number of training images")
+    prev.add_argument("--nrow", type=int, default=4)
+    prev.add_argument("--seed", type=int, default=0)
+    prev.add_argument("--out", default="augment_preview.png")
+    prev.set_defaults(fn=_cmd_preview_augment)
 
     gen = sub.add_parser("generate", help="sample a PNG grid from an exported ONNX generator (no torch needed)")
     gen.add_argument("--model", default="exports/generator.onnx", help="ONNX file from the export stage")

@@ -27,8 +27,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Literal["digits", "folder"] = "digits"
+    source: Literal["digits", "folder", "idx"] = "digits"
     path: str | None = None
+    class_names: list[str] | None = Field(None, description="names for numeric labels (idx source), in order")
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -43,9 +44,11 @@ class DataConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _path_for_folder(self) -> DataConfig:
+    def _path_for_source(self) -> DataConfig:
         if self.source == "folder" and not self.path:
             raise ValueError("source 'folder' needs data.path (a directory, .zip, .tar or .tar.gz)")
+        if self.source == "idx" and not self.path:
+            raise ValueError("source 'idx' needs data.path (a directory of *-images-idx3-ubyte[.gz] files)")
         return self
 
 

@@ -26,7 +26,7 @@ def test_shipped_overlays_are_valid_on_top_of_params_yaml():
 
     base = load_params(REPO / "params.yaml").model_dump(mode="json")
     names = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-    assert names == ["conditional-digits.yaml", "hinge-sn.yaml", "wgan-gp.yaml"]
+    assert names == ["conditional-digits.yaml", "fashion-mnist.yaml", "hinge-sn.yaml", "wgan-gp.yaml"]
     for name in names:
         overlay = yaml.safe_load((REPO / "configs" / name).read_text())
         parse_params(_merge(base, overlay), name)  # raises on any bad key or combination
@@ -51,3 +51,20 @@ def test_unknown_options_are_errors_except_where_they_go_to_dvc():
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--bogus"])
     assert exc.value.code == 2
+
+
+def test_preview_augment_shows_originals_beside_augmented_copies(prepared_digits, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "aug.png"
+    code = main(["preview-augment", "--params", str(REPO / "params.yaml"), "--prepared", str(prepared_digits),
+                 "--policy", "translation,cutout", "-n", "8", "--nrow", "4", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    img = np.asarray(Image.open(out).convert("L"))
+    third = img.shape[1] // 3
+    original, augmented = img[:, :third], img[:, third : 2 * third]
+    assert img.shape[0] == 3 * (2 * 18 + 2) and not np.array_equal(original, augmented)
+    bad = main(["preview-augment", "--params", str(REPO / "params.yaml"), "--policy", "blur",
+                "--prepared", str(prepared_digits), "--out", str(tmp_path / "never.png")])  # fmt: skip
+    assert bad == 2 and not (tmp_path / "never.png").exists()

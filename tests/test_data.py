@@ -171,3 +171,47 @@ def test_colour_modes_are_converted_by_the_documented_rules(tmp_path):
     assert pixels["cmyk.jpg"].min() >= 250
     assert pixels["deep.png"].min() == 255
     assert all(p.shape == (3, 8, 8) for p in pixels.values())
+
+
+def write_idx(path, array: np.ndarray, compress: bool) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_files_load_with_their_labels_and_class_names(tmp_path, compress):
+    rng = np.random.default_rng(0)
+    gz = ".gz" if compress else ""
+    train, test = rng.integers(0, 256, (30, 28, 28)), rng.integers(0, 256, (10, 28, 28))
+    write_idx(tmp_path / f"train-images-idx3-ubyte{gz}", train, compress)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{gz}", np.arange(30) % 3, compress)
+    write_idx(tmp_path / f"t10k-images-idx3-ubyte{gz}", test, compress)
+    write_idx(tmp_path / f"t10k-labels-idx1-ubyte{gz}", np.full(10, 2), compress)
+    cfg = DataConfig(source="idx", path=str(tmp_path), image_size=32, class_names=["shirt", "shoe", "bag"])
+    res = prepare(cfg, tmp_path / "out", tmp_path / "r.json")
+    assert sum(res.counts.values()) == 40
+    manifest = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert manifest["classes"] == ["shirt", "shoe", "bag"]  # the given order, not alphabetical
+    by_name = {f["name"]: f["label"] for f in manifest["files"]}
+    assert by_name["train/00004"] == "shoe" and by_name["t10k/00009"] == "bag"
+    split = load_split(tmp_path / "out", "train")
+    assert split.images.shape[1:] == (1, 32, 32)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((5, 4, 4)), False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), False)
+    cfg = DataConfig(source="idx", path=str(tmp_path), image_size=8)
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte: 5 images but 4 labels"):
+        prepare(cfg, tmp_path / "out", tmp_path / "r.json")
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01garbage")
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: not an IDX file"):
+        prepare(cfg, tmp_path / "out", tmp_path / "r.json")
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="no matching labels file"):
+        prepare(cfg, tmp_path / "out", tmp_path / "r.json")
+    assert not (tmp_path / "out").exists()

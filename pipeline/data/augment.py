@@ -66,3 +66,9 @@ class DiffAugment:
         xs = torch.arange(w, device=x.device).view(1, 1, w)
         inside = ((ys - oy).abs() * 2 < ch) & ((xs - ox).abs() * 2 < cw)
         return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+def preview(images: torch.Tensor, policy: str, seed: int = 0, copies: int = 2) -> list[torch.Tensor]:
+    """The images as D sees them: the originals followed by `copies` augmented versions."""
+    augment, gen = DiffAugment(policy), torch.Generator().manual_seed(seed)
+    return [images] + [augment(images, gen).clamp(-1, 1) for _ in range(copies)]

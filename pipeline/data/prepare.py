@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig
-from pipeline.data.sources import Record, SourceError, digits_records, folder_records
+from pipeline.data.sources import Record, SourceError, digits_records, folder_records, idx_records
 from pipeline.errors import UserError
 
 
@@ -47,6 +47,8 @@ class PrepareResult:
 def records_for(cfg: DataConfig) -> Iterable[Record]:
     if cfg.source == "digits":
         return digits_records()
+    if cfg.source == "idx":
+        return idx_records(cfg.path or "", cfg.class_names)
     return folder_records(cfg.path or "")
 
 
@@ -159,7 +161,7 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
     if not kept:
         raise DataError(f"no usable images in data source {cfg.source!r} {cfg.path or ''}".rstrip())
 
-    classes = _class_order(rec.label for rec, _ in kept)
+    classes = list(cfg.class_names) if cfg.class_names else _class_order(rec.label for rec, _ in kept)
     index = {c: i for i, c in enumerate(classes)}
     splits = [split_of(sha, cfg.val_fraction) for _, sha in kept]
     if "val" not in splits or "train" not in splits:  # tiny datasets: force one val item

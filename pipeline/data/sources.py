@@ -7,6 +7,9 @@ a decoded-later payload, and a class name. Sources never resize or validate; tha
 
 from __future__ import annotations
 
+import gzip
+import re
+import struct
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -41,6 +44,48 @@ def digits_records() -> Iterator[Record]:
     for i, (img, target) in enumerate(zip(bunch.images, bunch.target, strict=True)):
         pixels = np.rint(img * (255.0 / 16.0)).astype(np.uint8)  # digits are 0..16 ink levels
         yield Record(name=f"digits/{i:04d}", data=pixels.tobytes(), label=str(int(target)), array=pixels)
+
+
+IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """One IDX file (the MNIST family's format: magic, big-endian dims, raw bytes), gzipped or not."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 + 4 * ndim:
+        raise SourceError(f"{path}: too short for an IDX header")
+    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != _IDX_UBYTE or dims != ndim:
+        raise SourceError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)):
+        raise SourceError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes) but {len(body)} bytes follow")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def idx_records(path: Path | str, class_names: list[str] | None = None) -> Iterator[Record]:
+    """Every `<stem>-images-idx3-ubyte[.gz]` in a directory with its `<stem>-labels-idx1-ubyte[.gz]`
+    (e.g. MNIST, Fashion-MNIST: train and t10k), named `<stem>/<index>`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SourceError(f"data.path {str(path)!r} is not a directory of IDX files")
+    pairs = sorted((m.group("stem"), f, m.group("gz") or "") for f in path.iterdir() if (m := IDX_IMAGES.match(f.name)))
+    if not pairs:
+        raise SourceError(f"{path}: no *-images-idx3-ubyte[.gz] files")
+    for stem, images_file, gz in pairs:
+        labels_file = path / f"{stem}-labels-idx1-ubyte{gz}"
+        if not labels_file.is_file():
+            raise SourceError(f"{images_file}: no matching labels file {labels_file.name}")
+        images, labels = read_idx(images_file, 3), read_idx(labels_file, 1)
+        if len(images) != len(labels):
+            raise SourceError(f"{images_file}: {len(images)} images but {len(labels)} labels in {labels_file.name}")
+        if class_names is not None and labels.max(initial=0) >= len(class_names):
+            raise SourceError(f"{labels_file}: label {int(labels.max())} but data.class_names has {len(class_names)}")
+        for i, (img, lab) in enumerate(zip(images, labels, strict=True)):
+            name = class_names[lab] if class_names is not None else str(int(lab))
+            yield Record(name=f"{stem}/{i:05d}", data=img.tobytes(), label=name, array=img)
 
 
 def _label_for(rel: PurePosixPath) -> str:
