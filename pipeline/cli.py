@@ -26,7 +26,7 @@ def _run_pipeline(dvc_args: list[str]) -> int:
         print(f"Prefect API: {url}", file=sys.stderr)
         state = pipeline_flow(dvc_args=dvc_args, return_state=True)
     if not state.is_completed():
-        print(f"ganpipe repro: {state.message}", file=sys.stderr)
+        print(f"ganpipe {'exp' if dvc_args[0] == 'exp' else 'repro'}: {state.message}", file=sys.stderr)
         return 1
     print(summary_markdown(state.result()))
     return 0
