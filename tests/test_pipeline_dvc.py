@@ -175,3 +175,12 @@ def test_main_command_without_a_server_starts_one_and_exits_cleanly(repo, first_
     assert "Prefect API: http://127.0.0.1:" in out and os.environ["PREFECT_API_URL"] not in out
     assert "Data and pipelines are up to date" in out
     assert "Error logging to API" not in out
+
+
+def test_dvc_plots_page_renders_offline_with_vega_inlined(repo, first_run, tmp_path):
+    res = sh([sys.executable, "-m", "dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "index.html" in res.stdout
+    assert "<script src=" not in page and "cdn.jsdelivr" not in page  # nothing fetched from a CDN
+    assert "vega-embed 6" in page and "vegaEmbed" in page  # the libraries are in the page itself
+    assert "GAN losses" in page and "dvclive/plots/metrics/train/loss_D.tsv" in page
