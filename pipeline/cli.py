@@ -60,16 +60,17 @@ def _cmd_exp(args: argparse.Namespace) -> int:
     if not isinstance(overlay, dict):
         raise ConfigError(f"{args.config}: must be a mapping of params groups")
     base = load_params("params.yaml").model_dump(mode="json")
-    parse_params(_merge(base, overlay), args.config)  # validate the combination before running
+    parse_params(merge_overlay(base, overlay), args.config)  # validate the combination before running
     name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
     return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge_overlay(base: dict, over: dict) -> dict:
+    """`base` params with the keys of `over` laid on top, group by group."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

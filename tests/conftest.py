@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.cli import merge_overlay
 from pipeline.config import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,11 +22,7 @@ TINY = {
 }
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) else v
-    return out
+merge = merge_overlay  # the same overlay rule `ganpipe exp` uses
 
 
 def tiny_params(**over: dict) -> Params:

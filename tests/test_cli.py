@@ -21,7 +21,7 @@ def test_overlay_flattens_to_dvc_set_param_arguments_with_typed_values():
 def test_shipped_overlays_are_valid_on_top_of_params_yaml():
     import yaml
 
-    from pipeline.cli import _merge
+    from pipeline.cli import merge_overlay
     from pipeline.config import load_params, parse_params
 
     base = load_params(REPO / "params.yaml").model_dump(mode="json")
@@ -29,7 +29,7 @@ def test_shipped_overlays_are_valid_on_top_of_params_yaml():
     assert names == ["conditional-digits.yaml", "fashion-mnist.yaml", "hinge-sn.yaml", "wgan-gp.yaml"]
     for name in names:
         overlay = yaml.safe_load((REPO / "configs" / name).read_text())
-        parse_params(_merge(base, overlay), name)  # raises on any bad key or combination
+        parse_params(merge_overlay(base, overlay), name)  # raises on any bad key or combination
 
 
 def test_exp_refuses_an_invalid_overlay_before_running_anything(tmp_path):
