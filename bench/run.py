@@ -1,7 +1,7 @@
 """The benchmark suite: speed numbers live here, not in timed tests.
 
     python bench/run.py            # all benchmarks, results as JSON on stdout
-    python bench/run.py loader     # one of: loader, train_step, onnx
+    python bench/run.py loader     # one of: loader, train_step, onnx, ingest
 
 Each benchmark runs on the default data (prepared on the fly into a temporary folder if
 data/prepared/ is absent) and reports a median over repeats. Record results in
@@ -96,7 +96,51 @@ def bench_onnx(prepared: Path) -> dict:
         return out
 
 
-BENCHMARKS = {"loader": bench_loader, "train_step": bench_train_step, "onnx": bench_onnx}
+_INGEST_CHILD = """
+import json, re, resource, sys, time
+from pathlib import Path
+from pipeline.config import DataConfig
+from pipeline.data.prepare import prepare
+cfg = DataConfig(source="folder", path=sys.argv[1], image_size=64, channels=3)
+t = time.perf_counter()
+result = prepare(cfg, sys.argv[2] + "/prepared", sys.argv[2] + "/report.json")
+print(json.dumps({"seconds": time.perf_counter() - t, "counts": result.counts,
+                  # VmHWM, not ru_maxrss: the latter counts the forking parent's pages before exec
+                  "main_peak_rss_mb": int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1])
+                  / 1024,
+                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def bench_ingest(_prepared: Path) -> dict:
+    """`prepare` on a folder of N distinct 64x64 RGB PNGs in 10 class folders (N from
+    GANPIPE_BENCH_INGEST_N, default 100,000): wall time, files/s and peak memory of the
+    main process and of the largest decoding worker."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    n = int(os.environ.get("GANPIPE_BENCH_INGEST_N", "100000"))
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "images"
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        for i in range(n):
+            folder = src / f"class{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            img = base.copy()
+            img[i % 64, (i // 64) % 64] = (i % 256, (i >> 8) % 256, (i >> 16) % 256)  # every image distinct
+            Image.fromarray(img).save(folder / f"{i:06d}.png", compress_level=1)
+        out = subprocess.run(
+            [sys.executable, "-c", _INGEST_CHILD, str(src), tmp], cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["files_per_s"] = round(n / result["seconds"])
+    return {"files": n, **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}
+
+
+BENCHMARKS = {"loader": bench_loader, "train_step": bench_train_step, "onnx": bench_onnx, "ingest": bench_ingest}
 
 
 def main(names: list[str]) -> None:

@@ -26,15 +26,37 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GlyphConfig(_Section):
+    font_a: str = Field("DejaVuSans.ttf", description="domain A font: a TTF/OTF path (file.ttc#i) or a bundled name")
+    font_b: str = Field("DejaVuSerif.ttf", description="domain B font, same forms as font_a")
+    chars: list[str] = Field(
+        ["ascii", "latin1", "latin-ext-a", "greek", "cyrillic"],
+        min_length=1,
+        description="set names (ascii, latin1, latin-ext-a, greek, cyrillic) or literal strings of characters",
+    )
+    scale: float = Field(0.75, gt=0.1, le=1.5, description="font size as a fraction of data.image_size")
+
+
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "idx"] = "digits"
+    source: Literal["digits", "folder", "idx", "glyphs"] = "digits"
     path: str | None = None
+    layout: Literal["classes", "unpaired", "paired"] = Field(
+        "classes", description="folder: class sub-folders | trainA/trainB[/testA/testB] | A/ B/ matched by name"
+    )
     class_names: list[str] | None = Field(None, description="names for numeric labels (idx source), in order")
+    glyphs: GlyphConfig = GlyphConfig()
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    train_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="keep this fraction of the train split (by content hash); val stays whole"
+    )
     on_error: Literal["fail", "skip"] = "fail"
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb guard, pixels per image")
+    min_size: int | None = Field(
+        None, ge=0, description="smallest accepted image side in pixels; null = half of image_size; 0 = any"
+    )
+    workers: int = Field(0, ge=0, description="decoding processes; 0 = one per CPU core")
 
     @field_validator("image_size")
     @classmethod
@@ -49,11 +71,26 @@ class DataConfig(_Section):
             raise ValueError("source 'folder' needs data.path (a directory, .zip, .tar or .tar.gz)")
         if self.source == "idx" and not self.path:
             raise ValueError("source 'idx' needs data.path (a directory of *-images-idx3-ubyte[.gz] files)")
+        if self.layout != "classes" and self.source != "folder":
+            raise ValueError(f"data.layout {self.layout!r} applies to source 'folder' only")
         return self
+
+    @property
+    def two_domain(self) -> bool:
+        return self.source == "glyphs" or self.layout != "classes"
+
+    @property
+    def smallest_side(self) -> int:
+        return self.image_size // 2 if self.min_size is None else self.min_size
 
 
 class AugmentConfig(_Section):
+    hflip: bool = Field(False, description="random horizontal flips of real images (classic augmentation)")
     diffaugment: str = Field("", description="comma-separated DiffAugment policies: color, translation, cutout")
+    ada: bool = Field(False, description="adapt the DiffAugment probability p to D's overfitting (ADA-style)")
+    ada_target: float = Field(0.6, gt=0, lt=1, description="target r_t = E[sign(D(real))]; above it p rises")
+    ada_interval: int = Field(4, ge=1, description="G steps between p adjustments")
+    ada_kimg: float = Field(20.0, gt=0, description="thousands of images for p to move from 0 to 1")
 
     @field_validator("diffaugment")
     @classmethod
@@ -135,6 +172,8 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
+        if self.augment.ada and not self.augment.diffaugment:
+            raise ValueError("augment.ada adapts the probability of the DiffAugment policies: set augment.diffaugment")
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
             raise ValueError(
                 "train.loss wgan-gp penalises each sample's gradient; batch norm in D mixes samples: "

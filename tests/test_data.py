@@ -157,8 +157,10 @@ def test_colour_modes_are_converted_by_the_documented_rules(tmp_path):
     src.mkdir(parents=True)
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(src / "transparent.png")  # alpha 0 -> black
     Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(src / "cmyk.jpg")  # no ink -> white
-    Image.new("I;16", (8, 8), 65535).save(src / "deep.png")  # 16-bit max -> 255
-    Image.new("P", (8, 8), 0).save(src / "palette.png")
+    Image.new("I;16", (8, 8), 32768).save(src / "deep.png")  # 16-bit: scaled by 255 / 65535
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([10, 200, 30] * 256)
+    palette.save(src / "palette.png")
     cfg = DataConfig(source="folder", path=str(tmp_path / "src"), image_size=8, channels=3, val_fraction=0.5)
     prepare(cfg, tmp_path / "out", tmp_path / "r.json")
     manifest = json.loads((tmp_path / "out/manifest.json").read_text())
@@ -169,7 +171,8 @@ def test_colour_modes_are_converted_by_the_documented_rules(tmp_path):
         pixels.update({n.split("/")[-1]: s.images[i] for i, n in enumerate(names)})
     assert pixels["transparent.png"].max() == 0
     assert pixels["cmyk.jpg"].min() >= 250
-    assert pixels["deep.png"].min() == 255
+    assert pixels["deep.png"].min() == pixels["deep.png"].max() == 127
+    assert pixels["palette.png"][:, 0, 0].tolist() == [10, 200, 30]
     assert all(p.shape == (3, 8, 8) for p in pixels.values())
 
 

@@ -15,18 +15,27 @@ class DiffAugment:
     """Apply the comma-separated `policy` (color, translation, cutout) to a batch in [-1, 1].
 
     Random draws come from the generator passed per call, so the caller owns (and
-    checkpoints) the random state; an empty policy is the identity.
+    checkpoints) the random state; an empty policy is the identity. `p` < 1 augments
+    each image with probability p (the adaptive mode sets it during training); at p = 1
+    every image is augmented and no extra random numbers are drawn.
     """
 
-    def __init__(self, policy: str, translation_ratio: float = 0.125, cutout_ratio: float = 0.5):
+    def __init__(self, policy: str, translation_ratio: float = 0.125, cutout_ratio: float = 0.5, p: float = 1.0):
         self.policies = [p for p in policy.split(",") if p]
         self.translation_ratio, self.cutout_ratio = translation_ratio, cutout_ratio
+        self.p = p
         self.generator: torch.Generator | None = None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         self.generator = generator
+        if not self.policies or self.p <= 0:
+            return x
+        original = x
         for p in self.policies:
             x = getattr(self, f"_{p}")(x)
+        if self.p < 1:
+            chosen = self._rand(x.shape[0], 1, 1, 1, device=x.device) < self.p
+            x = torch.where(chosen, x, original)
         return x
 
     def _rand(self, *shape: int, device: torch.device) -> torch.Tensor:
@@ -66,6 +75,51 @@ class DiffAugment:
         xs = torch.arange(w, device=x.device).view(1, 1, w)
         inside = ((ys - oy).abs() * 2 < ch) & ((xs - ox).abs() * 2 < cw)
         return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+class AdaptiveProbability:
+    """ADA's controller (Karras et al., 2020) for the augmentation probability p.
+
+    The overfitting heuristic r_t = E[sign(D(real))] is collected over `interval` steps;
+    p then moves up when r_t > target (D is too sure of the reals) and down otherwise, by
+    an amount that lets p cross 0..1 in `kimg` thousand images. Logits are raw D scores,
+    so the heuristic fits losses whose real/fake boundary is 0 (non-saturating, hinge).
+    """
+
+    def __init__(self, target: float, interval: int, kimg: float, batch_size: int):
+        self.target, self.interval = target, interval
+        self.step_size = batch_size * interval / (kimg * 1000)
+        self.p, self.sign_sum, self.count, self.last_rt = 0.0, 0.0, 0, 0.0
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        self.sign_sum += float(torch.sign(real_logits.detach().float()).sum())
+        self.count += real_logits.numel()
+
+    def maybe_update(self, step: int, reduce=None) -> None:
+        """Adjust p every `interval` steps; `reduce` averages a tensor across processes (DDP),
+        so every process keeps the same p."""
+        if step % self.interval or not self.count:
+            return
+        totals = torch.tensor([self.sign_sum, float(self.count)], dtype=torch.float64)
+        if reduce is not None:
+            totals = reduce(totals)
+        self.last_rt = float(totals[0] / totals[1])
+        direction = 1.0 if self.last_rt > self.target else -1.0
+        self.p = min(max(self.p + direction * self.step_size, 0.0), 1.0)
+        self.sign_sum, self.count = 0.0, 0
+
+    def state_dict(self) -> dict:
+        return {"p": self.p, "sign_sum": self.sign_sum, "count": self.count, "last_rt": self.last_rt}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.p, self.sign_sum = state["p"], state["sign_sum"]
+        self.count, self.last_rt = state["count"], state["last_rt"]
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Classic augmentation of real images: each flipped left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], 1, 1, 1, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip, x.flip(3), x)
 
 
 def preview(images: torch.Tensor, policy: str, seed: int = 0, copies: int = 2) -> list[torch.Tensor]:

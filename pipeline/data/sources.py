@@ -1,35 +1,59 @@
-"""Data sources: each yields raw records; `prepare` turns any of them into one format.
+"""Data sources: each yields records; `prepare` turns any of them into one format.
 
-A record is one source item: a stable name, its raw bytes (for hashing and provenance),
-a decoded-later payload, and a class name. Sources never resize or validate; that is
-`prepare`'s job, so every source gets the same rules.
+A record is one source item: a stable name, a class (or domain) name, and where its
+content is: a file on disk, a zip member, bytes already read (tar members), or pixels
+already decoded (array sources). File contents are read lazily, by the decoder, so a
+folder of 100,000 images is never held in memory and can be decoded in parallel.
+Sources never resize or validate; that is `prepare`'s job, so every source gets the
+same rules. A source that already knows an item is unusable (a symlink escaping the
+source, an archive member with an absolute path or '..', an unmatched pair) yields it
+with `problem` set, so it is reported like any other bad file.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import struct
 import tarfile
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from pipeline.errors import UserError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 UNLABELLED = "unlabelled"
+UNPAIRED_DIRS = {"trainA": ("A", "train"), "trainB": ("B", "train"), "testA": ("A", "val"), "testB": ("B", "val")}
 
 
 @dataclass(frozen=True)
 class Record:
     name: str  # stable identifier, e.g. "3/img_001.png" or "digits/0042"
-    data: bytes  # raw content (encoded file, or the array's bytes for array sources)
-    label: str
-    array: np.ndarray | None = None  # already-decoded pixels (array sources), else None
+    label: str  # class name; the domain ("A" / "B") in two-domain layouts
+    data: bytes | None = None  # raw content already in memory
+    array: np.ndarray | None = None  # already-decoded pixels (array sources)
+    path: str | None = None  # a file the decoder reads
+    member: tuple[str, str] | None = None  # (zip archive, member name) the decoder reads
+    problem: str | None = None  # known to be unusable, and why
+    split: str | None = None  # fixed by the layout (CycleGAN's testA/testB -> val); else by content hash
+    split_key: str | None = None  # hash this instead of the content to choose the split
+    pair: str | None = None  # paired layouts: the key matching an A record with its B record
+
+
+@dataclass
+class Source:
+    """A source's records plus what the source knows about the whole set."""
+
+    records: Iterator[Record]
+    total: int | None = None  # for the progress bar, when known without reading everything
+    declared_classes: list[str] = field(default_factory=list)  # class folders, empty ones included
+    domains: tuple[str, ...] = ()  # ("A", "B") for two-domain layouts
+    paired: bool = False
+    notes: dict = field(default_factory=dict)  # source-specific facts for the report
 
 
 class SourceError(UserError, ValueError):
@@ -44,6 +68,10 @@ def digits_records() -> Iterator[Record]:
     for i, (img, target) in enumerate(zip(bunch.images, bunch.target, strict=True)):
         pixels = np.rint(img * (255.0 / 16.0)).astype(np.uint8)  # digits are 0..16 ink levels
         yield Record(name=f"digits/{i:04d}", data=pixels.tobytes(), label=str(int(target)), array=pixels)
+
+
+def digits_source() -> Source:
+    return Source(digits_records(), total=1797, declared_classes=[str(i) for i in range(10)])
 
 
 IDX_IMAGES = re.compile(r"^(?P<stem>.+)-images-idx3-ubyte(?P<gz>\.gz)?$")
@@ -88,8 +116,9 @@ def idx_records(path: Path | str, class_names: list[str] | None = None) -> Itera
             yield Record(name=f"{stem}/{i:05d}", data=img.tobytes(), label=name, array=img)
 
 
-def _label_for(rel: PurePosixPath) -> str:
-    return rel.parts[0] if len(rel.parts) > 1 else UNLABELLED
+def idx_source(path: Path | str, class_names: list[str] | None = None) -> Source:
+    records = idx_records(path, class_names)
+    return Source(records, declared_classes=list(class_names or []))
 
 
 def _wanted(rel: PurePosixPath) -> bool:
@@ -97,47 +126,148 @@ def _wanted(rel: PurePosixPath) -> bool:
     return not any(p.startswith(".") or p == "__MACOSX" for p in rel.parts)
 
 
-def _safe_member(name: str, archive: Path) -> PurePosixPath:
+def _unsafe_member(name: str) -> str | None:
     rel = PurePosixPath(name)
     if rel.is_absolute() or ".." in rel.parts:
-        raise SourceError(f"{archive}: member {name!r} escapes the archive (absolute path or '..'); refusing it")
-    return rel
+        return "archive member escapes the archive (absolute path or '..', zip-slip); rejected"
+    return None
 
 
-def folder_records(path: Path | str) -> Iterator[Record]:
+def _entries(path: Path) -> tuple[list[Record], list[str]]:
+    """Every file of a directory or zip as a lazy record named by its relative path, plus the
+    top-level folders (so an empty class folder is still seen). Tar archives are read by
+    `_tar_records` instead (they cannot be read out of order cheaply)."""
+    if path.is_dir():
+        root = path.resolve()
+        records, tops = [], sorted(p.name for p in path.iterdir() if p.is_dir() and _wanted(PurePosixPath(p.name)))
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames[:] = sorted(dirnames)
+            for fname in sorted(filenames):
+                f = Path(dirpath) / fname
+                rel = PurePosixPath(f.relative_to(path).as_posix())
+                if not _wanted(rel):
+                    continue
+                problem = None
+                if f.is_symlink() and not f.resolve().is_relative_to(root):
+                    problem = f"symlink to {os.readlink(f)} points outside data.path; refused"
+                elif f.exists() and not f.is_file():
+                    problem = "not a regular file (device, pipe or socket)"
+                records.append(Record(name=str(rel), label="", path=str(f), problem=problem))
+        return records, tops
+    with zipfile.ZipFile(path) as zf:
+        infos = sorted(zf.infolist(), key=lambda i: i.filename)
+    records, tops = [], set()
+    for info in infos:
+        rel = PurePosixPath(info.filename)
+        if info.is_dir():
+            if len(rel.parts) == 1 and _wanted(rel):
+                tops.add(rel.parts[0])
+            continue
+        if not _wanted(rel) and not _unsafe_member(info.filename):
+            continue
+        if len(rel.parts) > 1:
+            tops.add(rel.parts[0])
+        problem = _unsafe_member(info.filename)
+        records.append(Record(name=info.filename, label="", member=(str(path), info.filename), problem=problem))
+    return records, sorted(tops)
+
+
+def _tar_records(path: Path) -> Iterator[Record]:
+    with tarfile.open(path) as tf:
+        for member in tf:  # streaming order: one pass over a compressed stream
+            if not member.isfile():
+                continue
+            problem = _unsafe_member(member.name)
+            if not _wanted(PurePosixPath(member.name)) and not problem:
+                continue
+            fh = None if problem else tf.extractfile(member)
+            yield Record(name=member.name, label="", data=fh.read() if fh else None, problem=problem)
+
+
+def _relabel(rec: Record, **changes) -> Record:
+    return Record(**{**rec.__dict__, **changes})
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"data.path {str(path)!r} does not exist")
+    if not (path.is_dir() or zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+        raise SourceError(f"data.path {str(path)!r} is neither a directory nor a .zip/.tar/.tar.gz archive")
+
+
+def folder_source(path: Path | str) -> Source:
     """Images from a directory, .zip, .tar or .tar.gz; the first sub-folder names the class.
 
     Every regular file is yielded (not only known image suffixes) so that a non-image file
     is reported by `prepare` rather than silently ignored.
     """
     path = Path(path)
-    if not path.exists():
-        raise SourceError(f"data.path {str(path)!r} does not exist")
-    if path.is_dir():
-        root = path.resolve()
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            rel = PurePosixPath(f.relative_to(path).as_posix())
-            if not _wanted(rel):
-                continue
-            if not f.resolve().is_relative_to(root):
-                raise SourceError(f"{f}: symlink points outside {path}; refusing it")
-            yield Record(name=str(rel), data=f.read_bytes(), label=_label_for(rel))
-    elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                if info.is_dir():
-                    continue
-                rel = _safe_member(info.filename, path)
-                if _wanted(rel):
-                    yield Record(name=str(rel), data=zf.read(info), label=_label_for(rel))
-    elif tarfile.is_tarfile(path):
-        with tarfile.open(path) as tf:
-            for member in sorted(tf.getmembers(), key=lambda m: m.name):
-                if not member.isfile():
-                    continue
-                rel = _safe_member(member.name, path)
-                fh = tf.extractfile(member)
-                if _wanted(rel) and fh is not None:
-                    yield Record(name=str(rel), data=fh.read(), label=_label_for(rel))
+    _check_exists(path)
+
+    def label(rec: Record) -> Record:
+        parts = PurePosixPath(rec.name).parts
+        return _relabel(rec, label=parts[0] if len(parts) > 1 else UNLABELLED)
+
+    if not path.is_dir() and not zipfile.is_zipfile(path):  # tar: one streaming pass, classes as met
+        return Source(label(r) for r in _tar_records(path))
+    entries, tops = _entries(path)
+    return Source((label(r) for r in entries), total=len(entries), declared_classes=tops)
+
+
+def unpaired_source(path: Path | str) -> Source:
+    """CycleGAN's layout: trainA/ trainB/ (and optionally testA/ testB/, used as the val split)."""
+    path = Path(path)
+    _check_exists(path)
+    if not path.is_dir() and not zipfile.is_zipfile(path):
+        records = list(_tar_records(path))  # two-domain sets are small enough to list
     else:
-        raise SourceError(f"data.path {str(path)!r} is neither a directory nor a .zip/.tar/.tar.gz archive")
+        records, _ = _entries(path)
+    has_test = any(PurePosixPath(r.name).parts[0] in ("testA", "testB") for r in records)
+    out = []
+    for rec in records:
+        top = PurePosixPath(rec.name).parts[0]
+        if top not in UNPAIRED_DIRS or len(PurePosixPath(rec.name).parts) < 2:
+            out.append(_relabel(rec, label="A", problem=rec.problem or "not under trainA/ trainB/ testA/ testB/"))
+            continue
+        domain, split = UNPAIRED_DIRS[top]
+        out.append(_relabel(rec, label=domain, split=split if has_test else None))
+    for d in ("A", "B"):
+        if not any(r.label == d and r.problem is None for r in out):
+            raise SourceError(f"data.path {str(path)!r}: no files under train{d}/ (the unpaired layout needs both)")
+    return Source(iter(out), total=len(out), domains=("A", "B"), paired=False)
+
+
+def paired_source(path: Path | str) -> Source:
+    """pix2pix-style pairs: A/ and B/ with files matched by their path minus the extension.
+
+    Records come out pair by pair (A then B); a file without its partner is a problem
+    record naming the missing side.
+    """
+    path = Path(path)
+    _check_exists(path)
+    records = list(_tar_records(path)) if not path.is_dir() and not zipfile.is_zipfile(path) else _entries(path)[0]
+    sides: dict[str, dict[str, list[Record]]] = {"A": {}, "B": {}}
+    others = []
+    for rec in records:
+        parts = PurePosixPath(rec.name).parts
+        if parts[0] not in sides or len(parts) < 2:
+            others.append(_relabel(rec, label="A", problem=rec.problem or "not under A/ or B/ (paired layout)"))
+            continue
+        key = str(PurePosixPath(*parts[1:]).with_suffix(""))
+        sides[parts[0]].setdefault(key, []).append(_relabel(rec, label=parts[0], pair=key))
+    if not sides["A"] or not sides["B"]:
+        raise SourceError(f"data.path {str(path)!r}: paired layout needs files under both A/ and B/")
+    out = []
+    for key in sorted(set(sides["A"]) | set(sides["B"])):
+        a, b = sides["A"].get(key, []), sides["B"].get(key, [])
+        if len(a) == 1 and len(b) == 1:
+            out += [a[0], b[0]]
+            continue
+        for rec in a + b:
+            if not a or not b:
+                why = f"no matching file in {'B' if rec.label == 'A' else 'A'}/ for {key!r}"
+            else:
+                why = f"{key!r} matches several files in one domain ({', '.join(r.name for r in a + b)})"
+            out.append(_relabel(rec, problem=rec.problem or why, pair=None))
+    out += others
+    return Source(iter(out), total=len(out), domains=("A", "B"), paired=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline import layout
 from pipeline.artifacts import atomic_path
 from pipeline.config import Params
-from pipeline.data.augment import DiffAugment
+from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
 from pipeline.data.dataset import BatchSampler, load_split, to_float
 from pipeline.errors import MissingInput, UserError
 from pipeline.grid import make_grid, save_grid
@@ -158,7 +158,9 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
     d_loss_fn, g_loss_fn = LOSSES[cfg.loss]
     acgan = bool(num_classes) and mcfg.conditioning == "acgan"
-    augment = DiffAugment(params.augment.diffaugment)
+    acfg = params.augment
+    augment = DiffAugment(acfg.diffaugment)
+    ada = AdaptiveProbability(acfg.ada_target, acfg.ada_interval, acfg.ada_kimg, cfg.batch_size) if acfg.ada else None
 
     # The total batch is split into shards: one per process and micro-batch. Every process
     # draws the same global indices and noise; shard s always gets slice s and RNG s.
@@ -187,6 +189,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         noise.set_state(state["rng"]["noise"])
         for s, st in enumerate(state["rng"]["shards"]):
             shard_rng[s].set_state(st)
+        if ada is not None:
+            ada.load_state_dict(state["ada"])
         torch.set_rng_state(state["rng"]["torch"])
         start = state["step"]
         log.info("resuming from checkpoint at step %d", start)
@@ -211,6 +215,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
             "rng": {"batches": batches.generator.get_state(), "noise": noise.get_state(),
                     "shards": shard_states, "torch": torch.get_rng_state()},
+            **({"ada": ada.state_dict()} if ada is not None else {}),
         })  # fmt: skip
 
     def draw() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -256,12 +261,16 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
 
         # D: push D(x) up and D(G(z)) down, everything D sees passing through the same augmentation
+        if ada is not None:
+            augment.p = ada.p
         for _ in range(cfg.n_critic):
             idx, z, y_fake = draw()
             opt_d.zero_grad(set_to_none=True)
             loss_d_sum = torch.zeros((), device=device)
             for k, s in enumerate(mine):
                 real, y_real = batches.take(part(idx, s))
+                if acfg.hflip:
+                    real = random_hflip(real, shard_rng[s])
                 with autocast(device, precision):
                     if reuse_fakes:
                         fake = G_train(part(z, s), part(y_fake, s))
@@ -274,6 +283,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
                     )
                     scaler.scale(loss_d / cfg.accumulate).backward()
                 loss_d_sum += loss_d.detach() / cfg.accumulate
+                if ada is not None:
+                    ada.observe(real_logits)
             grad_d = grad_norm(D) if log_now else 0.0
             optimiser_step(opt_d)
 
@@ -295,6 +306,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         optimiser_step(opt_g)
         D.requires_grad_(True)
         update_ema(G_ema, G, step, cfg.ema_decay)
+        if ada is not None:
+            ada.maybe_update(done, lambda t: mean(t.to(device), world).cpu())
 
         images_window += cfg.batch_size
         bar.update(1)
@@ -321,6 +334,9 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             live.log_metric("train/lr_D", opt_d.param_groups[0]["lr"])
             live.log_metric("train/lr_G", opt_g.param_groups[0]["lr"])
             live.log_metric("train/images_per_s", images_window / max(now - t_window, 1e-9))
+            if ada is not None:
+                live.log_metric("train/augment_p", ada.p)
+                live.log_metric("train/ada_rt", ada.last_rt)
             t_window, images_window = now, 0
             bar.set_postfix(loss_D=f"{ld:.3f}", loss_G=f"{lg:.3f}")
         if (done % cfg.sample_every == 0 or done == cfg.steps) and live is not None:
