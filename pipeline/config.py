@@ -48,9 +48,6 @@ class DataConfig(_Section):
     image_size: int = Field(32, ge=8, le=1024)
     channels: Literal[1, 3] = 1
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    train_fraction: float = Field(
-        1.0, gt=0.0, le=1.0, description="keep this fraction of the train split (by content hash); val stays whole"
-    )
     on_error: Literal["fail", "skip"] = "fail"
     max_pixels: int = Field(64_000_000, gt=0, description="decompression-bomb guard, pixels per image")
     min_size: int | None = Field(
@@ -116,6 +113,9 @@ class ModelConfig(_Section):
 
 class TrainConfig(_Section):
     steps: int = Field(3000, ge=1)
+    data_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="train on this stable fraction of the train split (data-efficiency studies)"
+    )
     batch_size: int = Field(64, ge=2)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)

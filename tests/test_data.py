@@ -218,3 +218,15 @@ def test_idx_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="no matching labels file"):
         prepare(cfg, tmp_path / "out", tmp_path / "r.json")
     assert not (tmp_path / "out").exists()
+
+
+def test_training_subset_is_stable_and_grows_as_a_superset(tmp_path):
+    from pipeline.data.dataset import stable_subset
+
+    prepare(DataConfig(image_size=8), tmp_path / "p", tmp_path / "r.json")
+    full = load_split(tmp_path / "p", "train")
+    small, large = (stable_subset(tmp_path / "p", "train", full, f) for f in (0.1, 0.3))
+    assert 0.05 < len(small.labels) / len(full.labels) < 0.15
+    rows = lambda s: {r.tobytes() for r in np.asarray(s.images)}  # noqa: E731
+    assert rows(small) <= rows(large) <= rows(full)
+    assert stable_subset(tmp_path / "p", "train", full, 1.0) is full

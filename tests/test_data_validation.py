@@ -199,18 +199,6 @@ def test_parallel_decoding_gives_the_same_dataset_as_one_process(tmp_path):
         assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
 
 
-def test_train_fraction_keeps_a_stable_subset_of_train_and_all_of_val(tmp_path):
-    full = prepare(DataConfig(image_size=8), tmp_path / "full", tmp_path / "r1.json")
-    part = prepare(DataConfig(image_size=8, train_fraction=0.1), tmp_path / "part", tmp_path / "r2.json")
-    assert part.counts["val"] == full.counts["val"]
-    assert 0.05 < part.counts["train"] / full.counts["train"] < 0.15
-
-    def train_names(d):
-        return {f["name"] for f in json.loads((d / "manifest.json").read_text())["files"] if f["split"] == "train"}
-
-    assert train_names(tmp_path / "part") <= train_names(tmp_path / "full")
-
-
 # --- two-domain layouts -------------------------------------------------------------------
 
 

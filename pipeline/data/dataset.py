@@ -37,6 +37,18 @@ def load_split(prepared_dir: Path | str, split: str) -> PreparedSplit:
     return PreparedSplit(images=images, labels=labels, classes=classes)
 
 
+def stable_subset(prepared_dir: Path | str, split: str, data: PreparedSplit, fraction: float) -> PreparedSplit:
+    """The items of `split` whose content hash falls in the first `fraction` of the hash
+    range: the same items on every run, and a superset when the fraction grows."""
+    if fraction >= 1.0:
+        return data
+    files = [f for f in read_json(Path(prepared_dir) / "manifest.json")["files"] if f["split"] == split]
+    keep = np.array([int(f["sha256"][8:16], 16) / 16**8 < fraction for f in files])
+    if not keep.any():
+        raise MissingInput(f"train.data_fraction={fraction} leaves no {split} images; raise it")
+    return PreparedSplit(images=data.images[keep], labels=data.labels[keep], classes=data.classes)
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float32 [-1, 1], the range every model here works in."""
     t = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copies read-only mmaps

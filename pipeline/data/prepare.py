@@ -317,7 +317,6 @@ class _Collector:
         self.files_seen = 0
         self.pending_pair: Outcome | None = None
         self.classes: list[str] = []
-        self.left_out = 0
         self.empty_classes: list[str] = []
         self.counts: dict[str, int] = {}
 
@@ -363,9 +362,6 @@ class _Collector:
         else:
             basis = outcomes[0].sha256
         split = rec.split or split_of(basis, self.cfg.val_fraction)
-        if split == "train" and self.cfg.train_fraction < 1 and int(basis[8:16], 16) / 16**8 >= self.cfg.train_fraction:
-            self.left_out += len(outcomes)  # data-efficiency studies: a stable subset of the train split
-            return
         unit = _Unit(outcomes, split)
         if self.buffer is not None:
             self.buffer.append(unit)
@@ -572,7 +568,6 @@ def _report(cfg: DataConfig, source: Source, col: _Collector) -> dict:
         "files_used": len(col.files),
         "counts": col.counts,
         "skipped_by_kind": dict(Counter(s["kind"] for s in col.skipped)),
-        "left_out_by_train_fraction": col.left_out,
         "empty_classes": col.empty_classes,
         "skipped": col.skipped,
         **source.notes,

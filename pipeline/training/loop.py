@@ -24,7 +24,7 @@ from pipeline import layout
 from pipeline.artifacts import atomic_path
 from pipeline.config import Params
 from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
-from pipeline.data.dataset import BatchSampler, load_split, to_float
+from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
 from pipeline.errors import MissingInput, UserError
 from pipeline.grid import make_grid, save_grid
 from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
@@ -144,7 +144,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     precision = resolve_precision(cfg.precision, device)
-    data = load_split(paths.prepared, "train")
+    data = stable_subset(paths.prepared, "train", load_split(paths.prepared, "train"), cfg.data_fraction)
     _, channels, image_size, _ = data.images.shape
     num_classes = data.num_classes if mcfg.conditional else 0
 
