@@ -16,13 +16,23 @@ from pipeline.metrics.suite import evaluate
 
 @stage_task
 def compute_metrics(params_path: str) -> dict:
-    metrics = evaluate(load_params(params_path))
+    params = load_params(params_path)
+    if params.task == "translate":
+        from pipeline.metrics.translation import evaluate_translation
+
+        metrics = evaluate_translation(params)
+    else:
+        metrics = evaluate(params)
     write_json(layout.EVAL_METRICS, metrics)
     return metrics
 
 
 def metrics_markdown(m: dict) -> str:
     """The FID/KID table with its two anchors, as a reader should see it."""
+    if m.get("task") == "translate":
+        from pipeline.metrics.translation import translation_markdown
+
+        return translation_markdown(m)
     return "\n".join(
         [
             f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "

@@ -16,6 +16,21 @@ from pipeline.export import export_generator
 @stage_task
 def export_onnx(params_path: str) -> dict:
     params = load_params(params_path)
+    if params.task == "translate":
+        from pipeline.export import export_translators
+
+        metrics = export_translators(
+            layout.GENERATOR,
+            layout.EXPORTS,
+            opset=params.export.opset,
+            tolerance=params.export.parity_tolerance,
+            params_hash=params.section_hash("seed", "data", "augment", "model", "train"),
+            card_path=layout.MODEL_CARD,
+        )
+        write_json(layout.EXPORT_METRICS, metrics)
+        print(f"exported {', '.join(metrics['onnx_bytes'])} to {layout.EXPORTS}: max |onnx - torch| = "
+              f"{metrics['max_abs_diff']:.2e}")  # fmt: skip
+        return metrics
     metrics = export_generator(
         layout.GENERATOR,
         layout.ONNX_GENERATOR,

@@ -16,6 +16,12 @@ from pipeline.training.loop import train
 @stage_task
 def train_gan(params_path: str) -> dict:
     params = load_params(params_path)
+    if params.task == "translate":
+        from pipeline.training.translate import train_translation
+
+        result = train_translation(params)
+        print(f"trained {result.steps} steps (resumed from {result.resumed_from}) in {result.seconds:.0f}s")
+        return {"steps": result.steps, "resumed_from": result.resumed_from, "generator": str(result.generator)}
     if params.train.nproc_per_node > 1:  # DDP: torchrun runs the same training in N processes
         launch(params_path, params.train.nproc_per_node)
         return {"steps": params.train.steps, "processes": params.train.nproc_per_node}

@@ -95,6 +95,47 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    """One file or a whole folder (recursively); output names mirror input names. A file
+    that cannot be read as an image is reported and skipped; the rest are translated."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from pipeline.artifacts import atomic_path
+    from pipeline.inference import OnnxTranslator
+
+    model = OnnxTranslator(args.model, device=args.device)
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise UserError(f"{src}: input not found")
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise UserError(f"{dst}: exists and is not a folder (input {src} is a folder)")
+        jobs = [(f, dst / f.relative_to(src)) for f in sorted(src.rglob("*")) if f.is_file()]
+    else:
+        jobs = [(src, dst / src.name if dst.is_dir() else dst)]
+    failed = []
+    for f, out in tqdm(jobs, desc="translate", unit="img", disable=len(jobs) < 2, dynamic_ncols=True):
+        try:
+            with Image.open(f) as img:
+                img.load()
+                result = model.translate_image(img)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            failed.append(f"{f}: {'not an image' if isinstance(err, UnidentifiedImageError) else err}")
+            continue
+        if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            out = out.with_suffix(".png")  # e.g. .tif, .gif inputs: written as PNG
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            result.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
+    done = len(jobs) - len(failed)
+    for line in failed:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"translated {done} of {len(jobs)} file(s) with {args.model} ({model.direction}, "
+          f"{', '.join(model.providers)}) into {dst}")  # fmt: skip
+    return 0 if done or not jobs else 1
+
+
 def _cmd_preview_augment(args: argparse.Namespace) -> int:
     from pipeline.config import AugmentConfig, load_params
     from pipeline.data.augment import preview
@@ -154,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scale", type=int, default=2, help="integer upscaling of the PNG")
     gen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     gen.set_defaults(fn=_cmd_generate)
+
+    tr = sub.add_parser("translate", help="translate an image or a folder of images with an exported translator")
+    tr.add_argument("input", help="an image file or a folder (searched recursively)")
+    tr.add_argument("output", help="output file, or folder (names mirror the input's; PNG unless the suffix says)")
+    tr.add_argument("--model", default="exports/generator_AB.onnx", help="ONNX translator from the export stage")
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.set_defaults(fn=_cmd_translate)
     return parser
 
 

@@ -101,7 +101,7 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["dcgan", "resnet"] = "dcgan"
+    arch: Literal["dcgan", "resnet", "cyclegan", "pix2pix"] = "dcgan"
     conditional: bool = False
     conditioning: Literal["projection", "acgan"] = "projection"
     latent_dim: int = Field(64, ge=1, le=4096)
@@ -109,6 +109,9 @@ class ModelConfig(_Section):
     d_channels: int = Field(64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width")
     d_norm: Literal["batch", "none"] = "batch"
     spectral_norm: bool = False
+    n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")
+    d_layers: int | None = Field(None, ge=1, description="translate: PatchGAN layers; null = scaled to image size")
+    dropout: bool = Field(True, description="pix2pix: dropout in the U-Net decoder while training (off at export)")
 
 
 class TrainConfig(_Section):
@@ -126,6 +129,15 @@ class TrainConfig(_Section):
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight; 0 = off")
     r1_every: int = Field(16, ge=1, description="lazy R1: apply every N D steps, scaled by N")
     acgan_weight: float = Field(1.0, ge=0, description="weight of the auxiliary class loss (conditioning: acgan)")
+    lambda_cycle: float = Field(10.0, ge=0, description="cyclegan: weight of the cycle-consistency L1")
+    lambda_identity: float = Field(
+        0.5, ge=0, description="cyclegan: identity L1 weight, relative to lambda_cycle (as in the reference)"
+    )
+    lambda_l1: float = Field(100.0, ge=0, description="pix2pix: weight of the L1 to the target")
+    pool_size: int = Field(50, ge=0, description="cyclegan: history of generated images shown to D; 0 = off")
+    lr_decay_start: float = Field(
+        1.0, gt=0, le=1, description="fraction of steps after which the lrs decay linearly to 0; 1 = constant"
+    )
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -162,7 +174,7 @@ class ExportConfig(_Section):
 
 class Params(_Section):
     seed: int = 0
-    task: Literal["generate"] = "generate"
+    task: Literal["generate", "translate"] = "generate"
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
@@ -172,6 +184,22 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
+        translators = ("cyclegan", "pix2pix")
+        if self.task == "translate":
+            if self.model.arch not in translators:
+                raise ValueError(f"task translate needs model.arch cyclegan or pix2pix, got {self.model.arch!r}")
+            if not self.data.two_domain:
+                raise ValueError(
+                    "task translate needs two domains: data.source glyphs, or data.layout unpaired | paired"
+                )
+            paired = self.data.source == "glyphs" or self.data.layout == "paired"
+            if self.model.arch == "pix2pix" and not paired:
+                raise ValueError("model.arch pix2pix learns from pairs: use data.layout paired or data.source glyphs")
+            return self
+        if self.model.arch in translators:
+            raise ValueError(f"model.arch {self.model.arch!r} is a translation model: set task: translate")
+        if self.data.two_domain:
+            raise ValueError("two-domain data (glyphs, unpaired, paired) is for task: translate")
         if self.augment.ada and not self.augment.diffaugment:
             raise ValueError("augment.ada adapts the probability of the DiffAugment policies: set augment.diffaugment")
         if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":

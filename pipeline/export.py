@@ -9,6 +9,7 @@ absolute difference and both latencies go to metrics/export.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -194,3 +195,144 @@ def model_card(spec: dict, metadata: dict, metrics: dict, onnx_path: Path) -> di
         "metadata_props": metadata,
         "parity": {k: metrics[k] for k in ("parity_passed", "max_abs_diff", "tolerance")},
     }
+
+
+def _translator_metadata(spec: dict, direction: str, params_hash: str) -> dict[str, str]:
+    return {
+        "ganpipe.task": "translate",
+        "ganpipe.direction": direction,
+        "ganpipe.latent_dim": "0",
+        "ganpipe.num_classes": "0",
+        "ganpipe.class_names": "[]",
+        "ganpipe.image_size": str(spec["image_size"]),
+        "ganpipe.channels": str(spec["channels"]),
+        "ganpipe.size_multiple": str(spec["size_multiple"]),
+        "ganpipe.arch": spec["model"]["arch"],
+        "ganpipe.git_rev": git_revision(),
+        "ganpipe.params_hash": params_hash,
+    }
+
+
+def translator_sizes(spec: dict) -> tuple[int, int]:
+    """The two spatial sizes parity is checked at: the training size and twice it."""
+    return spec["image_size"], 2 * spec["image_size"]
+
+
+def export_translator(g: nn.Module, path: Path, spec: dict, metadata: dict[str, str], opset: int) -> None:
+    """One translator to ONNX: `images` [N, C, H, W] -> `translated`, dynamic N, H and W
+    (H, W dynamic as multiples of the architecture's size_multiple)."""
+    m = spec["size_multiple"]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    h = torch.export.Dim("h_blocks", min=1, max=4096 // m)
+    w = torch.export.Dim("w_blocks", min=1, max=4096 // m)
+    dynamic = {"x": {0: batch, 2: m * h, 3: m * w}}
+    example = torch.zeros(2, spec["channels"], spec["image_size"], spec["image_size"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            g.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["translated"],
+            dynamic_shapes=dynamic,
+            external_data=False,
+            verbose=False,
+        )
+    model = program.model_proto
+    for key, value in metadata.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def translator_parity(g: nn.Module, onnx_file: Path, spec: dict, tolerance: float) -> dict:
+    """Max |ORT - torch| at batch 1 and 3 and at two spatial sizes, plus latency at batch 16."""
+    session = create_session(onnx_file)
+    diffs: dict[str, float] = {}
+    gen = torch.Generator().manual_seed(0)
+    for size in translator_sizes(spec):
+        for n in (1, 3):
+            x = torch.rand(n, spec["channels"], size, size, generator=gen) * 2 - 1
+            with torch.no_grad():
+                expected = g(x).numpy()
+            got = session.run(["translated"], {"images": x.numpy()})[0]
+            if got.shape != expected.shape:
+                raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape} at {n}x{size}x{size}")
+            diffs[f"batch_{n}_{size}px"] = float(np.abs(got - expected).max())
+    x = torch.rand(16, spec["channels"], spec["image_size"], spec["image_size"], generator=gen) * 2 - 1
+    with torch.no_grad():
+        torch_ms = _median_ms(lambda: g(x), repeats=5)
+    ort_ms = _median_ms(lambda: session.run(["translated"], {"images": x.numpy()}), repeats=5)
+    worst = max(diffs.values())
+    return {
+        "parity_passed": bool(worst <= tolerance),
+        "max_abs_diff": worst,
+        "max_abs_diff_per_input": diffs,
+        "tolerance": tolerance,
+        "providers": session.get_providers(),
+        "latency_ms_batch16": {"onnxruntime": ort_ms, "torch": torch_ms},
+    }
+
+
+def export_translators(
+    generator_path: Path | str,
+    exports_dir: Path | str,
+    opset: int = 18,
+    tolerance: float = 1e-4,
+    params_hash: str = "",
+    card_path: Path | str | None = None,
+) -> dict:
+    """Export every direction of a trained translator (generator_AB.onnx, and
+    generator_BA.onnx for CycleGAN), check each against PyTorch, write the model card.
+    Raises ExportError, writing no model file, if any direction fails parity."""
+    from pipeline.training.translate import load_translators
+
+    gens, spec = load_translators(generator_path)
+    exports_dir = Path(exports_dir)
+    exports_dir.mkdir(parents=True, exist_ok=True)
+    results, metas = {}, {}
+    with contextlib.ExitStack() as staged:  # all directions are renamed into place together, or none
+        for direction, g in gens.items():
+            tmp = staged.enter_context(atomic_path(exports_dir / f"generator_{direction}.onnx"))
+            metas[direction] = _translator_metadata(spec, direction, params_hash)
+            export_translator(g, tmp, spec, metas[direction], opset)
+            results[direction] = translator_parity(g, tmp, spec, tolerance)
+            if not results[direction]["parity_passed"]:
+                raise ExportError(
+                    f"generator_{direction}: ONNX output differs from PyTorch by "
+                    f"{results[direction]['max_abs_diff']:.3g} > tolerance {tolerance}; nothing written"
+                )
+    worst = max(r["max_abs_diff"] for r in results.values())
+    metrics = {
+        "parity_passed": True,
+        "max_abs_diff": worst,
+        "tolerance": tolerance,
+        "directions": results,
+        "opset": opset,
+        "onnx_bytes": {d: (exports_dir / f"generator_{d}.onnx").stat().st_size for d in gens},
+    }
+    if card_path:
+        write_json(card_path, translator_card(spec, metas, metrics))
+    return metrics
+
+
+def translator_card(spec: dict, metas: dict[str, dict], metrics: dict) -> dict:
+    shape = ["N", spec["channels"], "H", "W"]
+    return {
+        "task": "translate",
+        "files": {d: f"generator_{d}.onnx" for d in metas},
+        "inputs": [{"name": "images", "dtype": "float32", "shape": shape, "range": [-1.0, 1.0],
+                    "from_uint8": "x / 127.5 - 1"}],
+        "outputs": [{"name": "translated", "dtype": "float32", "shape": shape, "range": [-1.0, 1.0],
+                     "to_uint8": "round((x + 1) * 127.5)"}],
+        "dynamic_axes": ["N", "H", "W"],
+        "size_multiple": spec["size_multiple"],
+        "trained_size": spec["image_size"],
+        "note": f"H and W must be multiples of {spec['size_multiple']}; the model was trained at "
+                f"{spec['image_size']}x{spec['image_size']} and is checked at {list(translator_sizes(spec))} px",
+        "metadata_props": metas,
+        "parity": {k: metrics[k] for k in ("parity_passed", "max_abs_diff", "tolerance")},
+    }  # fmt: skip

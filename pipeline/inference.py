@@ -15,11 +15,15 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -145,3 +149,50 @@ class OnnxGenerator:
                 feed["labels"] = y[i : i + batch_size]
             out.append(self.session.run(["images"], feed)[0])
         return np.concatenate(out)
+
+
+class OnnxTranslator:
+    """Translate images with an exported translator (input `images`, output `translated`,
+    both float32 [N, C, H, W] in [-1, 1]). H and W must be multiples of the model's
+    `ganpipe.size_multiple`; other sizes are resized to the nearest valid size and back."""
+
+    def __init__(self, path: Path | str, device: str = "auto", threads: int = 0):
+        self.path = Path(path)
+        self.session = create_session(path, device, threads)
+        self.info = model_info(self.session, path)
+        if self.info.task != "translate":
+            raise ModelError(f"{path}: is a {self.info.task!r} model, not a translator")
+        self.size_multiple = int(self.info.metadata.get("ganpipe.size_multiple", self.info.image_size))
+        self.direction = self.info.metadata.get("ganpipe.direction", "AB")
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def valid_size(self, width: int, height: int) -> tuple[int, int]:
+        """The nearest (width, height) the model accepts: multiples of size_multiple, at least one multiple."""
+        m = self.size_multiple
+        return max(m, round(width / m) * m), max(m, round(height / m) * m)
+
+    def translate(self, images: np.ndarray) -> np.ndarray:
+        """[N, C, H, W] float32 in [-1, 1] -> the same shape; H, W multiples of size_multiple."""
+        if images.ndim != 4 or images.shape[1] != self.info.channels:
+            raise ModelError(f"expected images [N, {self.info.channels}, H, W], got shape {list(images.shape)}")
+        if images.shape[2] % self.size_multiple or images.shape[3] % self.size_multiple:
+            raise ModelError(f"height and width must be multiples of {self.size_multiple}, got {images.shape[2:]}")
+        return self.session.run(["translated"], {"images": images.astype(np.float32, copy=False)})[0]
+
+    def translate_image(self, image: Image.Image) -> Image.Image:
+        """A PIL image in, the translated PIL image out, at the input's size."""
+        from PIL import Image
+
+        mode = "L" if self.info.channels == 1 else "RGB"
+        src = image.convert(mode)
+        size = self.valid_size(*src.size)
+        resized = src.resize(size, Image.BICUBIC) if size != src.size else src
+        arr = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
+        arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
+        out = self.translate(np.ascontiguousarray(arr))[0]
+        pixels = np.clip(np.rint((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        result = Image.fromarray(pixels[0] if self.info.channels == 1 else pixels.transpose(1, 2, 0), mode)
+        return result.resize(src.size, Image.BICUBIC) if size != src.size else result

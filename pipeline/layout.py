@@ -19,6 +19,8 @@ SAMPLES = Path("reports/samples.png")
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_COMPARISON = Path("reports/eval_comparison.png")
 
-ONNX_GENERATOR = Path("exports/generator.onnx")
+EXPORTS = Path("exports")
+ONNX_GENERATOR = EXPORTS / "generator.onnx"  # task generate
+ONNX_TRANSLATORS = {d: EXPORTS / f"generator_{d}.onnx" for d in ("AB", "BA")}  # task translate (BA: CycleGAN)
 MODEL_CARD = Path("exports/model_card.json")
 EXPORT_METRICS = Path("metrics/export.json")

@@ -74,3 +74,14 @@ def r1_penalty(d: Callable, real: torch.Tensor, labels: torch.Tensor | None) -> 
     x = real.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(d(x, labels)[0].sum(), x, create_graph=True)
     return grad.flatten(1).pow(2).sum(1).mean()
+
+
+def cycle_loss(real: torch.Tensor, reconstructed: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's cycle consistency: mean |F(G(x)) - x|."""
+    return (reconstructed - real).abs().mean()
+
+
+def identity_loss(real: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """CycleGAN's identity term: mean |G(y) - y| for y already in G's target domain. The
+    loop weights it by lambda_identity * lambda_cycle, as the reference does."""
+    return (same - real).abs().mean()

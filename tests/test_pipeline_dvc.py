@@ -43,10 +43,8 @@ def flow_run_names(api_url: str) -> list[str]:
     return asyncio.run(fetch())
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, prefect_api) -> Path:
-    """A copy of the project's tracked files as a fresh git + DVC repository with tiny params."""
-    root = tmp_path_factory.mktemp("repo")
+def make_repo(root: Path, overlay: dict) -> Path:
+    """A copy of the project's working tree as a fresh git + DVC repository, params overlaid."""
     listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # the working tree, as committed next
     files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
@@ -54,12 +52,18 @@ def repo(tmp_path_factory, prefect_api) -> Path:
             (root / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, root / f)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    write_params(root / "params.yaml", merge(params, TINY))
+    write_params(root / "params.yaml", merge(params, overlay))
     sh(["git", "init", "-q"], root)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "init", "--allow-empty"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "code"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, prefect_api) -> Path:
+    """The project with tiny params, as a fresh repository."""
+    return make_repo(tmp_path_factory.mktemp("repo"), TINY)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +90,7 @@ def test_evaluate_flow_publishes_the_metrics_table_as_a_prefect_artifact(first_r
 
 def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
     for rel in ["data/prepared/train_images.npy", "data/prepared/manifest.json", "data/prepared/stats.json",
-                "reports/data_report.json", "models/evaluator.pt", "metrics/evaluator.json",
+                "reports/data_report.json", "reports/data_report.md", "models/evaluator.pt", "metrics/evaluator.json",
                 "models/generator.pt", "reports/samples.png", "dvclive/metrics.json",
                 "reports/eval_comparison.png", "metrics/eval.json", "exports/generator.onnx",
                 "exports/model_card.json", "metrics/export.json", "dvc.lock"]:  # fmt: skip
@@ -184,3 +188,64 @@ def test_dvc_plots_page_renders_offline_with_vega_inlined(repo, first_run, tmp_p
     assert "<script src=" not in page and "cdn.jsdelivr" not in page  # nothing fetched from a CDN
     assert "vega-embed 6" in page and "vegaEmbed" in page  # the libraries are in the page itself
     assert "GAN losses" in page and "dvclive/plots/metrics/train/loss_D.tsv" in page
+
+
+def test_translate_pipeline_runs_from_one_params_change(tmp_path_factory, prefect_api):
+    """task: translate through the same stages: glyph pairs -> CycleGAN -> both ONNX
+    directions with parity, translation metrics beside the identity baseline."""
+    overlay = merge(TINY, {
+        "task": "translate",
+        "data": {"source": "glyphs", "image_size": 16, "glyphs": {"chars": ["ascii"]}},
+        "model": {"arch": "cyclegan", "g_channels": 8, "d_channels": 8, "n_blocks": 2},
+        "train": {"batch_size": 4, "loss": "lsgan"},
+    })  # fmt: skip
+    root = make_repo(tmp_path_factory.mktemp("translate"), overlay)
+    res = sh([sys.executable, "-m", "dvc", "repro"], root)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in res.stdout
+    for rel in ["data/prepared/train_A.npy", "data/prepared/val_B.npy", "exports/generator_AB.onnx",
+                "exports/generator_BA.onnx", "reports/eval_comparison.png", "reports/samples.png"]:  # fmt: skip
+        assert (root / rel).is_file(), rel
+    assert not (root / "exports/generator.onnx").exists()
+    ev = json.loads((root / "metrics/eval.json").read_text())
+    assert ev["task"] == "translate" and ev["l1_identity_baseline"] > 0 and "cycle_l1_aba" in ev
+    export = json.loads((root / "metrics/export.json").read_text())
+    assert export["parity_passed"] and set(export["directions"]) == {"AB", "BA"}
+    assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "repro"], root).stdout
+
+
+def test_dvc_tracked_raw_data_reruns_prepare_and_only_what_changed(repo, first_run):
+    """Raw data under data/raw, tracked with `dvc add`, is a dependency of prepare."""
+    shapes = repo / "data/raw/shapes"
+    for cls, value in (("dark", 30), ("light", 220)):
+        (shapes / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.new("L", (16, 16), value + i).save(shapes / cls / f"{i}.png")
+    sh([sys.executable, "-m", "dvc", "add", "data/raw/shapes"], repo)
+    assert (repo / "data/raw/shapes.dvc").is_file()
+    status = sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
+    assert "modified:" in status and "data/raw" in status
+    # the default source (digits) does not read it: prepare reruns, its output is unchanged, nothing else runs
+    res = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    assert "Running stage 'prepare'" in res.stdout
+    for stage in ("evaluator", "train", "evaluate", "export"):
+        assert f"Stage '{stage}' didn't change, skipping" in res.stdout
+    # pointed at the tracked folder, a new version of the data reruns prepare and changes its output
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    original = dict(params["data"])
+    params["data"].update(source="folder", path="data/raw/shapes")
+    write_params(repo / "params.yaml", params)
+    try:
+        sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo)
+        manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+        assert manifest["classes"] == ["dark", "light"] and len(manifest["files"]) == 12
+        Image.new("L", (16, 16), 99).save(shapes / "dark" / "new.png")
+        sh([sys.executable, "-m", "dvc", "add", "data/raw/shapes"], repo)
+        assert "data/raw" in sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
+        sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo)
+        assert len(json.loads((repo / "data/prepared/manifest.json").read_text())["files"]) == 13
+        downstream = sh([sys.executable, "-m", "dvc", "status", "evaluator", "train"], repo).stdout
+        assert "data/prepared" in downstream  # the stages below are now out of date, and only through it
+    finally:
+        params["data"] = original
+        write_params(repo / "params.yaml", params)

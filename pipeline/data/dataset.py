@@ -23,12 +23,16 @@ class PreparedSplit:
         return len(self.classes)
 
 
-def load_split(prepared_dir: Path | str, split: str) -> PreparedSplit:
-    """Open one split of `data/prepared/` without reading it all into RAM."""
+def load_split(prepared_dir: Path | str, split: str, domain: str | None = None) -> PreparedSplit:
+    """Open one split of `data/prepared/` without reading it all into RAM. Two-domain data
+    (style transfer) is opened one domain at a time ("A" or "B"), as a single class."""
     d = Path(prepared_dir)
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     try:
+        if domain is not None:
+            images = np.load(d / f"{split}_{domain}.npy", mmap_mode="r")
+            return PreparedSplit(images=images, labels=np.zeros(len(images), dtype=np.int64), classes=[domain])
         images = np.load(d / f"{split}_images.npy", mmap_mode="r")
         labels = np.load(d / f"{split}_labels.npy")
         classes = read_json(d / "manifest.json")["classes"]
@@ -37,12 +41,18 @@ def load_split(prepared_dir: Path | str, split: str) -> PreparedSplit:
     return PreparedSplit(images=images, labels=labels, classes=classes)
 
 
-def stable_subset(prepared_dir: Path | str, split: str, data: PreparedSplit, fraction: float) -> PreparedSplit:
+def stable_subset(
+    prepared_dir: Path | str, split: str, data: PreparedSplit, fraction: float, domain: str | None = None
+) -> PreparedSplit:
     """The items of `split` whose content hash falls in the first `fraction` of the hash
     range: the same items on every run, and a superset when the fraction grows."""
     if fraction >= 1.0:
         return data
-    files = [f for f in read_json(Path(prepared_dir) / "manifest.json")["files"] if f["split"] == split]
+    files = [
+        f
+        for f in read_json(Path(prepared_dir) / "manifest.json")["files"]
+        if f["split"] == split and (domain is None or f["label"] == domain)
+    ]
     keep = np.array([int(f["sha256"][8:16], 16) / 16**8 < fraction for f in files])
     if not keep.any():
         raise MissingInput(f"train.data_fraction={fraction} leaves no {split} images; raise it")

@@ -1,0 +1,187 @@
+"""Style transfer end to end on tiny models: training (and exact resume), the metrics
+against the identity baseline, ONNX export with parity at two spatial sizes, and
+`ganpipe translate` on a folder with a bad file in it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, merge
+from PIL import Image
+
+from pipeline.cli import main as ganpipe
+from pipeline.config import parse_params
+from pipeline.data.prepare import prepare
+from pipeline.training.loop import TrainPaths
+
+GLYPHS = {"source": "glyphs", "image_size": 16, "glyphs": {"chars": ["ascii"]}}
+
+
+def translate_params(arch: str, **train) -> dict:
+    over = {
+        "task": "translate",
+        "data": GLYPHS,
+        "model": {"arch": arch, "g_channels": 8, "d_channels": 8, "n_blocks": 2},
+        "train": {"steps": 6, "batch_size": 4, "sample_every": 3, "log_every": 2, "checkpoint_every": 3,
+                  "loss": "lsgan", "pool_size": 4, "lr_decay_start": 0.5, **train},
+    }  # fmt: skip
+    return merge(TINY, over)
+
+
+@pytest.fixture(scope="module")
+def glyphs16(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glyphs16")
+    params = parse_params(translate_params("pix2pix"))
+    prepare(params.data, root / "prepared", root / "report.json")
+    return root / "prepared"
+
+
+def paths_in(tmp_path, prepared) -> TrainPaths:
+    return TrainPaths(
+        prepared=prepared,
+        checkpoints=tmp_path / "ckpt",
+        generator=tmp_path / "generator.pt",
+        live_dir=tmp_path / "dvclive",
+        samples=tmp_path / "samples.png",
+    )
+
+
+@pytest.mark.parametrize("arch", ["cyclegan", "pix2pix"])
+def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
+    from pipeline.training.translate import load_translators, train_translation
+
+    # constant lrs: a 3-step run continued to 6 is then the same run as 6 steps in one go
+    once = parse_params(translate_params(arch, lr_decay_start=1.0))
+    train_translation(once, paths_in(tmp_path / "once", glyphs16), progress=False)
+    half = parse_params(translate_params(arch, steps=3, lr_decay_start=1.0))
+    paths = paths_in(tmp_path / "twice", glyphs16)
+    train_translation(half, paths, progress=False)
+    result = train_translation(once, paths, progress=False)
+    assert result.resumed_from == 3
+    a, spec = load_translators(tmp_path / "once" / "generator.pt")
+    b, _ = load_translators(paths.generator)
+    assert sorted(a) == (["AB", "BA"] if arch == "cyclegan" else ["AB"]) == spec["directions"]
+    for d in a:
+        for (name, p), q in zip(a[d].state_dict().items(), b[d].state_dict().values(), strict=True):
+            assert torch.equal(p, q), f"{d}.{name} differs after resume"
+    assert (paths.samples).stat().st_size > 0
+    curves = (paths.live_dir / "plots" / "metrics" / "train").glob("*.tsv")
+    assert {"loss_G.tsv", "loss_D.tsv", "lr_G.tsv"} <= {c.name for c in curves}
+
+
+def test_learning_rate_decays_linearly_to_zero():
+    from pipeline.training.translate import _lr_lambda
+
+    f = _lr_lambda(100, 0.5)
+    assert [f(0), f(49), f(50), f(75), f(100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
+    """The translation metrics stand beside the untranslated-input baseline, and the paired
+    scores are right on inputs with known answers."""
+    from pipeline.data.dataset import load_split
+    from pipeline.metrics.evaluator import train_evaluator
+    from pipeline.metrics.translation import evaluate_translation, paired_scores
+    from pipeline.training.translate import train_translation
+
+    params = parse_params(translate_params("pix2pix"))
+    paths = paths_in(tmp_path, glyphs16)
+    train_translation(params, paths, progress=False)
+    blob = torch.load(paths.generator, weights_only=True)
+    train_evaluator(params.evaluate.evaluator, load_split(glyphs16, "train", "B"), load_split(glyphs16, "val", "B"),
+                    tmp_path / "evaluator.pt", seed=0, progress=False)  # fmt: skip
+    m = evaluate_translation(params, paths.generator, tmp_path / "evaluator.pt", glyphs16, tmp_path / "grid.png")
+    assert m["l1_identity_baseline"] > 0 and m["psnr_identity_baseline"] > 0
+    assert m["l1_gain"] == pytest.approx(1 - m["l1"] / m["l1_identity_baseline"], rel=1e-3)  # rounded values
+    assert Image.open(tmp_path / "grid.png").size[0] > 3 * 16  # input | output | target
+
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    same = paired_scores(x, x)
+    assert same["l1"] == 0 and same["ssim"] == pytest.approx(1.0) and same["psnr"] == 100.0
+    shifted = paired_scores(x, (x + 0.5).clamp(-1, 1))
+    assert 0 < shifted["l1"] <= 0.5 and shifted["ssim"] < 1
+    assert blob["spec"]["task"] == "translate"
+
+
+@pytest.fixture(scope="module")
+def exported_cyclegan(tmp_path_factory, glyphs16):
+    from pipeline.export import export_translators
+    from pipeline.training.translate import train_translation
+
+    root = tmp_path_factory.mktemp("cyclegan-export")
+    train_translation(parse_params(translate_params("cyclegan")), paths_in(root, glyphs16), progress=False)
+    metrics = export_translators(root / "generator.pt", root / "exports", card_path=root / "exports" / "card.json")
+    return root, metrics
+
+
+def test_export_matches_pytorch_at_two_spatial_sizes(exported_cyclegan):
+    import onnx
+
+    root, metrics = exported_cyclegan
+    assert metrics["parity_passed"] and metrics["max_abs_diff"] <= 1e-4
+    for d in ("AB", "BA"):
+        diffs = metrics["directions"][d]["max_abs_diff_per_input"]
+        assert set(diffs) == {"batch_1_16px", "batch_3_16px", "batch_1_32px", "batch_3_32px"}
+        model = onnx.load(root / "exports" / f"generator_{d}.onnx")
+        meta = {p.key: p.value for p in model.metadata_props}
+        assert meta["ganpipe.task"] == "translate" and meta["ganpipe.direction"] == d
+        assert meta["ganpipe.size_multiple"] == "4"
+        assert [i.name for i in model.graph.input] == ["images"]
+        assert [o.name for o in model.graph.output] == ["translated"]
+    card = json.loads((root / "exports" / "card.json").read_text())
+    assert card["files"] == {"AB": "generator_AB.onnx", "BA": "generator_BA.onnx"}
+
+
+def test_translator_runs_on_non_square_inputs_and_refuses_bad_sizes(exported_cyclegan):
+    from pipeline.inference import ModelError, OnnxTranslator
+
+    root, _ = exported_cyclegan
+    model = OnnxTranslator(root / "exports" / "generator_AB.onnx")
+    out = model.translate(np.zeros((2, 1, 20, 36), dtype=np.float32))
+    assert out.shape == (2, 1, 20, 36) and np.abs(out).max() <= 1
+    with pytest.raises(ModelError, match="multiples of 4"):
+        model.translate(np.zeros((1, 1, 18, 16), dtype=np.float32))
+    img = model.translate_image(Image.new("RGB", (30, 22), (200, 10, 10)))
+    assert img.size == (30, 22) and img.mode == "L"  # any size in, same size out
+
+
+def test_cli_translates_a_folder_mirroring_names_and_skips_a_bad_file(tmp_path, exported_cyclegan, capsys):
+    root, _ = exported_cyclegan
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.new("L", (16, 16), 0).save(src / "a.png")
+    Image.new("L", (24, 16), 255).save(src / "sub" / "b.jpg")
+    (src / "notes.png").write_text("not an image")
+    rc = ganpipe(["translate", "--model", str(root / "exports" / "generator_AB.onnx"), str(src), str(tmp_path / "out")])
+    assert rc == 0
+    assert Image.open(tmp_path / "out" / "a.png").size == (16, 16)
+    assert Image.open(tmp_path / "out" / "sub" / "b.jpg").size == (24, 16)
+    assert not (tmp_path / "out" / "notes.png").exists()
+    captured = capsys.readouterr()
+    assert "notes.png: not an image" in captured.err and "translated 2 of 3" in captured.out
+    one = tmp_path / "one.png"
+    assert ganpipe(["translate", "--model", str(root / "exports" / "generator_AB.onnx"), str(src / "a.png"),
+                    str(one)]) == 0  # fmt: skip
+    assert Image.open(one).size == (16, 16)
+
+
+def test_missing_model_or_input_is_a_clear_error(tmp_path, exported_cyclegan, capsys):
+    root, _ = exported_cyclegan
+    assert ganpipe(["translate", "--model", str(tmp_path / "missing.onnx"), str(root), str(tmp_path / "o")]) == 2
+    assert "missing.onnx: ONNX model not found" in capsys.readouterr().err
+    model = str(root / "exports" / "generator_AB.onnx")
+    assert ganpipe(["translate", "--model", model, str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
+    assert "nothing: input not found" in capsys.readouterr().err
+
+
+def test_translate_params_are_checked_together():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"task translate needs model\.arch cyclegan or pix2pix"):
+        parse_params({"task": "translate", "data": GLYPHS})
+    with pytest.raises(ConfigError, match="pix2pix learns from pairs"):
+        parse_params({"task": "translate", "data": {"source": "folder", "path": "x", "layout": "unpaired"},
+                      "model": {"arch": "pix2pix"}})  # fmt: skip
+    with pytest.raises(ConfigError, match="is a translation model: set task: translate"):
+        parse_params({"model": {"arch": "cyclegan"}})
