@@ -23,10 +23,14 @@ def _norm(channels: int) -> nn.Module:
     return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
 
 
-def _check_size(x: torch.Tensor, multiple: int, name: str) -> None:
+def _check_size(x: torch.Tensor, multiple: int, minimum: int, name: str) -> None:
     h, w = x.shape[-2:]
-    if isinstance(h, int) and not torch.compiler.is_compiling() and (h % multiple or w % multiple):
+    if not isinstance(h, int) or torch.compiler.is_compiling():
+        return  # symbolic sizes while exporting: the dynamic shapes carry the constraint
+    if h % multiple or w % multiple:
         raise ValueError(f"{name}: input {h}x{w} is not a multiple of {multiple} in height and width")
+    if min(h, w) < minimum:
+        raise ValueError(f"{name}: input {h}x{w} is too small: height and width must be at least {minimum}")
 
 
 class ResidualBlock(nn.Module):
@@ -49,11 +53,14 @@ class ResidualBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """CycleGAN's generator: 7x7 stem, `n_down` stride-2 convolutions, `n_blocks` residual
     blocks, mirrored transposed convolutions, 7x7 output conv and tanh. Fully
-    convolutional: any H, W that are multiples of `size_multiple` (2 ** n_down)."""
+    convolutional: any H, W that are multiples of `size_multiple` (2 ** n_down) and at least
+    `min_size` (twice that: instance norm needs more than one pixel at the bottleneck, and the
+    reflection pads need more pixels than they pad)."""
 
     def __init__(self, in_channels: int, out_channels: int, width: int = 64, n_blocks: int = 9, n_down: int = 2):
         super().__init__()
         self.size_multiple = 2**n_down
+        self.min_size = max(4, 2 * self.size_multiple)
         layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_channels, width, 7), _norm(width), nn.ReLU(True)]
         ch = width
         for _ in range(n_down):
@@ -71,7 +78,7 @@ class ResnetGenerator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_size(x, self.size_multiple, "ResnetGenerator")
+        _check_size(x, self.size_multiple, self.min_size, "ResnetGenerator")
         return self.net(x)
 
 
@@ -103,8 +110,10 @@ class _UnetBlock(nn.Module):
 class UnetGenerator(nn.Module):
     """pix2pix's U-Net: log2(image_size) stride-2 levels (down to 1x1 at the training size),
     each decoder level concatenated with its encoder twin. Widths double from `width` up to
-    `max_width`; as in the reference, the levels at full width below the bottleneck use
-    dropout 0.5 while training (its noise source), off in eval mode and so in the export.
+    `max_width`. With `dropout`, the three decoder levels just outside the innermost one use
+    dropout 0.5 while training (pix2pix's noise source, where the reference code puts it at
+    256 px); counted by level, not by width, so narrow models keep it. Off in eval mode and so
+    in the export.
     Any H, W that are multiples of `size_multiple` (= image_size) work."""
 
     def __init__(self, in_channels: int, out_channels: int, image_size: int, width: int = 64, max_width: int = 512,
@@ -115,15 +124,15 @@ class UnetGenerator(nn.Module):
             raise ValueError(f"UnetGenerator: image_size must be a power of two >= 4, got {image_size}")
         self.size_multiple = image_size
         widths = [min(width * 2**i, max_width) for i in range(depth)]  # each level's inner width, outermost first
+        dropout_levels = range(max(1, depth - 4), depth - 1) if dropout else range(0)
         block: nn.Module | None = None
         for level in range(depth - 1, 0, -1):  # the innermost level first, then outwards
             outer, inner = widths[level - 1], widths[level]
-            full = dropout and block is not None and outer == inner == max_width
-            block = _UnetBlock(outer, inner, block, dropout=full)
+            block = _UnetBlock(outer, inner, block, dropout=level in dropout_levels)
         self.net = _UnetBlock(in_channels, widths[0], block, out=out_channels, outermost=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_size(x, self.size_multiple, "UnetGenerator")
+        _check_size(x, self.size_multiple, self.size_multiple, "UnetGenerator")
         return self.net(x)
 
 
@@ -181,8 +190,10 @@ class ImagePool:
     Until `size` images are stored, every incoming image is stored and returned. Then each
     incoming image, with probability 1/2, is returned as is; otherwise a random stored image
     is returned in its place and the new one stored instead. Randomness comes from the
-    given torch.Generator and the stored images are part of `state_dict`, so a resumed run
-    draws exactly what an uninterrupted one would. `size` 0 passes images through.
+    given torch.Generator; `state_dict` holds the stored images and the generator's state, so
+    a resumed run draws exactly what an uninterrupted one would. Returned images are detached
+    and on the incoming batch's device and dtype (a pool restored from a CPU checkpoint serves
+    a CUDA run). `size` 0 passes images through.
     """
 
     def __init__(self, size: int = 50, generator: torch.Generator | None = None):
@@ -203,14 +214,16 @@ class ImagePool:
                 out.append(img)
             else:
                 k = int(torch.randint(len(self.images), (), generator=self.generator))
-                out.append(self.images[k].clone())
+                out.append(self.images[k].to(img.device, img.dtype, copy=True))
                 self.images[k] = img.clone()
         return torch.cat(out)
 
     def state_dict(self) -> dict:
-        stack = torch.cat(self.images).cpu() if self.images else torch.empty(0)
-        return {"size": self.size, "images": stack}
+        stack = torch.cat([img.cpu() for img in self.images]) if self.images else torch.empty(0)
+        return {"size": self.size, "images": stack, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.size = state["size"]
         self.images = [img.unsqueeze(0) for img in state["images"]] if state["images"].numel() else []
+        if "generator" in state:  # absent from checkpoints written before it was included
+            self.generator.set_state(state["generator"])
