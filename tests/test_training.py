@@ -129,8 +129,18 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
         {"model": {"arch": "resnet", "conditional": True, "spectral_norm": True, "d_norm": "none"}},
         {"model": {"conditional": True, "conditioning": "acgan"}},
         {"augment": {"diffaugment": "color,translation,cutout"}},
+        {
+            "augment": {
+                "diffaugment": "color,translation",
+                "ada": True,
+                "ada_interval": 2,
+                "ada_kimg": 0.05,
+                "hflip": True,
+            },
+            "train": {"data_fraction": 0.5},
+        },
     ],
-    ids=["hinge-sn", "lsgan-r1", "wgan-gp", "resnet-cond", "acgan", "diffaugment"],
+    ids=["hinge-sn", "lsgan-r1", "wgan-gp", "resnet-cond", "acgan", "diffaugment", "ada-hflip-subset"],
 )
 def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_digits, tmp_path, over):
     full = paths(tmp_path / "full", prepared_digits)
@@ -228,3 +238,13 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
             if "running" in name or "num_batches" in name:
                 continue  # BN statistics: DDP keeps rank 0's, accumulation sees both shards
             torch.testing.assert_close(ddp_ckpt[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
+
+
+def test_adaptive_augmentation_probability_is_logged(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    over = {"augment": {"diffaugment": "translation", "ada": True, "ada_interval": 1, "ada_kimg": 0.05}}
+    train(tiny_params(**over), p, progress=False)
+    rows = (p.live_dir / "plots/metrics/train/augment_p.tsv").read_text().splitlines()[1:]
+    values = [float(r.split("\t")[-1]) for r in rows]
+    assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values)
+    assert (p.live_dir / "plots/metrics/train/ada_rt.tsv").is_file()
