@@ -207,6 +207,7 @@ def _translator_metadata(spec: dict, direction: str, params_hash: str) -> dict[s
         "ganpipe.image_size": str(spec["image_size"]),
         "ganpipe.channels": str(spec["channels"]),
         "ganpipe.size_multiple": str(spec["size_multiple"]),
+        "ganpipe.min_size": str(spec.get("min_size", spec["size_multiple"])),
         "ganpipe.arch": spec["model"]["arch"],
         "ganpipe.git_rev": git_revision(),
         "ganpipe.params_hash": params_hash,
@@ -222,11 +223,15 @@ def export_translator(g: nn.Module, path: Path, spec: dict, metadata: dict[str, 
     """One translator to ONNX: `images` [N, C, H, W] -> `translated`, dynamic N, H and W
     (H, W dynamic as multiples of the architecture's size_multiple)."""
     m = spec["size_multiple"]
+    low = max(1, getattr(g, "min_size", m) // m)  # the ResNet G needs 2 multiples (instance norm at its bottleneck)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    h = torch.export.Dim("h_blocks", min=1, max=4096 // m)
-    w = torch.export.Dim("w_blocks", min=1, max=4096 // m)
+    h = torch.export.Dim("h_blocks", min=low, max=4096 // m)
+    w = torch.export.Dim("w_blocks", min=low, max=4096 // m)
     dynamic = {"x": {0: batch, 2: m * h, 3: m * w}}
-    example = torch.zeros(2, spec["channels"], spec["image_size"], spec["image_size"])
+    # Traced at twice the smallest size: at the U-Net's training size its bottleneck is 1x1 and
+    # the exporter would specialise H and W to it. The graph still runs at the training size.
+    side = max(spec["image_size"], 2 * m, low * m)
+    example = torch.zeros(2, spec["channels"], side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)

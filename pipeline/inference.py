@@ -163,6 +163,7 @@ class OnnxTranslator:
         if self.info.task != "translate":
             raise ModelError(f"{path}: is a {self.info.task!r} model, not a translator")
         self.size_multiple = int(self.info.metadata.get("ganpipe.size_multiple", self.info.image_size))
+        self.min_size = int(self.info.metadata.get("ganpipe.min_size", self.size_multiple))
         self.direction = self.info.metadata.get("ganpipe.direction", "AB")
 
     @property
@@ -170,9 +171,9 @@ class OnnxTranslator:
         return self.session.get_providers()
 
     def valid_size(self, width: int, height: int) -> tuple[int, int]:
-        """The nearest (width, height) the model accepts: multiples of size_multiple, at least one multiple."""
-        m = self.size_multiple
-        return max(m, round(width / m) * m), max(m, round(height / m) * m)
+        """The nearest (width, height) the model accepts: multiples of size_multiple, at least min_size."""
+        m, low = self.size_multiple, self.min_size
+        return max(low, round(width / m) * m), max(low, round(height / m) * m)
 
     def translate(self, images: np.ndarray) -> np.ndarray:
         """[N, C, H, W] float32 in [-1, 1] -> the same shape; H, W multiples of size_multiple."""
@@ -180,6 +181,8 @@ class OnnxTranslator:
             raise ModelError(f"expected images [N, {self.info.channels}, H, W], got shape {list(images.shape)}")
         if images.shape[2] % self.size_multiple or images.shape[3] % self.size_multiple:
             raise ModelError(f"height and width must be multiples of {self.size_multiple}, got {images.shape[2:]}")
+        if min(images.shape[2:]) < self.min_size:
+            raise ModelError(f"height and width must be at least {self.min_size}, got {images.shape[2:]}")
         return self.session.run(["translated"], {"images": images.astype(np.float32, copy=False)})[0]
 
     def translate_image(self, image: Image.Image) -> Image.Image:

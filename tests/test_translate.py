@@ -104,15 +104,30 @@ def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
     assert blob["spec"]["task"] == "translate"
 
 
-@pytest.fixture(scope="module")
-def exported_cyclegan(tmp_path_factory, glyphs16):
+def export_trained(tmp_path_factory, glyphs16, arch: str):
     from pipeline.export import export_translators
     from pipeline.training.translate import train_translation
 
-    root = tmp_path_factory.mktemp("cyclegan-export")
-    train_translation(parse_params(translate_params("cyclegan")), paths_in(root, glyphs16), progress=False)
+    root = tmp_path_factory.mktemp(f"{arch}-export")
+    train_translation(parse_params(translate_params(arch)), paths_in(root, glyphs16), progress=False)
     metrics = export_translators(root / "generator.pt", root / "exports", card_path=root / "exports" / "card.json")
     return root, metrics
+
+
+@pytest.fixture(scope="module")
+def exported_cyclegan(tmp_path_factory, glyphs16):
+    return export_trained(tmp_path_factory, glyphs16, "cyclegan")
+
+
+def test_pix2pix_export_is_dynamic_in_size_down_to_its_training_size(tmp_path_factory, glyphs16):
+    from pipeline.inference import OnnxTranslator
+
+    root, metrics = export_trained(tmp_path_factory, glyphs16, "pix2pix")
+    assert metrics["parity_passed"] and set(metrics["directions"]) == {"AB"}
+    assert {"batch_1_16px", "batch_3_32px"} <= set(metrics["directions"]["AB"]["max_abs_diff_per_input"])
+    model = OnnxTranslator(root / "exports" / "generator_AB.onnx")
+    assert model.size_multiple == 16 and not (root / "exports" / "generator_BA.onnx").exists()
+    assert model.translate(np.zeros((1, 1, 16, 48), dtype=np.float32)).shape == (1, 1, 16, 48)
 
 
 def test_export_matches_pytorch_at_two_spatial_sizes(exported_cyclegan):
@@ -144,6 +159,9 @@ def test_translator_runs_on_non_square_inputs_and_refuses_bad_sizes(exported_cyc
         model.translate(np.zeros((1, 1, 18, 16), dtype=np.float32))
     img = model.translate_image(Image.new("RGB", (30, 22), (200, 10, 10)))
     assert img.size == (30, 22) and img.mode == "L"  # any size in, same size out
+    assert model.min_size == 8 and model.translate_image(Image.new("L", (3, 5))).size == (3, 5)
+    with pytest.raises(ModelError, match="at least 8"):
+        model.translate(np.zeros((1, 1, 4, 8), dtype=np.float32))
 
 
 def test_cli_translates_a_folder_mirroring_names_and_skips_a_bad_file(tmp_path, exported_cyclegan, capsys):

@@ -66,7 +66,7 @@ def build_patch_discriminator(cfg: ModelConfig, image_size: int, in_channels: in
     return d
 
 
-def translator_spec(params: Params, image_size: int, channels: int, size_multiple: int) -> dict:
+def translator_spec(params: Params, image_size: int, channels: int, size_multiple: int, min_size: int) -> dict:
     return {
         "task": "translate",
         "model": params.model.model_dump(mode="json"),
@@ -74,6 +74,7 @@ def translator_spec(params: Params, image_size: int, channels: int, size_multipl
         "channels": channels,
         "directions": directions(params.model.arch),
         "size_multiple": size_multiple,
+        "min_size": min_size,
         "num_classes": 0,
         "class_names": [],
     }
@@ -293,7 +294,7 @@ def train_translation(params: Params, paths: TrainPaths | None = None, progress:
     bar.close()
     live.end()
 
-    spec = translator_spec(params, image_size, channels, size_multiple)
+    spec = translator_spec(params, image_size, channels, size_multiple, getattr(G["AB"], "min_size", size_multiple))
     with atomic_path(paths.generator) as tmp:
         blob = {"spec": spec, "state_dicts": {d: g.cpu().state_dict() for d, g in G_ema.items()}, "steps": cfg.steps}
         torch.save(blob, tmp)
