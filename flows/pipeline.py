@@ -48,12 +48,15 @@ def summary_markdown(metrics: dict) -> str:
         parts.append(f"Evaluator val accuracy: {metrics['evaluator']['val_accuracy']:.4f}")
     if "export" in metrics:
         e = metrics["export"]
-        lat = e["latency_ms_batch16"]
-        parts.append(
-            f"ONNX parity: max |onnx - torch| = {e['max_abs_diff']:.2e} (tolerance {e['tolerance']}, "
-            f"{'passed' if e['parity_passed'] else 'FAILED'}); batch-16 latency: onnxruntime {lat['onnxruntime']} ms, "
-            f"torch {lat['torch']} ms on {', '.join(e['providers'])}"
-        )
+        # generate: one model; translate: one entry per direction under "directions"
+        per_model = e.get("directions", {"": e})
+        for direction, m in per_model.items():
+            lat = m["latency_ms_batch16"]
+            parts.append(
+                f"ONNX parity{' ' + direction if direction else ''}: max |onnx - torch| = {m['max_abs_diff']:.2e} "
+                f"(tolerance {m['tolerance']}, {'passed' if m['parity_passed'] else 'FAILED'}); batch-16 latency: "
+                f"onnxruntime {lat['onnxruntime']} ms, torch {lat['torch']} ms on {', '.join(m['providers'])}"
+            )
     return "\n\n".join(parts)
 
 

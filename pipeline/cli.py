@@ -136,6 +136,56 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     return 0 if done or not jobs else 1
 
 
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from pipeline.registry import Registry
+
+    reg = Registry(args.registry)
+    if args.action == "list":
+        rows = reg.table()
+        if not rows:
+            print(f"{args.registry}: no versions yet (ganpipe registry promote)")
+        for r in rows:
+            fid = "-" if r["fid"] is None else f"{r['fid']:.4f}"
+            mark = "*" if r["champion"] else " "
+            print(f"{mark} {r['version']}  {r['created']}  FID {fid}  {r['git_rev']}  {r['files']}")
+    elif args.action == "show":
+        print(json.dumps(reg.info(args.version), indent=2))
+    elif args.action == "promote":
+        version = reg.promote(args.workdir, reason="promoted by hand")
+        print(f"promoted {version}; it is now the champion")
+    else:
+        print(f"rolled back: {reg.rollback()} is the champion again")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain_flow
+    from flows.server import local_prefect_api
+
+    with local_prefect_api() as url:
+        print(f"Prefect API: {url}", file=sys.stderr)
+        state = retrain_flow(repo=".", registry=args.registry, margin=args.margin, force=args.force,
+                             overrides=args.set or [], return_state=True)  # fmt: skip
+    if not state.is_completed():
+        print(f"ganpipe retrain: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=2))
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from flows.retrain import serve_retraining
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            "schedules need a running Prefect server: start `prefect server start` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    print(f"serving deployment ganpipe-retrain/{args.name} (cron {args.cron!r}); Ctrl-C stops it", file=sys.stderr)
+    serve_retraining(args.cron, ".", args.registry, args.margin, args.name)
+    return 0
+
+
 def _cmd_preview_augment(args: argparse.Namespace) -> int:
     from pipeline.config import AugmentConfig, load_params
     from pipeline.data.augment import preview
@@ -202,6 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default="exports/generator_AB.onnx", help="ONNX translator from the export stage")
     tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     tr.set_defaults(fn=_cmd_translate)
+
+    reg = sub.add_parser("registry", help="list, show, promote or roll back model versions in registry/")
+    reg.add_argument("action", choices=("list", "show", "promote", "rollback"))
+    reg.add_argument("version", nargs="?", help="show: a version (default: the champion)")
+    reg.add_argument("--registry", default="registry", help="registry folder")
+    reg.add_argument("--workdir", default=".", help="promote: the pipeline checkout whose outputs to promote")
+    reg.set_defaults(fn=_cmd_registry)
+
+    rt = sub.add_parser("retrain", help="run the retraining flow once: retrain if inputs changed, promote if better")
+    rt.add_argument("--registry", default="registry")
+    rt.add_argument("--margin", type=float, default=None, help="relative FID improvement needed (retrain.fid_margin)")
+    rt.add_argument("--force", action="store_true", help="retrain even if no input changed")
+    rt.add_argument("-S", "--set", action="append", help="params override for the experiment, e.g. train.steps=6000")
+    rt.set_defaults(fn=_cmd_retrain)
+
+    sc = sub.add_parser("schedule", help="serve the retraining deployment on a cron schedule (needs a Prefect server)")
+    sc.add_argument("--cron", default="0 3 * * *", help="cron expression (default: every day at 03:00)")
+    sc.add_argument("--name", default="nightly", help="deployment name")
+    sc.add_argument("--registry", default="registry")
+    sc.add_argument("--margin", type=float, default=None)
+    sc.set_defaults(fn=_cmd_schedule)
     return parser
 
 

@@ -172,6 +172,12 @@ class ExportConfig(_Section):
     parity_tolerance: float = Field(1e-4, gt=0)
 
 
+class RetrainConfig(_Section):
+    fid_margin: float = Field(
+        0.02, ge=0, lt=1, description="promote only when FID is at least this fraction below the champion's"
+    )
+
+
 class Params(_Section):
     seed: int = 0
     task: Literal["generate", "translate"] = "generate"
@@ -181,6 +187,7 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     export: ExportConfig = ExportConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:

@@ -26,7 +26,9 @@ def test_shipped_overlays_are_valid_on_top_of_params_yaml():
 
     base = load_params(REPO / "params.yaml").model_dump(mode="json")
     names = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-    assert names == ["conditional-digits.yaml", "fashion-mnist.yaml", "hinge-sn.yaml", "wgan-gp.yaml"]
+    assert names == ["conditional-digits.yaml", "digits-10pct-ada.yaml", "digits-10pct-diffaugment.yaml",
+                     "digits-10pct.yaml", "fashion-mnist.yaml", "glyphs-cyclegan.yaml", "glyphs-pix2pix.yaml",
+                     "hinge-sn.yaml", "wgan-gp.yaml"]  # fmt: skip
     for name in names:
         overlay = yaml.safe_load((REPO / "configs" / name).read_text())
         parse_params(merge_overlay(base, overlay), name)  # raises on any bad key or combination
@@ -68,3 +70,13 @@ def test_preview_augment_shows_originals_beside_augmented_copies(prepared_digits
     bad = main(["preview-augment", "--params", str(REPO / "params.yaml"), "--policy", "blur",
                 "--prepared", str(prepared_digits), "--out", str(tmp_path / "never.png")])  # fmt: skip
     assert bad == 2 and not (tmp_path / "never.png").exists()
+
+
+def test_pipeline_summary_reads_both_export_formats():
+    from flows.pipeline import summary_markdown
+
+    one = {"max_abs_diff": 1e-7, "tolerance": 1e-4, "parity_passed": True, "providers": ["CPUExecutionProvider"],
+           "latency_ms_batch16": {"onnxruntime": 1.0, "torch": 2.0}}  # fmt: skip
+    assert "ONNX parity: max |onnx - torch| = 1.00e-07" in summary_markdown({"export": one})
+    both = summary_markdown({"export": {**one, "directions": {"AB": one, "BA": {**one, "parity_passed": False}}}})
+    assert "ONNX parity AB:" in both and "ONNX parity BA:" in both and "FAILED" in both

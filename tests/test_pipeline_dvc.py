@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +13,12 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import REPO, TINY, merge, write_params
+from conftest import TINY, make_repo, merge, sh, write_params
 from PIL import Image
 
 pytestmark = pytest.mark.integration
 
 STAGES = ["prepare", "evaluator", "train", "evaluate", "export"]
-
-
-def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
-    return res
 
 
 def flow_run_names(api_url: str) -> list[str]:
@@ -41,23 +32,6 @@ def flow_run_names(api_url: str) -> list[str]:
             return [flows[r.flow_id] for r in sorted(runs, key=lambda r: r.created)]
 
     return asyncio.run(fetch())
-
-
-def make_repo(root: Path, overlay: dict) -> Path:
-    """A copy of the project's working tree as a fresh git + DVC repository, params overlaid."""
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # the working tree, as committed next
-    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    write_params(root / "params.yaml", merge(params, overlay))
-    sh(["git", "init", "-q"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "init", "--allow-empty"], root)
-    sh(["git", "add", "-A"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "code"], root)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,173 @@
+"""Scheduled retraining: run the pipeline as a DVC experiment and promote the result only if
+it is better than the champion.
+
+    detect changes (dvc status) -> dvc exp run -> read metrics -> compare with the champion
+    -> promote (registry/) or keep the champion, saying why -> dvc push (if a remote exists)
+
+Each step is a task; the steps that touch the outside world retry on failure. A global
+concurrency limit (and the deployment's own limit, see `serve_retraining`) keeps two runs
+from ever overlapping: they share one workspace and DVC's repository lock. The decision and
+the metrics table are published as Prefect artifacts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from pipeline.config import load_params
+from pipeline.registry import Registry, compare
+
+CONCURRENCY_LIMIT = "ganpipe-retrain"
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(
+            f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        )
+    return res
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def changed_stages(repo: str) -> list[str]:
+    """Stages whose inputs (code, params or data under data/raw) changed since the last run."""
+    status = json.loads(_dvc(Path(repo), "status", "--json").stdout or "{}")
+    return sorted(status)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+def run_experiment(repo: str, name: str, overrides: list[str]) -> str:
+    """`dvc exp run` in the workspace (each stage reports its own flow run to the same API)."""
+    sets = [x for kv in overrides for x in ("-S", kv)]
+    res = _dvc(Path(repo), "exp", "run", "--name", name, *sets)
+    get_run_logger().info("experiment %s finished:\n%s", name, res.stdout[-2000:])
+    return name
+
+
+@task(cache_policy=NO_CACHE)
+def read_metrics(repo: str) -> dict:
+    root = Path(repo) / "metrics"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(root.glob("*.json"))}
+
+
+@task(cache_policy=NO_CACHE)
+def promote(repo: str, registry: str, reason: str) -> str:
+    return Registry(Path(repo) / registry).promote(repo, reason=reason)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
+def push_if_remote(repo: str) -> bool:
+    """`dvc push` when the repository has a DVC remote; artifacts then reach other machines."""
+    remotes = _dvc(Path(repo), "remote", "list").stdout.strip()
+    if not remotes:
+        return False
+    _dvc(Path(repo), "push")
+    return True
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the global concurrency limit (1 slot) the first time; afterwards leave it be."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):  # another run created it meanwhile
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+
+
+def metrics_rows(candidate: dict, champion: dict | None) -> list[dict]:
+    keys = [("eval", "fid"), ("eval", "kid"), ("eval", "fid_position"), ("eval", "l1"), ("eval", "l1_gain"),
+            ("export", "max_abs_diff"), ("export", "parity_passed")]  # fmt: skip
+    rows = []
+    for group, key in keys:
+        if key in candidate.get(group, {}) or (champion and key in champion.get(group, {})):
+            rows.append({"metric": f"{group}.{key}", "candidate": candidate.get(group, {}).get(key),
+                         "champion": (champion or {}).get(group, {}).get(key)})  # fmt: skip
+    return rows
+
+
+@flow(name="ganpipe-retrain")
+def retrain_flow(
+    repo: str = ".",
+    registry: str = "registry",
+    margin: float | None = None,
+    force: bool = False,
+    overrides: list[str] | None = None,
+) -> dict:
+    """Retrain when inputs changed (or `force`), promote only a better model.
+
+    `margin` defaults to `retrain.fid_margin` in params.yaml; `overrides` are
+    `dvc exp run -S` assignments, e.g. ["train.steps=6000"].
+    """
+    log = get_run_logger()
+    repo_path = Path(repo).resolve()
+    margin = load_params(repo_path / "params.yaml").retrain.fid_margin if margin is None else margin
+    reg = Registry(repo_path / registry)
+    _ensure_limit(CONCURRENCY_LIMIT)
+    with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=6 * 3600):
+        champion = reg.champion()
+        changed = changed_stages(str(repo_path))
+        if not changed and champion is not None and not force and not overrides:
+            reason = f"inputs unchanged since the last run; {champion} stays champion"
+            log.info(reason)
+            create_markdown_artifact(key="ganpipe-retrain", markdown=f"**No retraining**: {reason}")
+            return {"action": "skipped", "reason": reason, "champion": champion}
+        name = f"retrain-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_experiment(str(repo_path), name, list(overrides or []))
+        candidate = read_metrics(str(repo_path))
+        decision = compare(candidate, reg.champion_metrics(), margin)
+        if decision.promote:
+            version = promote(str(repo_path), registry, f"{name}: {decision.reason}")
+            action, new_champion = "promoted", version
+        else:
+            action, new_champion = "kept", champion
+        pushed = push_if_remote(str(repo_path))
+        summary = {"action": action, "reason": decision.reason, "experiment": name, "champion": new_champion,
+                   "previous_champion": champion, "changed_stages": changed, "pushed": pushed}  # fmt: skip
+        log.info("%s: %s", action, decision.reason)
+        create_markdown_artifact(
+            key="ganpipe-retrain",
+            markdown=f"**{action.capitalize()}** ({name}): {decision.reason}.\n\nChampion: `{new_champion}`"
+            + (f" (was `{champion}`)" if champion != new_champion else ""),
+            description="the retraining decision",
+        )
+        create_table_artifact(
+            key="ganpipe-retrain-metrics",
+            table=metrics_rows(candidate, reg.info(champion)["metrics"] if champion else None),
+            description="candidate vs champion",
+        )
+        return summary
+
+
+def serve_retraining(cron: str | None, repo: str, registry: str, margin: float | None, name: str) -> None:
+    """Serve the retraining deployment from this process (flow.serve): on `cron`, or only
+    when triggered if cron is None. One run at a time, whoever triggers it."""
+    retrain_flow.serve(
+        name=name,
+        cron=cron,
+        parameters={"repo": str(Path(repo).resolve()), "registry": registry, "margin": margin},
+        global_limit=1,
+        limit=1,
+        description="Retrain as a DVC experiment; promote only if FID improves by the margin",
+    )
+
+
+if __name__ == "__main__":
+    print(json.dumps(retrain_flow(), indent=2))

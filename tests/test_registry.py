@@ -1,0 +1,105 @@
+"""The model registry: atomic promotion, refusals naming the file, rollback, the decision rule."""
+
+import json
+
+import pytest
+
+from pipeline.cli import main as ganpipe
+from pipeline.registry import Registry, RegistryError, compare
+
+
+def fake_outputs(root, fid: float, parity: bool = True, onnx: bytes = b"onnx-bytes"):
+    """What a finished pipeline leaves behind, with a given FID."""
+    (root / "exports").mkdir(parents=True, exist_ok=True)
+    (root / "metrics").mkdir(exist_ok=True)
+    (root / "exports" / "generator.onnx").write_bytes(onnx)
+    (root / "exports" / "model_card.json").write_text("{}")
+    (root / "metrics" / "eval.json").write_text(json.dumps({"fid": fid}))
+    (root / "metrics" / "export.json").write_text(json.dumps({"parity_passed": parity, "max_abs_diff": 1e-7}))
+    (root / "params.yaml").write_text("seed: 0\n")
+    (root / "dvc.lock").write_text(f"schema: '2.0'\n# fid {fid}\n")
+    return root
+
+
+def test_promote_writes_a_complete_version_and_makes_it_champion(tmp_path):
+    work = fake_outputs(tmp_path / "work", fid=3.0)
+    reg = Registry(tmp_path / "registry")
+    assert reg.promote(work, reason="first", git_rev="abc123") == "v0001"
+    assert reg.champion() == "v0001"
+    v = tmp_path / "registry" / "v0001"
+    assert {p.name for p in v.iterdir()} == {"generator.onnx", "model_card.json", "metrics", "params.yaml",
+                                             "version.json"}  # fmt: skip
+    info = reg.info()
+    assert info["git_rev"] == "abc123" and info["metrics"]["eval"]["fid"] == 3.0
+    assert len(info["dvc_lock_sha256"]) == 64 and info["files"] == ["generator.onnx"]
+    assert reg.model_path() == v / "generator.onnx"
+
+
+def test_a_crash_while_promoting_leaves_the_registry_as_it_was(tmp_path, monkeypatch):
+    import shutil
+
+    reg = Registry(tmp_path / "registry")
+    reg.promote(fake_outputs(tmp_path / "a", fid=3.0), git_rev="a")
+    before = sorted(p.name for p in (tmp_path / "registry").iterdir())
+    real_copy = shutil.copy2
+
+    def crash(src, dst, *a, **k):
+        if str(src).endswith("params.yaml"):
+            raise OSError("disk full")
+        return real_copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil, "copy2", crash)
+    with pytest.raises(OSError, match="disk full"):
+        reg.promote(fake_outputs(tmp_path / "b", fid=2.0), git_rev="b")
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == before  # no v0002, no temporary
+    assert reg.champion() == "v0001" and reg.versions() == ["v0001"]
+
+
+def test_promotion_is_refused_when_parity_failed_or_a_file_is_missing(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match=r"metrics/export.json: parity_passed is false"):
+        reg.promote(fake_outputs(tmp_path / "bad", fid=1.0, parity=False))
+    work = fake_outputs(tmp_path / "partial", fid=1.0)
+    (work / "metrics" / "eval.json").unlink()
+    with pytest.raises(RegistryError, match=r"missing metrics/eval.json"):
+        reg.promote(work)
+    assert reg.versions() == [] and reg.champion() is None
+
+
+def test_rollback_steps_back_through_earlier_champions(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    for i, fid in enumerate((3.0, 2.0, 1.0)):
+        reg.promote(fake_outputs(tmp_path / f"w{i}", fid=fid), git_rev=str(i))
+    assert reg.champion() == "v0003"
+    assert reg.rollback() == "v0002" and reg.rollback() == "v0001"
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        reg.rollback()
+    assert [h["action"] for h in reg.history()] == ["promote"] * 3 + ["rollback"] * 2
+    assert (tmp_path / "registry" / "champion").read_text() == "v0001\n"
+
+
+def test_decision_needs_a_margin_and_a_passed_export():
+    good = {"eval": {"fid": 2.0}, "export": {"parity_passed": True}}
+    assert compare(good, None, 0.05).promote
+    assert compare(good, {"eval": {"fid": 2.5}}, 0.05).promote  # 20% better
+    kept = compare(good, {"eval": {"fid": 2.05}}, 0.05)  # 2.4% better: not enough
+    assert not kept.promote and "does not beat the champion's 2.0500 by 5%" in kept.reason
+    failed = compare({"eval": {"fid": 0.1}, "export": {"parity_passed": False}}, {"eval": {"fid": 9.0}}, 0.0)
+    assert not failed.promote and "parity" in failed.reason
+
+
+def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, capsys):
+    reg = str(tmp_path / "registry")
+    for i, fid in enumerate((3.0, 2.0)):
+        assert ganpipe(["registry", "promote", "--registry", reg, "--workdir",
+                        str(fake_outputs(tmp_path / f"w{i}", fid=fid))]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert ganpipe(["registry", "list", "--registry", reg]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  v0001") and "FID 3.0000" in lines[0] and lines[1].startswith("* v0002")
+    assert ganpipe(["registry", "show", "v0001", "--registry", reg]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "v0001"
+    assert ganpipe(["registry", "rollback", "--registry", reg]) == 0
+    assert "v0001 is the champion again" in capsys.readouterr().out
+    assert ganpipe(["registry", "show", "v0009", "--registry", reg]) == 2
+    assert "no version 'v0009'" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Scheduled retraining against a real Prefect server: the deployment is served by
+`ganpipe schedule` in its own process, runs are triggered through the API, and the
+registry shows the promotion, then the refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, make_repo, sh
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, prefect_api):
+    """A tiny pipeline repository with a local-directory DVC remote, and its retraining
+    deployment served (as a user would: `ganpipe schedule --cron ...`)."""
+    repo = make_repo(tmp_path_factory.mktemp("retrain"), TINY)
+    remote = tmp_path_factory.mktemp("dvc-remote")
+    sh([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], repo)
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    log = open(repo / "schedule.log", "w")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "schedule", "--cron", "0 3 * * *"],
+                            cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_deployment("ganpipe-retrain/nightly", proc, repo)
+        yield repo, remote
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def wait_for_deployment(name: str, proc: subprocess.Popen, repo: Path, timeout: float = 120) -> None:
+    from prefect.client.orchestration import get_client
+
+    async def exists() -> bool:
+        async with get_client() as client:
+            try:
+                await client.read_deployment_by_name(name)
+                return True
+            except Exception:
+                return False
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"ganpipe schedule exited: {(repo / 'schedule.log').read_text()[-3000:]}")
+        if asyncio.run(exists()):
+            return
+        time.sleep(1)
+    raise AssertionError(f"deployment {name} never appeared: {(repo / 'schedule.log').read_text()[-3000:]}")
+
+
+def trigger(parameters: dict) -> tuple[str, dict]:
+    """Run the deployment through the API and wait; return its final state and decision artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    run = run_deployment("ganpipe-retrain/nightly", parameters=parameters, timeout=600, as_subflow=False)
+
+    async def artifacts():
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+            return {a.key: a.data for a in found}
+
+    return run.state.type.value, asyncio.run(artifacts())
+
+
+def test_deployment_is_registered_with_its_schedule_and_a_limit_of_one(served):
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            dep = await client.read_deployment_by_name("ganpipe-retrain/nightly")
+            limit = await client.read_global_concurrency_limit_by_name("ganpipe-retrain")
+            return dep, limit
+
+    # the flow creates its global limit on its first run: run once so both exist
+    state, _ = trigger({"force": True})
+    dep, limit = asyncio.run(read())
+    assert state == "COMPLETED"
+    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
+    assert dep.global_concurrency_limit.limit == 1 and limit.limit == 1
+
+
+def test_first_run_promotes_then_an_equal_model_is_refused(served):
+    from pipeline.registry import Registry
+
+    repo, remote = served
+    reg = Registry(repo / "registry")
+    assert reg.champion() == "v0001"  # promoted by the first run (no champion before it)
+    assert any(remote.rglob("*")), "dvc push to the local remote wrote nothing"
+    # nothing changed since: a scheduled run does nothing
+    state, art = trigger({})
+    assert state == "COMPLETED" and "inputs unchanged" in art["ganpipe-retrain"]
+    assert reg.versions() == ["v0001"]
+    # forced again: the same (deterministic) model cannot beat the champion by the margin
+    state, art = trigger({"force": True, "margin": 0.05})
+    assert state == "COMPLETED"
+    assert "Kept" in art["ganpipe-retrain"] and "does not beat the champion" in art["ganpipe-retrain"]
+    assert reg.versions() == ["v0001"] and reg.champion() == "v0001"
+    rows = art["ganpipe-retrain-metrics"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    fid = next(r for r in rows if r["metric"] == "eval.fid")
+    assert fid["candidate"] == fid["champion"]
+    # a longer run is a different model: with no margin it is promoted if it is better, kept if not
+    state, art = trigger({"force": True, "margin": 0.0, "overrides": ["train.steps=18"]})
+    assert state == "COMPLETED"
+    decision = art["ganpipe-retrain"]
+    new_fid = json.loads((repo / "metrics/eval.json").read_text())["fid"]
+    if new_fid < reg.info("v0001")["metrics"]["eval"]["fid"]:
+        assert "Promoted" in decision and reg.champion() == "v0002"
+    else:
+        assert "Kept" in decision and reg.champion() == "v0001"
