@@ -123,3 +123,26 @@ def test_first_run_promotes_then_an_equal_model_is_refused(served):
         assert "Promoted" in decision and reg.champion() == "v0002"
     else:
         assert "Kept" in decision and reg.champion() == "v0001"
+
+
+def test_prefect_yaml_deploys_to_a_process_work_pool(served):
+    """`prefect deploy` with the shipped prefect.yaml registers the flow on a work pool."""
+    from prefect.client.orchestration import get_client
+
+    repo, _ = served
+    env = {**os.environ, "GANPIPE_REPO": str(repo)}
+    prefect = [sys.executable, "-m", "prefect"]
+    subprocess.run([*prefect, "work-pool", "create", "ganpipe-process", "--type", "process"], cwd=repo, env=env,
+                   check=True, capture_output=True)  # fmt: skip
+    res = subprocess.run([*prefect, "--no-prompt", "deploy", "--name", "nightly-pool"], cwd=repo, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment_by_name("ganpipe-retrain/nightly-pool")
+
+    dep = asyncio.run(read())
+    assert dep.work_pool_name == "ganpipe-process" and dep.entrypoint == "flows/retrain.py:retrain_flow"
+    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
+    assert dep.global_concurrency_limit.limit == 1
