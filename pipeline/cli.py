@@ -186,6 +186,16 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve.app import ServeConfig, serve
+
+    cfg = ServeConfig(model=Path(args.model) if args.model else None, registry=Path(args.registry),
+                      direction=args.direction, max_n=args.max_n, max_upload_bytes=args.max_upload_bytes,
+                      max_pixels=args.max_pixels, device=args.device)  # fmt: skip
+    serve(cfg, host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_preview_augment(args: argparse.Namespace) -> int:
     from pipeline.config import AugmentConfig, load_params
     from pipeline.data.augment import preview
@@ -273,6 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--registry", default="registry")
     sc.add_argument("--margin", type=float, default=None)
     sc.set_defaults(fn=_cmd_schedule)
+
+    sv = sub.add_parser("serve", help="HTTP service over ONNX Runtime: the registry's champion, or --model")
+    sv.add_argument(
+        "--model", help="an ONNX file to serve (default: the registry's champion, reloaded when it changes)"
+    )
+    sv.add_argument("--registry", default="registry")
+    sv.add_argument("--direction", default="AB", choices=("AB", "BA"), help="translator of a CycleGAN champion")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-n", type=int, default=64, help="most images per /v1/generate request")
+    sv.add_argument("--max-upload-bytes", type=int, default=8 * 1024 * 1024)
+    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload in pixels (bomb guard)")
+    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    sv.set_defaults(fn=_cmd_serve)
     return parser
 
 
