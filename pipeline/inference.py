@@ -106,9 +106,11 @@ def model_info(session: ort.InferenceSession, path: Path | str = "model") -> Mod
 class OnnxGenerator:
     """Sample images from an exported generator: z ~ N(0, I) from a seeded NumPy RNG."""
 
-    def __init__(self, path: Path | str, device: str = "auto", threads: int = 0):
+    def __init__(
+        self, path: Path | str, device: str = "auto", threads: int = 0, session: ort.InferenceSession | None = None
+    ):
         self.path = Path(path)
-        self.session = create_session(path, device, threads)
+        self.session = session or create_session(path, device, threads)
         self.info = model_info(self.session, path)
         if self.info.task != "generate":
             raise ModelError(f"{path}: is a {self.info.task!r} model, not an image generator")
@@ -156,9 +158,11 @@ class OnnxTranslator:
     both float32 [N, C, H, W] in [-1, 1]). H and W must be multiples of the model's
     `ganpipe.size_multiple`; other sizes are resized to the nearest valid size and back."""
 
-    def __init__(self, path: Path | str, device: str = "auto", threads: int = 0):
+    def __init__(
+        self, path: Path | str, device: str = "auto", threads: int = 0, session: ort.InferenceSession | None = None
+    ):
         self.path = Path(path)
-        self.session = create_session(path, device, threads)
+        self.session = session or create_session(path, device, threads)
         self.info = model_info(self.session, path)
         if self.info.task != "translate":
             raise ModelError(f"{path}: is a {self.info.task!r} model, not a translator")
@@ -199,3 +203,14 @@ class OnnxTranslator:
         pixels = np.clip(np.rint((out + 1.0) * 127.5), 0, 255).astype(np.uint8)
         result = Image.fromarray(pixels[0] if self.info.channels == 1 else pixels.transpose(1, 2, 0), mode)
         return result.resize(src.size, Image.BICUBIC) if size != src.size else result
+
+
+def open_model(path: Path | str, device: str = "auto", threads: int = 0) -> OnnxGenerator | OnnxTranslator:
+    """An OnnxGenerator or OnnxTranslator, whichever the file's `ganpipe.task` says (one session)."""
+    session = create_session(path, device, threads)
+    task = model_info(session, path).task
+    if task == "generate":
+        return OnnxGenerator(path, session=session)
+    if task == "translate":
+        return OnnxTranslator(path, session=session)
+    raise ModelError(f"{path}: unknown ganpipe.task {task!r} (expected 'generate' or 'translate')")

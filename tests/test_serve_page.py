@@ -39,10 +39,8 @@ def browser():
 
 def wait_for_output(driver) -> int:
     """Wait until the result image has loaded; return its natural width."""
-    WebDriverWait(driver, 30).until(
-        lambda d: d.execute_script("const i = document.getElementById('output'); return i && i.complete "
-                                   "&& i.naturalWidth > 0")  # fmt: skip
-    )
+    loaded = "const i = document.getElementById('output'); return i && i.complete && i.naturalWidth > 0"
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script(loaded))
     return driver.execute_script("return document.getElementById('output').naturalWidth")
 
 
