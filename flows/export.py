@@ -10,37 +10,25 @@ from flows.stage import run_stage, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
-from pipeline.export import export_generator
+from pipeline.export import export_generator, export_translators
 
 
 @stage_task
 def export_onnx(params_path: str) -> dict:
     params = load_params(params_path)
-    if params.task == "translate":
-        from pipeline.export import export_translators
-
-        metrics = export_translators(
-            layout.GENERATOR,
-            layout.EXPORTS,
-            opset=params.export.opset,
-            tolerance=params.export.parity_tolerance,
-            params_hash=params.section_hash("seed", "data", "augment", "model", "train"),
-            card_path=layout.MODEL_CARD,
-        )
-        write_json(layout.EXPORT_METRICS, metrics)
-        print(f"exported {', '.join(metrics['onnx_bytes'])} to {layout.EXPORTS}: max |onnx - torch| = "
-              f"{metrics['max_abs_diff']:.2e}")  # fmt: skip
-        return metrics
-    metrics = export_generator(
+    translate = params.task == "translate"
+    export, target = (export_translators, layout.EXPORTS) if translate else (export_generator, layout.ONNX_GENERATOR)
+    metrics = export(
         layout.GENERATOR,
-        layout.ONNX_GENERATOR,
+        target,
         opset=params.export.opset,
         tolerance=params.export.parity_tolerance,
         params_hash=params.section_hash("seed", "data", "augment", "model", "train"),
         card_path=layout.MODEL_CARD,
     )
     write_json(layout.EXPORT_METRICS, metrics)
-    print(f"exported {layout.ONNX_GENERATOR}: max |onnx - torch| = {metrics['max_abs_diff']:.2e}")
+    files = ", ".join(f"generator_{d}.onnx" for d in metrics["onnx_bytes"]) if translate else target.name
+    print(f"exported {files} to {layout.EXPORTS}: max |onnx - torch| = {metrics['max_abs_diff']:.2e}")
     return metrics
 
 

@@ -104,25 +104,7 @@ def export_generator(
     }
     onnx_path = Path(onnx_path)
     with atomic_path(onnx_path) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporter's deprecation chatter, not about our model
-            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-            program = torch.onnx.export(
-                graph,
-                _inputs(spec, 2, 0),
-                dynamo=True,
-                opset_version=opset,
-                input_names=names,
-                output_names=["images"],
-                dynamic_shapes=dynamic,
-                external_data=False,
-                verbose=False,
-            )
-        model = program.model_proto
-        for key, value in metadata.items():
-            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-        onnx.save_model(model, str(tmp))
-        onnx.checker.check_model(str(tmp), full_check=True)
+        to_onnx(graph, _inputs(spec, 2, 0), tmp, names, ["images"], dynamic, metadata, opset)
         metrics = check_parity(graph, tmp, spec, tolerance)
         if not metrics["parity_passed"]:
             raise ExportError(
@@ -133,6 +115,39 @@ def export_generator(
     if card_path:
         write_json(card_path, model_card(spec, metadata, metrics, onnx_path))
     return metrics
+
+
+def to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_shapes: dict,
+    metadata: dict[str, str],
+    opset: int,
+) -> None:
+    """The dynamo exporter with the settings every ganpipe export uses (weights inside the
+    file, pinned opset), then the metadata props and the full ONNX checker."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter's deprecation chatter, not about our model
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            verbose=False,
+        )
+    model = program.model_proto
+    for key, value in metadata.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def check_parity(graph: nn.Module, onnx_file: Path, spec: dict, tolerance: float) -> dict:
@@ -232,25 +247,7 @@ def export_translator(g: nn.Module, path: Path, spec: dict, metadata: dict[str, 
     # the exporter would specialise H and W to it. The graph still runs at the training size.
     side = max(spec["image_size"], 2 * m, low * m)
     example = torch.zeros(2, spec["channels"], side, side)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(
-            g.eval(),
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["translated"],
-            dynamic_shapes=dynamic,
-            external_data=False,
-            verbose=False,
-        )
-    model = program.model_proto
-    for key, value in metadata.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save_model(model, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    to_onnx(g.eval(), (example,), path, ["images"], ["translated"], dynamic, metadata, opset)
 
 
 def translator_parity(g: nn.Module, onnx_file: Path, spec: dict, tolerance: float) -> dict:
