@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--max-n", type=int, default=64, help="most images per /v1/generate request")
     sv.add_argument("--max-upload-bytes", type=int, default=8 * 1024 * 1024)
-    sv.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest upload in pixels (bomb guard)")
+    sv.add_argument("--max-pixels", type=int, default=1024 * 1024, help="largest upload in pixels (bomb guard)")
     sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     sv.set_defaults(fn=_cmd_serve)
     return parser

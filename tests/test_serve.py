@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import queue
+import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -16,10 +22,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 from PIL import Image
-from test_export import save_generator
+from prometheus_client.parser import text_string_to_metric_families
+from test_export import REPO, save_generator
 
 from pipeline.export import export_generator, export_translators
+from pipeline.inference import OnnxGenerator
 from pipeline.registry import Registry
 from pipeline.serve.app import ServeConfig, create_app
 
@@ -31,12 +40,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(cfg: ServeConfig):
-    """The app under a real uvicorn server in a thread; yields its base URL."""
+def running(cfg: ServeConfig | FastAPI):
+    """The app (or the app of a config) under a real uvicorn server in a thread; yields its base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    app = cfg if isinstance(cfg, FastAPI) else create_app(cfg)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
@@ -82,6 +92,24 @@ def gen_url(models):
         yield url
 
 
+def request_counts(url: str) -> dict[tuple[str, str], float]:
+    """ganpipe_requests_total by (endpoint, status), read from /metrics with Prometheus' own parser."""
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for s in family.samples:
+            if s.name == "ganpipe_requests_total":
+                counts[(s.labels["endpoint"], s.labels["status"])] = s.value
+            elif s.name == "ganpipe_request_seconds_count":
+                counts[(s.labels["endpoint"], "latency observations")] = s.value
+            elif s.name == "ganpipe_model_reloads_total":
+                counts[("reload", s.labels["result"])] = s.value
+    return counts
+
+
+def grew(before: dict, after: dict) -> dict:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
 def png_of(size=(20, 12), color=128, mode="L") -> bytes:
     buf = io.BytesIO()
     Image.new(mode, size, color).save(buf, format="PNG")
@@ -121,11 +149,19 @@ def test_generate_png_is_deterministic_per_seed_and_honours_labels(gen_url):
         (json.dumps({"n": 2, "labels": ["unicorn"]}).encode(), 400, "bad labels"),
         (json.dumps({"n": 2, "colour": "red"}).encode(), 422, "invalid request"),
         (json.dumps({"n": 2, "format": "gif"}).encode(), 422, "invalid request"),
+        (json.dumps({"n": 2, "seed": -1}).encode(), 422, "invalid request"),
+        (json.dumps([{"n": 2}]).encode(), 422, "invalid request"),
+        (json.dumps({"n": 2, "labels": ["cat"] * 400_000}).encode(), 413, "upload too large"),
+        (("text/plain", b'{"n": 2}'), 415, "unsupported content type"),
     ],
-    ids=["malformed", "wrong-type", "n-zero", "n-too-big", "unknown-label", "unknown-field", "bad-format"],
+    ids=str.split(
+        "malformed wrong-type n-zero n-too-big unknown-label unknown-field bad-format negative-seed "
+        "not-an-object body-too-large wrong-content-type"
+    ),
 )
 def test_bad_generate_requests_get_4xx_json_and_the_service_keeps_serving(gen_url, body, status, error):
-    res = httpx.post(f"{gen_url}/v1/generate", content=body, headers={"content-type": "application/json"})
+    ctype, body = body if isinstance(body, tuple) else ("application/json", body)
+    res = httpx.post(f"{gen_url}/v1/generate", content=body, headers={"content-type": ctype})
     assert res.status_code == status and res.json()["error"] == error, res.text
     assert res.json()["detail"]
     assert httpx.get(f"{gen_url}/healthz").status_code == 200
@@ -136,12 +172,54 @@ def test_translate_on_a_generator_is_a_conflict(gen_url):
     assert res.status_code == 409 and "use /v1/generate" in res.json()["detail"]
 
 
-def test_metrics_count_requests_by_endpoint_and_status(gen_url):
-    httpx.post(f"{gen_url}/v1/generate", json={"n": 0})
+def test_unknown_paths_and_methods_get_json_errors_too(gen_url):
+    missing = httpx.get(f"{gen_url}/v2/generate")
+    assert missing.status_code == 404 and missing.json()["error"] == "not found"
+    wrong = httpx.get(f"{gen_url}/v1/generate")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method not allowed"
+    assert wrong.headers["allow"] == "POST"
+
+
+def test_metrics_count_exactly_the_requests_made(gen_url):
+    before = request_counts(gen_url)
+    for seed in range(3):
+        assert httpx.post(f"{gen_url}/v1/generate", json={"n": 2, "seed": seed}).status_code == 200
+    for n in (0, 99):
+        assert httpx.post(f"{gen_url}/v1/generate", json={"n": n}).status_code == 422
+    assert httpx.get(f"{gen_url}/v1/model").status_code == 200
+    assert httpx.get(f"{gen_url}/no/such/page").status_code == 404
+    assert grew(before, request_counts(gen_url)) == {
+        ("/v1/generate", "200"): 3,
+        ("/v1/generate", "422"): 2,
+        ("/v1/generate", "latency observations"): 5,
+        ("/v1/model", "200"): 1,
+        ("/v1/model", "latency observations"): 1,
+        ("other", "404"): 1,  # unknown paths share one label: clients cannot mint new series
+        ("other", "latency observations"): 1,
+        ("/metrics", "200"): 1,  # the first scrape, counted once it was answered
+        ("/metrics", "latency observations"): 1,
+    }
     text = httpx.get(f"{gen_url}/metrics").text
-    assert 'ganpipe_requests_total{endpoint="/v1/generate",status="422"}' in text
-    assert 'ganpipe_requests_total{endpoint="/v1/generate",status="200"}' in text
     assert 'ganpipe_request_seconds_bucket{endpoint="/v1/generate",le="0.005"}' in text
+
+
+def test_concurrent_requests_share_the_session_and_get_the_same_images_as_one_at_a_time(gen_url):
+    serial = {seed: httpx.post(f"{gen_url}/v1/generate", json={"n": 8, "seed": seed}).content for seed in range(8)}
+    results: dict[int, bytes] = {}
+
+    def fetch(seed: int) -> None:
+        with httpx.Client() as client:
+            for _ in range(3):
+                res = client.post(f"{gen_url}/v1/generate", json={"n": 8, "seed": seed})
+                assert res.status_code == 200
+                assert results.setdefault(seed, res.content) == res.content
+
+    threads = [threading.Thread(target=fetch, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == serial
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +247,12 @@ def bomb() -> bytes:
         (png_of(), "application/json", 415, "unsupported content type"),
         (png_of(), "", 415, "unsupported content type"),
         (b"GIF89a this is no image", "image/gif", 400, "not an image"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n", "image/eps", 400, "not an image"),
         (b"", "image/png", 400, "empty body"),
         (bomb(), "image/png", 413, "image too large"),
         (b"\0" * 60_000, "image/png", 413, "upload too large"),
     ],
-    ids=["wrong-type", "no-type", "not-image", "empty", "bomb", "too-many-bytes"],
+    ids=["wrong-type", "no-type", "not-image", "postscript", "empty", "bomb", "too-many-bytes"],
 )
 def test_bad_uploads_get_4xx_json_and_the_service_keeps_serving(tr_url, body, ctype, status, error):
     headers = {"content-type": ctype} if ctype else {}
@@ -189,11 +268,18 @@ def test_generate_on_a_translator_is_a_conflict(tr_url):
 def test_bearer_token_guards_the_api_but_not_health(models, monkeypatch):
     monkeypatch.setenv("GANPIPE_SERVE_TOKEN", "s3cret")
     with running(ServeConfig(model=models["generate"])) as url:
-        assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 401
-        assert httpx.get(f"{url}/v1/model", headers={"authorization": "Bearer wrong"}).status_code == 401
+        refused = httpx.post(f"{url}/v1/generate", json={"n": 1})
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.headers["www-authenticate"] == "Bearer"
+        for given in ("Bearer wrong", "s3cret", "Basic s3cret", "Bearer"):
+            assert httpx.get(f"{url}/v1/model", headers={"authorization": given}).status_code == 401
+        translate = httpx.post(f"{url}/v1/translate", content=png_of(), headers={"content-type": "image/png"})
+        assert translate.status_code == 401  # the token is checked before anything else
         ok = httpx.post(f"{url}/v1/generate", json={"n": 1}, headers={"authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert httpx.get(f"{url}/v1/model", headers={"authorization": "bearer s3cret"}).status_code == 200
+        for open_path in ("/healthz", "/", "/metrics"):
+            assert httpx.get(f"{url}{open_path}").status_code == 200
 
 
 def promote_file(reg: Registry, work: Path, onnx: Path) -> str:
@@ -212,23 +298,82 @@ def promote_file(reg: Registry, work: Path, onnx: Path) -> str:
 
 def test_champion_change_is_picked_up_without_dropping_a_request_in_flight(tmp_path, models):
     reg = Registry(tmp_path / "registry")
-    promote_file(reg, tmp_path / "w1", models["plain"])
-    cfg = ServeConfig(registry=tmp_path / "registry", reload_check_s=0.0, max_n=4096)
-    with running(cfg) as url:
-        assert httpx.get(f"{url}/v1/model").json()["num_classes"] == 0
-        results = {}
+    assert promote_file(reg, tmp_path / "w1", models["plain"]) == "v0001"
+    app = create_app(ServeConfig(registry=tmp_path / "registry"))
+    holder, real_current = app.state.holder, app.state.holder.current
+    took_model, release, results = threading.Event(), threading.Event(), {}
 
-        def long_request():  # a big batch on the old champion, still running during the swap
-            results["big"] = httpx.post(f"{url}/v1/generate", json={"n": 4096, "format": "npy"}, timeout=120)
+    def current():  # tells the test when the slow request below has taken its model
+        served = real_current()
+        took_model.set()
+        return served
 
-        t = threading.Thread(target=long_request)
+    body = json.dumps({"n": 8, "seed": 5, "format": "npy"}).encode()
+
+    def slow_body():  # the request stays in flight, its body half sent, until the champion has changed
+        yield body[:4]
+        release.wait(30)
+        yield body[4:]
+
+    def slow_request():
+        results["slow"] = httpx.post(f"{url}/v1/generate", content=slow_body(),
+                                     headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
+
+    with running(app) as url:
+        assert httpx.get(f"{url}/v1/model").json()["version"] == "v0001"
+        holder.current = current
+        t = threading.Thread(target=slow_request)
         t.start()
-        time.sleep(0.05)
-        promote_file(reg, tmp_path / "w2", models["generate"])  # the conditional model becomes champion
-        time.sleep(0.05)
-        meta = httpx.get(f"{url}/v1/model").json()
-        t.join(timeout=120)
-        assert meta["num_classes"] == 3 and meta["file"] == "generator.onnx"
-        assert results["big"].status_code == 200
-        assert np.load(io.BytesIO(results["big"].content)).shape == (4096, 1, 16, 16)
-        assert httpx.post(f"{url}/v1/generate", json={"n": 2, "labels": ["owl"]}).status_code == 200
+        assert took_model.wait(10)
+        holder.current = real_current
+        assert promote_file(reg, tmp_path / "w2", models["generate"]) == "v0002"  # the conditional model
+        meta = httpx.get(f"{url}/v1/model").json()  # the very next request
+        assert meta["version"] == "v0002" and meta["num_classes"] == 3 and meta["file"] == "generator.onnx"
+        release.set()
+        t.join(timeout=60)
+        slow = results["slow"]
+        assert slow.status_code == 200 and slow.headers["x-model-version"] == "v0001"
+        np.testing.assert_array_equal(np.load(io.BytesIO(slow.content)), OnnxGenerator(models["plain"]).generate(8, 5))
+        owl = httpx.post(f"{url}/v1/generate", json={"n": 2, "labels": ["owl"]})
+        assert owl.status_code == 200 and owl.headers["x-model-version"] == "v0002"
+        assert request_counts(url)[("reload", "ok")] == 1
+
+
+def test_a_champion_that_cannot_be_loaded_leaves_the_old_one_serving(tmp_path, models):
+    reg = Registry(tmp_path / "registry")
+    promote_file(reg, tmp_path / "w1", models["plain"])
+    with running(ServeConfig(registry=tmp_path / "registry")) as url:
+        broken = tmp_path / "broken.onnx"
+        broken.write_bytes(b"this is not an ONNX model")
+        promote_file(reg, tmp_path / "w2", broken)
+        res = httpx.post(f"{url}/v1/generate", json={"n": 1})
+        assert res.status_code == 200 and res.headers["x-model-version"] == "v0001"
+        health = httpx.get(f"{url}/healthz").json()
+        assert health["version"] == "v0001" and "v0002" in health["reload_error"]
+        assert request_counts(url)[("reload", "failed")] == 1
+        reg.rollback()  # the champion is the served model again: nothing to load, nothing wrong
+        assert httpx.get(f"{url}/healthz").json()["reload_error"] is None
+
+
+def test_cli_serves_on_loopback_with_the_token_from_the_environment_and_stops_on_ctrl_c(models):
+    env = {**os.environ, "GANPIPE_SERVE_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--model", str(models["generate"]), "--port", "0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        address = None
+        while address is None:
+            line = lines.get(timeout=60)
+            address = re.search(r"Uvicorn running on http://([\d.]+):(\d+)", line)
+        host, port = address.groups()
+        assert host == "127.0.0.1"  # the default bind: this machine only
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
+        assert httpx.get(f"{url}/v1/model").status_code == 401
+        assert httpx.get(f"{url}/v1/model", headers={"authorization": "Bearer t0ken"}).json()["num_classes"] == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0
+    assert json.loads(proc.stdout.read().splitlines()[0])["token_required"] is True

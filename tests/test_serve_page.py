@@ -12,7 +12,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from test_serve import models, running  # noqa: F401 (the models fixture is used by name)
+from test_serve import grew, models, request_counts, running  # noqa: F401 (the models fixture is used by name)
 
 from pipeline.serve.app import ServeConfig
 
@@ -51,6 +51,7 @@ def severe_console_errors(driver) -> list[str]:
 def test_page_generates_a_grid_for_a_chosen_class_and_seed(browser, models):  # noqa: F811
     ARTIFACTS.mkdir(exist_ok=True)
     with running(ServeConfig(model=models["generate"])) as url:
+        before = request_counts(url)
         browser.get(url + "/")
         WebDriverWait(browser, 30).until(lambda d: not d.find_element(By.ID, "generate").get_attribute("class"))
         assert "conditional.onnx" in browser.find_element(By.ID, "meta").text
@@ -65,6 +66,8 @@ def test_page_generates_a_grid_for_a_chosen_class_and_seed(browser, models):  # 
         browser.save_screenshot(str(ARTIFACTS / "serve_page_generate.png"))
         assert browser.find_element(By.ID, "error").text == ""
         assert severe_console_errors(browser) == []
+        made = {k: v for k, v in grew(before, request_counts(url)).items() if k[1] != "latency observations"}
+        assert made == {("/", "200"): 1, ("/v1/model", "200"): 1, ("/v1/generate", "200"): 1, ("/metrics", "200"): 1}
 
 
 def test_page_uploads_an_image_to_translate(browser, models, tmp_path):  # noqa: F811
