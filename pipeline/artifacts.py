@@ -46,6 +46,22 @@ def write_bytes(target: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def save_torch(target: Path | str, obj: Any) -> None:
+    """`torch.save` whose bytes depend only on `obj`.
+
+    torch.save names the records inside its zip after the file it writes to, so saving to
+    a random temporary name would give a different file (and a different DVC hash) for
+    the same weights on every run. Serialising to memory names them "archive/" instead.
+    """
+    import io
+
+    import torch  # not at module level: the ONNX-only inference path imports this module
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(target, buf.getvalue())
+
+
 def write_json(target: Path | str, obj: Any) -> None:
     write_bytes(target, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

@@ -59,3 +59,7 @@ def test_evaluator_learns_digits_and_exposes_its_feature_width(prepared_digits, 
     assert net.num_features == 32 and spec["classes"] == [str(i) for i in range(10)]
     x = torch.zeros(3, 1, 16, 16)
     assert net.embed(x).shape == (3, 32)
+    # the same seed gives the same file, byte for byte (what DVC hashes), wherever it is written
+    train_evaluator(cfg, load_split(prepared_digits, "train"), load_split(prepared_digits, "val"),
+                    tmp_path / "again" / "evaluator.pt", progress=False)  # fmt: skip
+    assert (tmp_path / "again" / "evaluator.pt").read_bytes() == (tmp_path / "ev.pt").read_bytes()

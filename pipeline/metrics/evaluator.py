@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_torch
 from pipeline.config import EvaluatorConfig
 from pipeline.data.dataset import PreparedSplit, to_float
 from pipeline.errors import MissingInput
@@ -132,8 +132,7 @@ def train_evaluator(
         "task": task,
         "classes": train.classes,
     }
-    with atomic_path(out) as tmp:
-        torch.save({"spec": spec, "state_dict": net.state_dict()}, tmp)
+    save_torch(out, {"spec": spec, "state_dict": net.state_dict()})
     return result
 
 

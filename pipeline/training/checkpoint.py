@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_torch
 
 log = logging.getLogger(__name__)
 KEEP = 2
@@ -33,8 +33,7 @@ def checkpoint_files(directory: Path | str) -> list[Path]:
 def save_checkpoint(directory: Path | str, step: int, state: dict[str, Any]) -> Path:
     """Write `ckpt_<step>.pt` atomically and prune to the newest KEEP."""
     target = Path(directory) / f"ckpt_{step:07d}.pt"
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
+    save_torch(target, state)
     for old in checkpoint_files(directory)[KEEP:]:
         old.unlink(missing_ok=True)
     return target

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline import layout
-from pipeline.artifacts import atomic_path
+from pipeline.artifacts import save_torch
 from pipeline.config import Params
 from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
 from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
@@ -364,8 +364,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         live.end()
     if world.is_main:
         spec = generator_spec(params, image_size, channels, data.classes)
-        with atomic_path(paths.generator) as tmp:
-            torch.save({"spec": spec, "state_dict": G_ema.cpu().state_dict(), "steps": cfg.steps}, tmp)
+        save_torch(paths.generator, {"spec": spec, "state_dict": G_ema.cpu().state_dict(), "steps": cfg.steps})
         grid_g = G_ema.to("cpu")
         save_grid(sample(grid_g, z_fixed, y_fixed, torch.device("cpu")), paths.samples, nrow=8, scale=3)
     if world.enabled:

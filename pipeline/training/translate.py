@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_path, read_json
+from pipeline.artifacts import read_json, save_torch
 from pipeline.config import ModelConfig, Params
 from pipeline.data.dataset import BatchSampler, PreparedSplit, load_split, stable_subset, to_float
 from pipeline.errors import MissingInput
@@ -295,9 +295,8 @@ def train_translation(params: Params, paths: TrainPaths | None = None, progress:
     live.end()
 
     spec = translator_spec(params, image_size, channels, size_multiple, getattr(G["AB"], "min_size", size_multiple))
-    with atomic_path(paths.generator) as tmp:
-        blob = {"spec": spec, "state_dicts": {d: g.cpu().state_dict() for d, g in G_ema.items()}, "steps": cfg.steps}
-        torch.save(blob, tmp)
+    blob = {"spec": spec, "state_dicts": {d: g.cpu().state_dict() for d, g in G_ema.items()}, "steps": cfg.steps}
+    save_torch(paths.generator, blob)
     save_panels(_panels(G_ema["AB"].cpu(), val_a, val_b, torch.device("cpu")), paths.samples, nrow=1, scale=3)
     return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator, seconds=time.perf_counter() - t0)
 
