@@ -7,37 +7,30 @@ that actually ran. Run it with `ganpipe repro`, which provides a local Prefect s
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
 from flows.evaluate import metrics_markdown
-from flows.stage import stage_task
+from flows.stage import stage_task, tool_env
 from pipeline import layout
-from pipeline.artifacts import read_json
+from pipeline.artifacts import read_metrics
 
 
 @stage_task
 def run_dvc(dvc_args: list[str]) -> int:
-    """`dvc <args>` (repro, exp run) as a child process, output streamed; returns its exit code.
-
-    The stage commands in dvc.yaml call `python`: this interpreter's directory goes first on
-    PATH so they run in the same environment even when it was not activated.
-    """
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    """`dvc <args>` (repro, exp run) as a child process, output streamed; returns its exit code."""
     print("$ dvc " + " ".join(dvc_args))
-    return subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=env).returncode
+    return subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=tool_env()).returncode
 
 
 @stage_task
-def read_metrics() -> dict:
+def collect_metrics() -> dict:
     """Every metrics/*.json the stages wrote, keyed by file stem."""
-    return {p.stem: read_json(p) for p in sorted(Path("metrics").glob("*.json"))}
+    return read_metrics(".")
 
 
 def summary_markdown(metrics: dict) -> str:
@@ -67,7 +60,7 @@ def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
     code = run_dvc(args)
     if code != 0:
         return Failed(message=f"dvc {args[0]} failed with exit code {code} (the failing stage's message is above)")
-    metrics = read_metrics()
+    metrics = collect_metrics()
     if metrics:
         create_markdown_artifact(
             key="ganpipe-pipeline",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
+from flows.stage import tool_env
+from pipeline.artifacts import read_metrics
 from pipeline.config import load_params
 from pipeline.registry import Registry, compare
 
@@ -32,8 +33,7 @@ CONCURRENCY_LIMIT = "ganpipe-retrain"
 
 
 def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=tool_env(), capture_output=True, text=True)
     if check and res.returncode != 0:
         raise RuntimeError(
             f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -58,9 +58,8 @@ def run_experiment(repo: str, name: str, overrides: list[str]) -> str:
 
 
 @task(cache_policy=NO_CACHE)
-def read_metrics(repo: str) -> dict:
-    root = Path(repo) / "metrics"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(root.glob("*.json"))}
+def candidate_metrics(repo: str) -> dict:
+    return read_metrics(repo)
 
 
 @task(cache_policy=NO_CACHE)
@@ -131,7 +130,7 @@ def retrain_flow(
             return {"action": "skipped", "reason": reason, "champion": champion}
         name = f"retrain-{time.strftime('%Y%m%d-%H%M%S')}"
         run_experiment(str(repo_path), name, list(overrides or []))
-        candidate = read_metrics(str(repo_path))
+        candidate = candidate_metrics(str(repo_path))
         decision = compare(candidate, reg.champion_metrics(), margin)
         if decision.promote:
             version = promote(str(repo_path), registry, f"{name}: {decision.reason}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,6 +22,15 @@ def stage_task(fn: Callable | None = None, **options) -> Callable:
     the files behind a path changed. Tasks pass file paths, never arrays or tensors."""
     make = task(cache_policy=NO_CACHE, log_prints=True, **options)
     return make(fn) if fn is not None else make
+
+
+def tool_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) with this interpreter's folder first on
+    PATH, so `dvc` and the `python` in dvc.yaml's stage commands run in this environment
+    even when it was not activated."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 def run_stage(flow_fn: Callable, argv: list[str] | None = None) -> int:

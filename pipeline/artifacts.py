@@ -68,3 +68,8 @@ def write_json(target: Path | str, obj: Any) -> None:
 
 def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_metrics(workdir: Path | str = ".") -> dict[str, Any]:
+    """Every `metrics/*.json` of a pipeline checkout, keyed by file stem (eval, export, ...)."""
+    return {p.stem: read_json(p) for p in sorted((Path(workdir) / "metrics").glob("*.json"))}

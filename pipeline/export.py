@@ -243,7 +243,7 @@ def export_translator(g: nn.Module, path: Path, spec: dict, metadata: dict[str, 
     """One translator to ONNX: `images` [N, C, H, W] -> `translated`, dynamic N, H and W
     (H, W dynamic as multiples of the architecture's size_multiple)."""
     m = spec["size_multiple"]
-    low = max(1, getattr(g, "min_size", m) // m)  # the ResNet G needs 2 multiples (instance norm at its bottleneck)
+    low = max(1, g.min_size // m)  # the ResNet G needs 2 multiples (instance norm at its bottleneck)
     batch = torch.export.Dim("batch", min=1, max=4096)
     h = torch.export.Dim("h_blocks", min=low, max=4096 // m)
     w = torch.export.Dim("w_blocks", min=low, max=4096 // m)

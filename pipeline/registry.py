@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.artifacts import read_metrics, write_bytes
 from pipeline.errors import UserError
 
 VERSION = re.compile(r"^v(\d{4,})$")
@@ -61,15 +62,6 @@ def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class Registry:
@@ -135,10 +127,12 @@ class Registry:
         export = json.loads((work / "metrics/export.json").read_text())
         if not export.get("parity_passed"):
             raise RegistryError(f"{work / 'metrics/export.json'}: parity_passed is false; refusing to promote")
-        metrics = {p.stem: json.loads(p.read_text()) for p in sorted((work / "metrics").glob("*.json"))}
-        self.root.mkdir(parents=True, exist_ok=True)
+        metrics = read_metrics(work)
         existing = self.versions()
         version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Not artifacts.atomic_path, which replaces an existing target: renaming a directory onto
+        # a non-empty one fails instead, so a concurrent promotion can never erase a version.
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
         try:
             for f in [*onnx_files, work / "exports/model_card.json"]:
@@ -183,7 +177,7 @@ class Registry:
         return target
 
     def _set_champion(self, version: str, event: dict) -> None:
-        _write_atomic(self.root / "champion", version + "\n")
+        write_bytes(self.root / "champion", (version + "\n").encode())
         entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "version": version, **event}
         with open(self.root / "history.jsonl", "a") as fh:
             fh.write(json.dumps(entry) + "\n")

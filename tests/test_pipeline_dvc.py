@@ -16,6 +16,8 @@ import yaml
 from conftest import TINY, make_repo, merge, sh, write_params
 from PIL import Image
 
+from flows.stage import tool_env
+
 pytestmark = pytest.mark.integration
 
 STAGES = ["prepare", "evaluator", "train", "evaluate", "export"]
@@ -143,9 +145,8 @@ def test_main_command_without_a_server_starts_one_and_exits_cleanly(repo, first_
     """`ganpipe repro` with no Prefect API configured: it starts its own server on 127.0.0.1,
     sends every queued log and event before stopping it (else Prefect reports
     'Error logging to API' and waits at exit), and leaves nothing running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = tool_env({k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
     res = subprocess.run([sys.executable, "-m", "pipeline.cli", "repro"], cwd=repo, env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     out = res.stdout + res.stderr

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY, make_repo, sh
 
+from flows.stage import tool_env
+
 pytestmark = pytest.mark.integration
 
 
@@ -25,7 +27,7 @@ def served(tmp_path_factory, prefect_api):
     repo = make_repo(tmp_path_factory.mktemp("retrain"), TINY)
     remote = tmp_path_factory.mktemp("dvc-remote")
     sh([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], repo)
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    env = tool_env()
     log = open(repo / "schedule.log", "w")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "schedule", "--cron", "0 3 * * *"],
                             cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

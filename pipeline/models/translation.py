@@ -122,7 +122,7 @@ class UnetGenerator(nn.Module):
         depth = int(math.log2(image_size))
         if 2**depth != image_size or depth < 2:
             raise ValueError(f"UnetGenerator: image_size must be a power of two >= 4, got {image_size}")
-        self.size_multiple = image_size
+        self.size_multiple = self.min_size = image_size
         widths = [min(width * 2**i, max_width) for i in range(depth)]  # each level's inner width, outermost first
         dropout_levels = range(max(1, depth - 4), depth - 1) if dropout else range(0)
         block: nn.Module | None = None
@@ -132,7 +132,7 @@ class UnetGenerator(nn.Module):
         self.net = _UnetBlock(in_channels, widths[0], block, out=out_channels, outermost=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_size(x, self.size_multiple, self.size_multiple, "UnetGenerator")
+        _check_size(x, self.size_multiple, self.min_size, "UnetGenerator")
         return self.net(x)
 
 

@@ -294,7 +294,7 @@ def train_translation(params: Params, paths: TrainPaths | None = None, progress:
     bar.close()
     live.end()
 
-    spec = translator_spec(params, image_size, channels, size_multiple, getattr(G["AB"], "min_size", size_multiple))
+    spec = translator_spec(params, image_size, channels, size_multiple, G["AB"].min_size)
     blob = {"spec": spec, "state_dicts": {d: g.cpu().state_dict() for d, g in G_ema.items()}, "steps": cfg.steps}
     save_torch(paths.generator, blob)
     save_panels(_panels(G_ema["AB"].cpu(), val_a, val_b, torch.device("cpu")), paths.samples, nrow=1, scale=3)
