@@ -27,10 +27,51 @@ if TYPE_CHECKING:
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+# Decoders an input image may reach: plain raster formats only (Pillow hands EPS to Ghostscript, for one).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+MAX_PIXELS = 1024 * 1024  # a 64-channel layer of a 1024x1024 translation is already 256 MB
 
 
 class ModelError(UserError, ValueError):
     """The ONNX file is missing, unreadable, or not a ganpipe generator."""
+
+
+class ImageRejected(UserError, ValueError):
+    """An input image that cannot be translated. `too_large`: refused for its size (the service
+    answers 413), otherwise not a readable image (400)."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def open_image(source: bytes | Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode an image file or in-memory bytes, refusing non-images and, from the header alone,
+    before any pixel is decompressed, images over `max_pixels` (the decompression-bomb guard)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(source, bytes | bytearray) and not source:
+        raise ImageRejected("empty: no image data")
+    fh = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
+    try:
+        img = Image.open(fh, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageRejected(f"not a {', '.join(IMAGE_FORMATS)} image") from None
+    except Image.DecompressionBombError as err:
+        raise ImageRejected(str(err), too_large=True) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageRejected(f"cannot decode image: {err}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ImageRejected(f"{w}x{h} = {w * h} pixels > {max_pixels} (decompression-bomb guard)", too_large=True)
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageRejected(f"cannot decode image: {err}") from None
+    return img
 
 
 def gpu_present() -> bool:
@@ -189,13 +230,17 @@ class OnnxTranslator:
             raise ModelError(f"height and width must be at least {self.min_size}, got {images.shape[2:]}")
         return self.session.run(["translated"], {"images": images.astype(np.float32, copy=False)})[0]
 
-    def translate_image(self, image: Image.Image) -> Image.Image:
-        """A PIL image in, the translated PIL image out, at the input's size."""
+    def translate_image(self, image: Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+        """A PIL image in, the translated PIL image out, at the input's size. `max_pixels` bounds
+        the size the model is fed (after resizing to a valid size), which bounds its memory."""
         from PIL import Image
 
+        size = self.valid_size(*image.size)
+        if size[0] * size[1] > max_pixels:
+            raise ImageRejected(f"{image.size[0]}x{image.size[1]} is fed to the model as {size[0]}x{size[1]} = "
+                                f"{size[0] * size[1]} pixels > {max_pixels}", too_large=True)  # fmt: skip
         mode = "L" if self.info.channels == 1 else "RGB"
         src = image.convert(mode)
-        size = self.valid_size(*src.size)
         resized = src.resize(size, Image.BICUBIC) if size != src.size else src
         arr = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
         arr = arr[None, None] if arr.ndim == 2 else arr.transpose(2, 0, 1)[None]
