@@ -1,10 +1,10 @@
 # The two commands of the README. Both create ./.venv and install the project first.
 #   make repro   - run the whole pipeline (dvc repro, through a local Prefect server)
-#   make test    - lint and run the test suite
+#   make test    - lint and run the test suite (installs Debian's chromium for the page test if missing)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup browser repro test bench clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -14,10 +14,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+browser:
+	.ci/install-browser
+
 repro: setup
 	$(VENV)/bin/ganpipe repro
 
-test: setup
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 

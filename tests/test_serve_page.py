@@ -1,5 +1,5 @@
 """The try-it page in a real browser: Debian's headless Chromium driven by Selenium
-(chromium and chromium-driver are installed by .ci/run). Screenshots are kept in
+(chromium and chromium-driver: `make test` installs them when missing). Screenshots are kept in
 tests/artifacts/ (git-ignored) for a person to look at."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
-    assert chromium and driver_bin, "Debian's chromium and chromium-driver are needed (.ci/run installs them)"
+    assert chromium and driver_bin, "Debian's chromium and chromium-driver are needed (`make test` installs them)"
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
