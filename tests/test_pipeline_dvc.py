@@ -224,3 +224,29 @@ def test_dvc_tracked_raw_data_reruns_prepare_and_only_what_changed(repo, first_r
     finally:
         params["data"] = original
         write_params(repo / "params.yaml", params)
+
+
+def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(repo, first_run, tmp_path):
+    """DVC deletes a stage's outputs before running it unless they persist: a prepare that fails
+    under `dvc repro` must leave the last good dataset and both reports as they were."""
+    sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo)
+    kept = ["reports/data_report.json", "reports/data_report.md",
+            *(p.relative_to(repo).as_posix() for p in sorted((repo / "data/prepared").iterdir()))]  # fmt: skip
+    before = {rel: (repo / rel).read_bytes() for rel in kept}
+    broken = tmp_path / "broken"
+    (broken / "cat").mkdir(parents=True)
+    (broken / "cat" / "a.png").write_bytes(b"not an image")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    original = dict(params["data"])
+    params["data"].update(source="folder", path=str(broken), on_error="fail")
+    write_params(repo / "params.yaml", params)
+    try:
+        res = sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo, check=False)
+        assert res.returncode != 0
+        assert "cat/a.png" in res.stdout + res.stderr
+    finally:
+        params["data"] = original
+        write_params(repo / "params.yaml", params)
+    assert {rel: (repo / rel).read_bytes() for rel in kept} == before
+    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == sorted(Path(k).name for k in kept[2:])
+    assert "up to date" in sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
