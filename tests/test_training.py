@@ -81,6 +81,26 @@ def test_changed_settings_never_resume_from_old_checkpoints(prepared_digits, tmp
     assert_same_weights(weights(p.generator), weights(fresh.generator))
 
 
+def test_shorter_run_resumes_from_a_longer_runs_checkpoint_and_keeps_the_later_ones(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(), p, progress=False)  # 12 steps: checkpoints at 6 and 12
+    res = train(tiny_params(train={"steps": 6}), p, progress=False)
+    assert res.resumed_from == 6  # the valid step-6 checkpoint, not a restart from 0
+    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
+    short = paths(tmp_path / "short", prepared_digits)
+    train(tiny_params(train={"steps": 6}), short, progress=False)
+    assert p.generator.read_bytes() == short.generator.read_bytes()
+    assert train(tiny_params(), p, progress=False).resumed_from == 12  # the longer run is still there
+
+
+def test_a_shorter_run_from_scratch_keeps_its_own_checkpoints_beside_a_longer_runs(prepared_digits, tmp_path):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(train={"steps": 12, "checkpoint_every": 12}), p, progress=False)  # only ckpt 12
+    train(tiny_params(train={"steps": 6, "checkpoint_every": 3}), p, progress=False)
+    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt",
+                                                                 "ckpt_0000003.pt"]  # fmt: skip
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(prepared_digits, tmp_path, caplog):
     p = paths(tmp_path, prepared_digits)
     train(tiny_params(train={"steps": 12}), p, progress=False)

@@ -2,7 +2,9 @@
 
 A checkpoint carries a fingerprint of everything that shapes training except its length,
 so a rerun after a crash, or with more `train.steps`, continues exactly, while a run with
-other settings never resumes from weights trained under different ones.
+other settings never resumes from weights trained under different ones. A run with fewer
+steps than an earlier one resumes from that run's checkpoint at or below its own length
+and leaves the later ones for when the longer run is asked for again.
 """
 
 from __future__ import annotations
@@ -30,11 +32,16 @@ def checkpoint_files(directory: Path | str) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def _step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
 def save_checkpoint(directory: Path | str, step: int, state: dict[str, Any]) -> Path:
-    """Write `ckpt_<step>.pt` atomically and prune to the newest KEEP."""
+    """Write `ckpt_<step>.pt` atomically and keep the newest KEEP at or below `step`; those of
+    a longer run of the same settings (above `step`) stay for when it is resumed."""
     target = Path(directory) / f"ckpt_{step:07d}.pt"
     save_torch(target, state)
-    for old in checkpoint_files(directory)[KEEP:]:
+    for old in [p for p in checkpoint_files(directory) if _step(p) <= step][KEEP:]:
         old.unlink(missing_ok=True)
     return target
 
@@ -44,19 +51,23 @@ def load_latest(
 ) -> dict[str, Any] | None:
     """The newest readable checkpoint made under `fingerprint` at a step <= `max_step`.
 
-    Unreadable checkpoints are skipped with a warning; checkpoints from other settings are
-    removed (they cannot be resumed and would shadow the new run's own).
+    Checkpoints beyond `max_step` are skipped and kept; unreadable ones are skipped with a
+    warning; those made with other settings or code are removed (they can never be resumed
+    and would shadow this run's own).
     """
     for path in checkpoint_files(directory):
+        if _step(path) > max_step:
+            log.info("checkpoint %s is beyond train.steps=%d; kept for a longer run", path, max_step)
+            continue
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated or corrupt file: fall back to the previous one
             log.warning("checkpoint %s is unreadable (%s); falling back to the previous one", path, err)
             continue
-        if state.get("fingerprint") != fingerprint or state.get("step", 0) > max_step:
-            log.warning("checkpoint %s was made with other settings or code; starting from scratch", path)
-            for stale in checkpoint_files(directory) if remove_stale else []:
-                stale.unlink(missing_ok=True)
-            return None
+        if state.get("fingerprint") != fingerprint:
+            log.warning("checkpoint %s was made with other settings or code; it is not resumed", path)
+            if remove_stale:
+                path.unlink(missing_ok=True)
+            continue
         return state
     return None
