@@ -40,7 +40,7 @@ def bundled_fonts_dir() -> Path:
 def resolve_font(spec: str, key: str) -> tuple[Path, int]:
     """A font spec -> (file, collection index). `key` names the params key in errors."""
     file, _, index = spec.partition("#")
-    if index and not index.isdigit():
+    if index and not (index.isascii() and index.isdigit()):  # '²'.isdigit() is true, but int() refuses it
         raise SourceError(f"{key}: {spec!r}: the part after '#' must be a collection index (e.g. font.ttc#0)")
     path = Path(file).expanduser()
     if not path.is_file():

@@ -13,20 +13,32 @@ adding images never moves existing ones between splits.
 
 Ingestion streams: files are read and decoded in worker processes a few batches at a
 time, decoded pixels are appended to raw files on disk, and the .npy outputs are
-assembled from those at the end, so memory stays flat whatever the dataset size.
+assembled from those at the end, so memory stays flat whatever the dataset size. No file
+or archive member is read beyond what an image within data.max_pixels can need
+(`max_file_bytes`), so an archive bomb cannot fill memory either.
+
+The three outputs (data/prepared/, the JSON report, its Markdown summary) are built as
+temporaries and renamed into place together once all three are complete. A run that is
+killed leaves its temporaries behind; the next run removes those whose owner is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import json
 import multiprocessing
 import os
+import re
 import shutil
+import stat
+import tarfile
+import time
 import warnings
 import zipfile
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -36,7 +48,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_path, write_bytes, write_json
+from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import DataConfig
 from pipeline.data.sources import (
     Record,
@@ -46,9 +58,16 @@ from pipeline.data.sources import (
     folder_source,
     idx_source,
     paired_source,
+    safe_text,
+    too_large,
     unpaired_source,
 )
 from pipeline.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so a live temporary cannot be told from a stale one
+    fcntl = None  # type: ignore[assignment]
 
 # Modes with a documented conversion rule (see `_to_mode`); anything else is refused.
 # LAB is refused: Pillow converts it to RGB by copying channels, not by colour management.
@@ -56,14 +75,32 @@ SUPPORTED_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "RGBa", "CM
 SUPPORTED_MODES |= {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 BUFFERED_UNITS = 256  # items held back before streaming to disk, so tiny datasets can still get a val item
 BATCH = 32  # records per worker task
+# The most bytes per pixel an image file can need: 16-bit RGBA/CMYK (PNG, TIFF) and 64-bit
+# float greyscale (TIFF) take 8; plus room for metadata (ICC profiles, EXIF, XMP, thumbnails).
+FILE_BYTES_PER_PIXEL = 8
+FILE_METADATA_BYTES = 16 << 20
 
 
 class BadImage(UserError, ValueError):
     """One input file cannot be used; the message says why."""
 
+    def __init__(self, message: str):
+        super().__init__(safe_text(str(message)))
+
 
 class DataError(UserError, ValueError):
     """The dataset as a whole cannot be prepared; the message lists every offending file."""
+
+    def __init__(self, message: str):
+        # Prefect sends the message to its API as UTF-8 JSON: a lone surrogate (an undecodable
+        # byte of a file name) would break its state handling instead of reporting the error.
+        super().__init__(safe_text(str(message)))
+
+
+def max_file_bytes(cfg: DataConfig) -> int:
+    """The largest file or archive member worth reading: what the largest image allowed by
+    data.max_pixels can take, with generous room. Anything bigger is refused unread."""
+    return FILE_BYTES_PER_PIXEL * cfg.max_pixels + FILE_METADATA_BYTES
 
 
 @dataclass
@@ -84,10 +121,10 @@ def source_for(cfg: DataConfig) -> Source:
         g = cfg.glyphs
         return glyph_source(g.font_a, g.font_b, g.chars, cfg.image_size, g.scale)
     if cfg.layout == "unpaired":
-        return unpaired_source(cfg.path or "")
+        return unpaired_source(cfg.path or "", max_file_bytes(cfg))
     if cfg.layout == "paired":
-        return paired_source(cfg.path or "")
-    return folder_source(cfg.path or "")
+        return paired_source(cfg.path or "", max_file_bytes(cfg))
+    return folder_source(cfg.path or "", max_file_bytes(cfg))
 
 
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -132,23 +169,45 @@ def _square_resize(img: Image.Image, size: int) -> Image.Image:
 _ZIPS: dict[str, zipfile.ZipFile] = {}  # per process: archives stay open across records
 
 
-def read_content(record: Record) -> bytes:
+def read_content(record: Record, max_bytes: int | None = None) -> bytes:
+    """The record's content; more than `max_bytes` is refused before it is read (a size that
+    is known) or as soon as it is (a file that grows while being read)."""
+    limit = max_bytes if max_bytes is not None else 1 << 62  # no limit
     if record.data is not None:
         return record.data
     if record.path is not None:
         try:
-            return Path(record.path).read_bytes()
+            with open(record.path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size > limit:
+                    raise BadImage(too_large(size, limit))
+                data = fh.read(size + 1)  # one byte more: to notice a file that grew since fstat
+                if len(data) > size:
+                    data += fh.read(-1 if max_bytes is None else limit + 1 - len(data))
         except PermissionError:
             raise BadImage("unreadable (permission denied)") from None
         except OSError as err:
             raise BadImage(f"unreadable ({err.strerror or err})") from None
+        if len(data) > limit:
+            raise BadImage(too_large(len(data), limit))
+        return data
     if record.member is not None:
         archive, name = record.member
         zf = _ZIPS.get(archive) or _ZIPS.setdefault(archive, zipfile.ZipFile(archive))
         try:
-            return zf.read(name)
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            info = zf.getinfo(name)
+            if info.file_size > limit:
+                raise BadImage(too_large(info.file_size, limit))
+            # zipfile stops at the declared size (and then fails the CRC of a member that is
+            # longer); asking for no more than that also caps each step of the decompression
+            with zf.open(info) as fh:
+                data = fh.read(info.file_size + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as err:
+            # RuntimeError: encrypted; NotImplementedError: an unsupported compression method
             raise BadImage(f"cannot be extracted from {archive} ({err})") from None
+        if len(data) > limit:
+            raise BadImage(too_large(len(data), limit))
+        return data
     if record.array is not None:
         return record.array.tobytes()
     raise BadImage("no content")
@@ -159,7 +218,7 @@ def decode(record: Record, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]
     the sha256 of its decoded pixels (what duplicate detection compares)."""
     if record.problem:
         raise BadImage(record.problem)
-    raw = read_content(record)
+    raw = read_content(record, max_file_bytes(cfg))
     sha = hashlib.sha256(raw).hexdigest()
     if record.array is not None:
         img = Image.fromarray(record.array)  # array sources: known sizes, no minimum-size rule
@@ -250,7 +309,10 @@ def split_of(sha256: str, val_fraction: float) -> str:
 
 
 def _class_order(names: Iterable[str]) -> list[str]:
-    return sorted(set(names), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    """Numeric class names in numeric order, then the others by name. Only ASCII digits make
+    a number ('²'.isdigit() is true, but int() refuses it); the name itself breaks ties
+    ('7', '07'), so the order never depends on the order of a set."""
+    return sorted(set(names), key=lambda s: (0, int(s), s) if s.isascii() and s.isdigit() else (1, 0, s))
 
 
 class _ArrayWriter:
@@ -412,27 +474,44 @@ class _Collector:
             self._flush()
 
 
+def one_line(text: str) -> str:
+    """`text` as one line of valid text: control and other invisible characters (newlines,
+    bidi overrides) as escapes, so a file name can neither start a forged line in an error
+    message or report nor hide what it is."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in safe_text(text))
+
+
+_MARKDOWN_INLINE = re.compile(r"([\\`*_\[\]<>|~&$])")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as literal Markdown inside a table cell or list item: one line, with every
+    character that could end the cell (|), open code, emphasis, links or HTML escaped."""
+    return _MARKDOWN_INLINE.sub(r"\\\1", one_line(text))
+
+
 def _summary_markdown(report: dict) -> str:
+    md = markdown_text
     lines = [
         "# Data report",
         "",
-        f"- source: `{report['source']}` {report['path'] or ''}".rstrip(),
+        f"- source: `{report['source']}` {md(report['path'] or '')}".rstrip(),
         f"- files seen: {report['files_seen']}, used: {report['files_used']}, skipped: {len(report['skipped'])}",
     ]
     if report.get("counts"):
-        lines.append("- prepared: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
+        lines.append("- prepared: " + ", ".join(f"{md(k)} {v}" for k, v in report["counts"].items()))
     for name, count in report.get("skipped_by_kind", {}).items():
-        lines.append(f"- {name}: {count}")
+        lines.append(f"- {md(name)}: {count}")
     if report.get("empty_classes"):
-        lines.append(f"- empty classes (left out): {', '.join(report['empty_classes'])}")
+        lines.append(f"- empty classes (left out): {', '.join(md(c) for c in report['empty_classes'])}")
     if "glyphs" in report:
         g = report["glyphs"]
         lines.append(f"- glyphs: {g['kept']} of {g['requested']} characters in both fonts")
         for reason, n in g["dropped_count"].items():
-            lines.append(f"  - dropped, {reason}: {n}")
+            lines.append(f"  - dropped, {md(reason)}: {n}")
     if report["skipped"]:
         lines += ["", "| file | reason |", "|---|---|"]
-        lines += [f"| `{s['file']}` | {s['reason']} |" for s in report["skipped"]]
+        lines += [f"| {md(s['file'])} | {md(s['reason'])} |" for s in report["skipped"]]
     return "\n".join(lines) + "\n"
 
 
@@ -446,17 +525,24 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
     With `on_error: fail` any bad file (or an empty class) aborts with a DataError naming
     each one and nothing is written; with `skip` they are left out and listed in the report
     (`reports/data_report.json` and a readable `.md` beside it). Exact duplicates are never
-    an error: the first (by name) is kept, the others listed.
+    an error: the first (by name) is kept, the others listed. The dataset and both reports
+    are complete before any of them replaces its previous version.
     """
+    started = time.time()
     out_dir, report_path = Path(out_dir), Path(report_path)
+    outputs = (out_dir, report_path, summary_path(report_path))
+    remove_stale_temporaries(outputs, started)
     try:
         source = source_for(cfg)
     except SourceError as err:
         raise DataError(str(err)) from None
     file_based = cfg.source == "folder"
     workers = (cfg.workers or os.cpu_count() or 1) if file_based else 1
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    # `with locks, staged`: the temporaries are renamed into place (last entered, first)
+    # before their locks are released
+    with contextlib.ExitStack() as locks, contextlib.ExitStack() as staged:
+        tmp, tmp_report, tmp_summary = (staged.enter_context(atomic_path(p)) for p in outputs)
+        locks.callback(_release, _claim(tmp, tmp.mkdir))
         col = _Collector(cfg, source, tmp)
         try:
             stream = decoded(source.records, cfg, workers)
@@ -464,22 +550,101 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
                 col.add(outcome)
         except SourceError as err:
             raise DataError(str(err)) from None
-        except (OSError, EOFError, zipfile.BadZipFile) as err:  # a corrupt archive stream
+        except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as err:  # a corrupt archive stream
             raise DataError(f"data.path {cfg.path!r}: cannot be read to the end ({err})") from None
         col.finish()
         _finish(cfg, source, col, tmp)
         report = _report(cfg, source, col)
-    write_json(report_path, report)
-    write_bytes(summary_path(report_path), _summary_markdown(report).encode())
+        for path, content in (
+            (tmp_report, (json.dumps(report, indent=2, sort_keys=False) + "\n").encode()),
+            (tmp_summary, _summary_markdown(report).encode()),
+        ):
+            locks.callback(_release, _claim(path, lambda p=path: _create_file(p)))
+            path.write_bytes(content)
     return PrepareResult(out_dir=out_dir, counts=report["counts"], skipped=col.skipped)
+
+
+# --- temporaries: held while in use, removed once stale ------------------------------------
+
+
+def _temporary_pattern(target: Path) -> re.Pattern[str]:
+    """Names `atomic_path` gives its temporaries of `target` (tempfile's 8 random characters)."""
+    return re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _claim(path: Path, create: Callable[[], None]) -> int | None:
+    """Create a temporary with `create` and hold an exclusive lock on it until the run ends:
+    a run killed by SIGKILL loses its locks, which is how the next run tells its leftovers
+    from a concurrent run's live temporaries. If a clean-up removed the new temporary
+    between its creation and the lock, it is created again."""
+    if fcntl is None:
+        create()
+        return None
+    while True:
+        create()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks, where the clean-up cannot lock (so remove) anything either
+            return fd
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.lstat(path), os.fstat(fd)):
+                return fd
+        os.close(fd)
+
+
+def _release(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def remove_stale_temporaries(targets: Iterable[Path], started: float) -> list[Path]:
+    """Remove the temporaries that killed runs left beside `targets`: only names of the form
+    `atomic_path` gives them, only ones older than this run (`started`), and only if no live
+    process holds their lock. Everything else there is left alone. Returns what was removed."""
+    if fcntl is None:
+        return []
+    removed = []
+    for target in targets:
+        pattern = _temporary_pattern(target)
+        try:
+            entries = [e for e in os.scandir(target.parent) if pattern.fullmatch(e.name)]
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) or st.st_mtime >= started:
+                    continue
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:  # locked by its live owner, or already gone
+                continue
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _fail_if_needed(cfg: DataConfig, col: _Collector, empty: list[str]) -> None:
     bad = [s for s in col.skipped if s["kind"] == "bad"]
     if cfg.on_error != "fail" or not (bad or empty):
         return
-    lines = [f"  {s['file']}: {s['reason']}" for s in bad]
-    lines += [f"  {c}/: class folder has no usable images" for c in empty]
+    lines = [f"  {one_line(s['file'])}: {one_line(s['reason'])}" for s in bad]
+    lines += [f"  {one_line(c)}/: class folder has no usable images" for c in empty]
     raise DataError(
         f"{len(bad)} of {col.files_seen} input files are unusable"
         + (f" and {len(empty)} class(es) are empty" if empty else "")
@@ -508,7 +673,7 @@ def _finish(cfg: DataConfig, source: Source, col: _Collector, tmp: Path) -> None
         empty = [c for c in declared if c not in used_labels]
         _fail_if_needed(cfg, col, empty)
         if not col.files:
-            raise DataError(f"no usable images in data source {cfg.source!r} {cfg.path or ''}".rstrip())
+            raise DataError(f"no usable images in data source {cfg.source!r} {one_line(cfg.path or '')}".rstrip())
         if len(col.files) < 2:
             raise DataError("need at least 2 usable images for a train/val split")
         for split in ("train", "val"):

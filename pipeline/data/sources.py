@@ -8,16 +8,23 @@ Sources never resize or validate; that is `prepare`'s job, so every source gets 
 same rules. A source that already knows an item is unusable (a symlink escaping the
 source, an archive member with an absolute path or '..', an unmatched pair) yields it
 with `problem` set, so it is reported like any other bad file.
+
+Names are text that can be written anywhere (reports, error messages, Prefect's API): a file
+name whose bytes are not UTF-8 is named with backslash escapes (`bad\\xff.png`), while the
+record keeps the real path to read it by.
 """
 
 from __future__ import annotations
 
+import errno
 import gzip
+import math
 import os
 import re
 import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -60,6 +67,22 @@ class SourceError(UserError, ValueError):
     """The data source itself is unusable (missing path, unknown archive, no images)."""
 
 
+def safe_text(text: str) -> str:
+    """`text` as valid Unicode. Bytes of a file name that are not UTF-8 reach Python as lone
+    surrogates, which no UTF-8 writer accepts (the Markdown report, Prefect's JSON API), so
+    each becomes a backslash escape: the name of the file b'bad\\xff.png' reads `bad\\xff.png`."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def digits_records() -> Iterator[Record]:
     """scikit-learn's bundled handwritten digits: 1,797 real 8x8 images, 10 classes, no download."""
     from sklearn.datasets import load_digits
@@ -79,18 +102,31 @@ _IDX_UBYTE = 0x08
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """One IDX file (the MNIST family's format: magic, big-endian dims, raw bytes), gzipped or not."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 + 4 * ndim:
-        raise SourceError(f"{path}: too short for an IDX header")
-    zero, dtype, dims = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != _IDX_UBYTE or dims != ndim:
-        raise SourceError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
-    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    body = raw[4 + 4 * ndim :]
-    if len(body) != int(np.prod(shape)):
-        raise SourceError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes) but {len(body)} bytes follow")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+    """One IDX file (the MNIST family's format: magic, big-endian dims, raw bytes), gzipped or not.
+
+    Streamed and read no further than its header says (plus one byte, to detect extra data):
+    a small .gz can expand to any size, and decompressing it whole would hold all of it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(4 + 4 * ndim)
+            if len(head) < 4 + 4 * ndim:
+                raise SourceError(f"{path}: too short for an IDX header")
+            zero, dtype, dims = struct.unpack(">HBB", head[:4])
+            if zero != 0 or dtype != _IDX_UBYTE or dims != ndim:
+                raise SourceError(f"{path}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
+            shape = struct.unpack(f">{ndim}I", head[4:])
+            size = math.prod(shape)
+            chunks, got = [], 0
+            while got <= size and (chunk := fh.read(min(size + 1 - got, 16 << 20))):
+                chunks.append(chunk)
+                got += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise SourceError(f"{path}: cannot be read ({err})") from None
+    if got != size:
+        follow = f"{got} bytes follow" if got < size else "more follow"
+        raise SourceError(f"{path}: header says {shape} ({size} bytes) but {follow}")
+    return np.frombuffer(b"".join(chunks), dtype=np.uint8).reshape(shape)
 
 
 def idx_records(path: Path | str, class_names: list[str] | None = None) -> Iterator[Record]:
@@ -133,13 +169,32 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
+def _link_problem(f: Path, root: Path) -> str | None:
+    """Why a symlink inside the source cannot be used, or None."""
+    target = safe_text(os.readlink(f))
+    loop = f"symlink loop ({target} never reaches a file); refused"
+    try:
+        os.stat(f)
+    except OSError as err:  # a dangling link is judged by where it points, and reported as unreadable
+        if err.errno == errno.ELOOP:
+            return loop
+    try:
+        resolved = f.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Path.resolve's report of a loop before Python 3.13
+        return loop
+    if not resolved.is_relative_to(root):
+        return f"symlink to {target} points outside data.path; refused"
+    return None
+
+
 def _entries(path: Path) -> tuple[list[Record], list[str]]:
     """Every file of a directory or zip as a lazy record named by its relative path, plus the
     top-level folders (so an empty class folder is still seen). Tar archives are read by
     `_tar_records` instead (they cannot be read out of order cheaply)."""
     if path.is_dir():
         root = path.resolve()
-        records, tops = [], sorted(p.name for p in path.iterdir() if p.is_dir() and _wanted(PurePosixPath(p.name)))
+        records = []
+        tops = sorted(safe_text(p.name) for p in path.iterdir() if p.is_dir() and _wanted(PurePosixPath(p.name)))
         for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
             dirnames[:] = sorted(dirnames)
             for fname in sorted(filenames):
@@ -148,31 +203,39 @@ def _entries(path: Path) -> tuple[list[Record], list[str]]:
                 if not _wanted(rel):
                     continue
                 problem = None
-                if f.is_symlink() and not f.resolve().is_relative_to(root):
-                    problem = f"symlink to {os.readlink(f)} points outside data.path; refused"
-                elif f.exists() and not f.is_file():
+                if f.is_symlink():
+                    problem = _link_problem(f, root)
+                if problem is None and f.exists() and not f.is_file():
                     problem = "not a regular file (device, pipe or socket)"
-                records.append(Record(name=str(rel), label="", path=str(f), problem=problem))
+                records.append(Record(name=safe_text(str(rel)), label="", path=str(f), problem=problem))
         return records, tops
-    with zipfile.ZipFile(path) as zf:
-        infos = sorted(zf.infolist(), key=lambda i: i.filename)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = sorted(zf.infolist(), key=lambda i: i.filename)
+    except (zipfile.BadZipFile, UnicodeDecodeError, OSError, EOFError, ValueError) as err:
+        # a member name flagged as UTF-8 that is not raises UnicodeDecodeError while opening
+        raise SourceError(f"data.path {str(path)!r}: its zip directory cannot be read ({err})") from None
     records, tops = [], set()
     for info in infos:
         rel = PurePosixPath(info.filename)
         if info.is_dir():
             if len(rel.parts) == 1 and _wanted(rel):
-                tops.add(rel.parts[0])
+                tops.add(safe_text(rel.parts[0]))
             continue
         if not _wanted(rel) and not _unsafe_member(info.filename):
             continue
         if len(rel.parts) > 1:
-            tops.add(rel.parts[0])
+            tops.add(safe_text(rel.parts[0]))
         problem = _unsafe_member(info.filename)
-        records.append(Record(name=info.filename, label="", member=(str(path), info.filename), problem=problem))
+        name = safe_text(info.filename)
+        records.append(Record(name=name, label="", member=(str(path), info.filename), problem=problem))
     return records, sorted(tops)
 
 
-def _tar_records(path: Path) -> Iterator[Record]:
+def _tar_records(path: Path, max_bytes: int | None = None) -> Iterator[Record]:
+    """Tar members in stream order, their content read here (a compressed stream cannot be
+    read out of order). A member larger than `max_bytes` is never read: tar headers cannot
+    understate a member's size, and reading it whole would hold it all in memory."""
     with tarfile.open(path) as tf:
         for member in tf:  # streaming order: one pass over a compressed stream
             if not member.isfile():
@@ -180,8 +243,18 @@ def _tar_records(path: Path) -> Iterator[Record]:
             problem = _unsafe_member(member.name)
             if not _wanted(PurePosixPath(member.name)) and not problem:
                 continue
-            fh = None if problem else tf.extractfile(member)
-            yield Record(name=member.name, label="", data=fh.read() if fh else None, problem=problem)
+            if not problem and max_bytes is not None and member.size > max_bytes:
+                problem = too_large(member.size, max_bytes)
+            data = None
+            if not problem and (fh := tf.extractfile(member)) is not None:
+                data = fh.read(-1 if max_bytes is None else max_bytes + 1)
+                if max_bytes is not None and len(data) > max_bytes:
+                    problem, data = too_large(len(data), max_bytes), None
+            yield Record(name=safe_text(member.name), label="", data=data, problem=problem)
+
+
+def too_large(size: int, max_bytes: int) -> str:
+    return f"{size:,} bytes, more than the {max_bytes:,}-byte limit derived from data.max_pixels; not read"
 
 
 def _relabel(rec: Record, **changes) -> Record:
@@ -195,11 +268,12 @@ def _check_exists(path: Path) -> None:
         raise SourceError(f"data.path {str(path)!r} is neither a directory nor a .zip/.tar/.tar.gz archive")
 
 
-def folder_source(path: Path | str) -> Source:
+def folder_source(path: Path | str, max_bytes: int | None = None) -> Source:
     """Images from a directory, .zip, .tar or .tar.gz; the first sub-folder names the class.
 
     Every regular file is yielded (not only known image suffixes) so that a non-image file
-    is reported by `prepare` rather than silently ignored.
+    is reported by `prepare` rather than silently ignored. Tar members over `max_bytes` are
+    yielded unread, as problems (files and zip members are read, and checked, by `prepare`).
     """
     path = Path(path)
     _check_exists(path)
@@ -209,17 +283,17 @@ def folder_source(path: Path | str) -> Source:
         return _relabel(rec, label=parts[0] if len(parts) > 1 else UNLABELLED)
 
     if not path.is_dir() and not zipfile.is_zipfile(path):  # tar: one streaming pass, classes as met
-        return Source(label(r) for r in _tar_records(path))
+        return Source(label(r) for r in _tar_records(path, max_bytes))
     entries, tops = _entries(path)
     return Source((label(r) for r in entries), total=len(entries), declared_classes=tops)
 
 
-def unpaired_source(path: Path | str) -> Source:
+def unpaired_source(path: Path | str, max_bytes: int | None = None) -> Source:
     """CycleGAN's layout: trainA/ trainB/ (and optionally testA/ testB/, used as the val split)."""
     path = Path(path)
     _check_exists(path)
     if not path.is_dir() and not zipfile.is_zipfile(path):
-        records = list(_tar_records(path))  # two-domain sets are small enough to list
+        records = list(_tar_records(path, max_bytes))  # two-domain sets are small enough to list
     else:
         records, _ = _entries(path)
     has_test = any(PurePosixPath(r.name).parts[0] in ("testA", "testB") for r in records)
@@ -237,7 +311,7 @@ def unpaired_source(path: Path | str) -> Source:
     return Source(iter(out), total=len(out), domains=("A", "B"), paired=False)
 
 
-def paired_source(path: Path | str) -> Source:
+def paired_source(path: Path | str, max_bytes: int | None = None) -> Source:
     """pix2pix-style pairs: A/ and B/ with files matched by their path minus the extension.
 
     Records come out pair by pair (A then B); a file without its partner is a problem
@@ -245,7 +319,8 @@ def paired_source(path: Path | str) -> Source:
     """
     path = Path(path)
     _check_exists(path)
-    records = list(_tar_records(path)) if not path.is_dir() and not zipfile.is_zipfile(path) else _entries(path)[0]
+    is_tar = not path.is_dir() and not zipfile.is_zipfile(path)
+    records = list(_tar_records(path, max_bytes)) if is_tar else _entries(path)[0]
     sides: dict[str, dict[str, list[Record]]] = {"A": {}, "B": {}}
     others = []
     for rec in records:
