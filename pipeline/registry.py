@@ -10,25 +10,43 @@
 A version directory is written under a temporary name and renamed into place complete, and
 the champion pointer is written to a temporary file and renamed over the old one, so a
 crash at any point leaves the previous champion in force and no half version behind.
+Promotions and rollbacks hold `registry/.lock` (flock) while they number a version and move
+the champion, so concurrent ones land one after the other as distinct versions.
+
+Every read (the pointer, version.json, history.jsonl) raises RegistryError naming the file
+when it is not UTF-8, not JSON or lacks a key: the service reports such a champion and keeps
+serving the old one instead of answering 500.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pipeline.artifacts import read_metrics, write_bytes
+from pipeline import layout
+from pipeline.artifacts import write_bytes
 from pipeline.errors import UserError
 
 VERSION = re.compile(r"^v(\d{4,})$")
-REQUIRED = ("exports/model_card.json", "metrics/eval.json", "metrics/export.json", "params.yaml", "dvc.lock")
+REQUIRED = (layout.MODEL_CARD, layout.EVAL_METRICS, layout.EXPORT_METRICS, layout.PARAMS, layout.DVC_LOCK)
+LOCK = ".lock"
+LOCK_TIMEOUT_S = 120.0  # the lock covers numbering and renaming only, never the copy: seconds at most
+# version.json keys every reader relies on, with the type each must have
+RECORD_KEYS: dict[str, type] = {"version": str, "created": str, "git_rev": str, "files": list,
+                                                   "metrics": dict}  # fmt: skip
 
 
 class RegistryError(UserError, ValueError):
@@ -64,6 +82,64 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _git_revision(cwd: Path) -> str:
+    # pipeline.export has the same helper, but importing it imports torch: seconds per promotion
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RegistryError(f"{path}: cannot be read: {err.strerror or err}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise RegistryError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                            "the file is corrupt") from None  # fmt: skip
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+
+
+def _check_record(path: Path, record: Any, version: str) -> dict:
+    """version.json as promote writes it; anything else names the file and the key."""
+    if not isinstance(record, dict):
+        raise RegistryError(f"{path}: must be a JSON object, got {type(record).__name__}")
+    for key, kind in RECORD_KEYS.items():
+        if key not in record:
+            raise RegistryError(f"{path}: missing key {key!r}")
+        if not isinstance(record[key], kind):
+            raise RegistryError(f"{path}: key {key!r} must be a {kind.__name__}, got {type(record[key]).__name__}")
+    if record["version"] != version:
+        raise RegistryError(f"{path}: key 'version' says {record['version']!r} but the folder is {version!r}")
+    files = record["files"]
+    if not files or not all(isinstance(f, str) and f.endswith(".onnx") and f == Path(f).name for f in files):
+        raise RegistryError(f"{path}: key 'files' must list the version's ONNX file names, got {files!r}")
+    return record
+
+
+def _verify_onnx(staged: Path, source: Path) -> None:
+    """Refuse a file ONNX Runtime cannot load as a ganpipe model (truncated, not ONNX, no
+    metadata): checked on the copy that will be served, reported under the name the user knows."""
+    from pipeline.inference import ModelError, open_model
+
+    try:
+        open_model(staged, device="cpu", threads=1)
+    except ModelError as err:
+        msg = " ".join(str(err).replace(str(staged), str(source)).split())  # ORT's messages span lines
+        raise RegistryError(f"{msg} (refusing to promote)") from None
+
+
 class Registry:
     def __init__(self, root: Path | str = "registry"):
         self.root = Path(root)
@@ -79,9 +155,9 @@ class Registry:
         pointer = self.root / "champion"
         if not pointer.is_file():
             return None
-        name = pointer.read_text().strip()
-        if name not in self.versions():
-            raise RegistryError(f"{pointer} names {name!r}, which is not a version in {self.root}")
+        name = _read_text(pointer).strip()
+        if not VERSION.match(name) or not (self.root / name).is_dir():
+            raise RegistryError(f"{pointer} names {name[:40]!r}, which is not a version in {self.root}")
         return name
 
     def info(self, version: str | None = None) -> dict:
@@ -89,9 +165,11 @@ class Registry:
         if version is None:
             raise RegistryError(f"{self.root}: no champion yet (promote a version first)")
         path = self.root / version / "version.json"
-        if not path.is_file():
+        if not VERSION.match(version) or not path.parent.is_dir():
             raise RegistryError(f"{self.root}: no version {version!r} (have: {', '.join(self.versions()) or 'none'})")
-        return json.loads(path.read_text())
+        if not path.is_file():
+            raise RegistryError(f"{path}: missing; the version folder is incomplete")
+        return _check_record(path, _read_json(path), version)
 
     def champion_metrics(self) -> dict | None:
         champ = self.champion()
@@ -101,79 +179,135 @@ class Registry:
         """The ONNX file of a version (the champion by default) to serve."""
         info = self.info(version)
         files = info["files"]
-        name = "generator.onnx" if "generator.onnx" in files else f"generator_{direction}.onnx"
+        single = layout.ONNX_GENERATOR.name
+        name = single if single in files else layout.ONNX_TRANSLATORS[direction].name
         if name not in files:
             raise RegistryError(f"{self.root}/{info['version']}: has no {name} (files: {', '.join(files)})")
         return self.root / info["version"] / name
 
     def history(self) -> list[dict]:
         path = self.root / "history.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+        if not path.is_file():
+            return []
+        events = []
+        for number, line in enumerate(_read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RegistryError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+            if not (isinstance(event, dict) and isinstance(event.get("action"), str)
+                    and isinstance(event.get("version"), str)):  # fmt: skip
+                raise RegistryError(f"{path}: line {number} must be an object with 'action' and 'version'")
+            events.append(event)
+        return events
 
     # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold registry/.lock; released by the kernel if the holder dies, so it never goes stale."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        with open(path, "a+b") as fh:
+            deadline = time.monotonic() + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RegistryError(f"{path}: still held by another promotion or rollback after "
+                                            f"{LOCK_TIMEOUT_S:.0f} s; is one stuck?") from None  # fmt: skip
+                    time.sleep(0.02)
+            yield
+
     def promote(self, workdir: Path | str = ".", reason: str = "", git_rev: str | None = None) -> str:
         """Copy the pipeline's current outputs from `workdir` into a new version and make it
         the champion. Refuses (RegistryError, nothing written) when an output is missing or
-        the export failed its parity check."""
-        from pipeline.export import git_revision
-
+        unreadable, the export failed its parity check, or an ONNX file cannot be loaded.
+        Safe to run concurrently: each promotion gets its own version number."""
         work = Path(workdir)
-        missing = [rel for rel in REQUIRED if not (work / rel).is_file()]
-        onnx_files = sorted((work / "exports").glob("*.onnx")) if (work / "exports").is_dir() else []
+        missing = [str(rel) for rel in REQUIRED if not (work / rel).is_file()]
+        onnx_files = sorted((work / layout.EXPORTS).glob("*.onnx")) if (work / layout.EXPORTS).is_dir() else []
         if not onnx_files:
-            missing.append("exports/*.onnx")
+            missing.append(f"{layout.EXPORTS}/*.onnx")
         if missing:
             raise RegistryError(f"{work}: cannot promote, missing {', '.join(missing)} (run the pipeline first)")
-        export = json.loads((work / "metrics/export.json").read_text())
-        if not export.get("parity_passed"):
-            raise RegistryError(f"{work / 'metrics/export.json'}: parity_passed is false; refusing to promote")
-        metrics = read_metrics(work)
-        existing = self.versions()
-        version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
+        export = _read_json(work / layout.EXPORT_METRICS)
+        if not isinstance(export, dict) or not export.get("parity_passed"):
+            raise RegistryError(f"{work / layout.EXPORT_METRICS}: parity_passed is false; refusing to promote")
+        metrics = {p.stem: _read_json(p) for p in sorted((work / "metrics").glob("*.json"))}
         self.root.mkdir(parents=True, exist_ok=True)
-        # Not artifacts.atomic_path, which replaces an existing target: renaming a directory onto
-        # a non-empty one fails instead, so a concurrent promotion can never erase a version.
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
+        # Copied before the lock is taken (a large model takes seconds), numbered under it. Not
+        # artifacts.atomic_path, which replaces an existing target: renaming a directory onto a
+        # non-empty one fails instead, so even a writer that ignores the lock never erases a version.
+        staging = Path(tempfile.mkdtemp(prefix=".promote.", dir=self.root))
         try:
-            for f in [*onnx_files, work / "exports/model_card.json"]:
+            for f in [*onnx_files, work / layout.MODEL_CARD]:
                 shutil.copy2(f, staging / f.name)
+            for f in onnx_files:
+                _verify_onnx(staging / f.name, f)
             (staging / "metrics").mkdir()
             for p in sorted((work / "metrics").glob("*.json")):
                 shutil.copy2(p, staging / "metrics" / p.name)
-            shutil.copy2(work / "params.yaml", staging / "params.yaml")
+            shutil.copy2(work / layout.PARAMS, staging / layout.PARAMS.name)
             record = {
-                "version": version,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "git_rev": git_rev or git_revision(work),
-                "dvc_lock_sha256": _sha256(work / "dvc.lock"),
+                "version": "",
+                "created": "",
+                "git_rev": git_rev or _git_revision(work),
+                "dvc_lock_sha256": _sha256(work / layout.DVC_LOCK),
                 "files": sorted(f.name for f in onnx_files),
                 "metrics": metrics,
                 "reason": reason,
             }
-            (staging / "version.json").write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(staging, self.root / version)  # the complete version appears at once
+            with self._locked():
+                version = self._place(staging, record)
+                self._set_champion(version, {"action": "promote", "reason": reason})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._set_champion(version, {"action": "promote", "reason": reason})
         return version
+
+    def _place(self, staging: Path, record: dict) -> str:
+        """Rename the staged version into place under the next free number (called locked)."""
+        existing = self.versions()
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        for _ in range(1000):
+            version = f"v{number:04d}"
+            record.update(version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            (staging / "version.json").write_text(json.dumps(record, indent=2) + "\n")
+            try:
+                os.rename(staging, self.root / version)  # the complete version appears at once
+                return version
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                number += 1  # taken by a writer that does not use the lock (another tool, an older ganpipe)
+        raise RegistryError(f"{self.root}: no free version number after {existing[-1] if existing else 'v0000'}")
 
     def rollback(self) -> str:
         """Make the champion before the current one the champion again (repeatable: each
         rollback steps one promotion further back)."""
-        champ = self.champion()
-        if champ is None:
-            raise RegistryError(f"{self.root}: no champion to roll back from")
-        stack: list[str] = []  # the champions in force, replayed from the history
-        for event in self.history():
-            if event["action"] == "promote":
-                stack.append(event["version"])
-            elif event["action"] == "rollback" and stack:
-                stack.pop()
-        if len(stack) < 2:
-            raise RegistryError(f"{self.root}: {champ} is the first champion; there is nothing to roll back to")
-        target = stack[-2]
-        self._set_champion(target, {"action": "rollback", "reason": f"rolled back from {champ}"})
+        if not self.root.is_dir():  # checked before locking, which would create the folder
+            raise RegistryError(f"{self.root}: no champion to roll back from (no registry there)")
+        with self._locked():
+            champ = self.champion()
+            if champ is None:
+                raise RegistryError(f"{self.root}: no champion to roll back from")
+            stack: list[str] = []  # the champions in force, replayed from the history
+            for event in self.history():
+                if event["action"] == "promote":
+                    stack.append(event["version"])
+                elif event["action"] == "rollback" and stack:
+                    stack.pop()
+            if len(stack) < 2:
+                raise RegistryError(f"{self.root}: {champ} is the first champion; there is nothing to roll back to")
+            target = stack[-2]
+            if not (self.root / target).is_dir():
+                raise RegistryError(f"{self.root / 'history.jsonl'} names {target}, which is not a version in "
+                                    f"{self.root}")  # fmt: skip
+            self._set_champion(target, {"action": "rollback", "reason": f"rolled back from {champ}"})
         return target
 
     def _set_champion(self, version: str, event: dict) -> None:
@@ -183,11 +317,22 @@ class Registry:
             fh.write(json.dumps(entry) + "\n")
 
     def table(self) -> list[dict]:
-        champ = self.champion()
+        """One row per version; a version whose version.json cannot be read is still listed, with
+        `error` saying why, so that one corrupt folder does not hide the others."""
+        try:
+            champ = self.champion()
+        except RegistryError:
+            champ = None  # the caller asks champion() itself to report a broken pointer
         rows = []
         for v in self.versions():
-            info = self.info(v)
-            ev = info["metrics"].get("eval", {})
-            rows.append({"version": v, "champion": v == champ, "created": info["created"], "fid": ev.get("fid"),
+            try:
+                info = self.info(v)
+            except RegistryError as err:
+                rows.append({"version": v, "champion": v == champ, "error": str(err)})
+                continue
+            ev = info["metrics"].get("eval")
+            fid = ev.get("fid") if isinstance(ev, dict) else None
+            rows.append({"version": v, "champion": v == champ, "created": info["created"],
+                         "fid": fid if isinstance(fid, int | float) and not isinstance(fid, bool) else None,
                          "git_rev": info["git_rev"][:10], "files": ", ".join(info["files"])})  # fmt: skip
         return rows

@@ -65,3 +65,66 @@ def test_inconsistent_combinations_are_refused_with_the_fix_named():
         parse_params({"train": {"batch_size": 10, "nproc_per_node": 4}})
     ok = parse_params({"train": {"loss": "wgan-gp", "n_critic": 5}, "model": {"d_norm": "none"}})
     assert ok.train.n_critic == 5
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "not UTF-8 text (byte 0x89 at offset 0); is it a binary file?"),
+        ("train:\n  steps: 10  # caf\xe9\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 at offset 25)"),
+        (b"seed: 0\x00\x00\x00", "not valid YAML: unacceptable character #x0000"),
+        (b"train: [unclosed", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 1, column 17"),
+    ],
+    ids=["binary", "latin-1", "nul-bytes", "yaml-syntax"],
+)
+def test_an_unreadable_params_file_is_one_line_naming_it(tmp_path, content, fragment):
+    # Before: binary and Latin-1 files ended in a UnicodeDecodeError traceback; YAML errors spanned five lines.
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value).startswith(f"{path}: {fragment}") and "\n" not in str(err.value)
+
+
+def test_a_folder_given_as_params_is_one_line_naming_it(tmp_path):
+    (tmp_path / "params.yaml").mkdir()
+    with pytest.raises(ConfigError, match=r"params\.yaml: cannot be read: Is a directory$"):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# every line commented out\n# train:\n#   steps: 10\n", "---\n"])
+def test_an_empty_params_file_is_refused_rather_than_read_as_every_default(tmp_path, content):
+    # Before: parsed as {}, so a truncated or wrongly generated params.yaml trained silently on defaults.
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == (f"{path}: is empty (no parameters); write the groups that differ from the defaults, "
+                              "or {} to train with every default")  # fmt: skip
+    path.write_text("{}\n")
+    assert load_params(path) == parse_params({})  # every default, asked for explicitly
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"\xff\xfes\x00e\x00e\x00d\x00", "not UTF-8 text (byte 0xff at offset 0); is it a binary file?"),
+    (b"", "is empty (no parameters)"),
+])  # fmt: skip
+def test_the_cli_reports_a_bad_params_file_in_one_line_and_exit_2(tmp_path, capsys, content, message):
+    from flows.cli import main
+
+    path = tmp_path / "params.yaml"
+    path.write_bytes(content)  # a UTF-16 file, as some editors save; an empty one
+    code = main(["preview-augment", "--params", str(path), "--prepared", str(tmp_path), "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"ganpipe preview-augment: error: {path}: {message}")
+    assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "p").exists()
+
+
+def test_exp_reports_a_binary_overlay_in_one_line(tmp_path, capsys):
+    from flows.cli import main
+
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_bytes(b"\x1f\x8b\x08\x00gzip")  # a compressed file given by mistake
+    assert main(["exp", str(overlay)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ganpipe exp: error: {overlay}: not UTF-8 text (byte 0x8b at offset 1); is it a binary file?\n"

@@ -2,17 +2,47 @@
 
 import json
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.cli import main as ganpipe
+from flows.cli import main as ganpipe
 from pipeline.registry import Registry, RegistryError, compare
 
 
-def fake_outputs(root, fid: float, parity: bool = True, onnx: bytes = b"onnx-bytes"):
+def tiny_onnx(task: str = "generate", pad_bytes: int = 0) -> bytes:
+    """A real ganpipe-shaped ONNX model built in microseconds, without torch: a generator
+    z [N, 8] -> images [N, 1, 16, 16], or a translator images -> -images (size multiple 4).
+    `pad_bytes` adds an unused initializer, for a file that takes a while to copy."""
+    if task == "generate":
+        weight = np.random.default_rng(0).standard_normal((8, 256)).astype(np.float32)
+        nodes = [helper.make_node("MatMul", ["z", "w"], ["h"]), helper.make_node("Tanh", ["h"], ["t"]),
+                 helper.make_node("Reshape", ["t", "shape"], ["images"])]  # fmt: skip
+        inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([-1, 1, 16, 16]), "shape")]
+        io = ([helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8])],
+              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, 16, 16])])  # fmt: skip
+        meta = {"ganpipe.latent_dim": "8", "ganpipe.num_classes": "0", "ganpipe.class_names": "[]"}
+    else:
+        nodes, inits = [helper.make_node("Neg", ["images"], ["translated"])], []
+        io = ([helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 1, "h", "w"])],
+              [helper.make_tensor_value_info("translated", TensorProto.FLOAT, ["n", 1, "h", "w"])])  # fmt: skip
+        meta = {"ganpipe.size_multiple": "4", "ganpipe.min_size": "8", "ganpipe.direction": "AB"}
+    if pad_bytes:
+        inits.append(numpy_helper.from_array(np.zeros(pad_bytes // 4, np.float32), "padding"))
+    model = helper.make_model(helper.make_graph(nodes, "tiny", *io, inits), opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta.update({"ganpipe.task": task, "ganpipe.image_size": "16", "ganpipe.channels": "1", "ganpipe.arch": "tiny"})
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    return model.SerializeToString()
+
+
+def fake_outputs(root, fid: float, parity: bool = True, onnx: bytes | None = None):
     """What a finished pipeline leaves behind, with a given FID."""
     (root / "exports").mkdir(parents=True, exist_ok=True)
     (root / "metrics").mkdir(exist_ok=True)
-    (root / "exports" / "generator.onnx").write_bytes(onnx)
+    (root / "exports" / "generator.onnx").write_bytes(tiny_onnx() if onnx is None else onnx)
     (root / "exports" / "model_card.json").write_text("{}")
     (root / "metrics" / "eval.json").write_text(json.dumps({"fid": fid}))
     (root / "metrics" / "export.json").write_text(json.dumps({"parity_passed": parity, "max_abs_diff": 1e-7}))
