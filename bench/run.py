@@ -56,7 +56,7 @@ def bench_loader(prepared: Path) -> dict:
 
 def bench_train_step(prepared: Path) -> dict:
     """Optimiser steps per second of the default DCGAN (batch 64) on this machine's CPU."""
-    from pipeline.training.loop import TrainPaths, train
+    from pipeline.training.runner import TrainPaths, train
 
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)

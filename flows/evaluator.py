@@ -20,11 +20,10 @@ from pipeline.runtime import set_threads
 def train_feature_network(params_path: str) -> dict:
     params = load_params(params_path)
     set_threads()
-    domain = "B" if params.task == "translate" else None  # style transfer: features of the target domain
     result = train_evaluator(
         params.evaluate.evaluator,
-        load_split(layout.PREPARED, "train", domain),
-        load_split(layout.PREPARED, "val", domain),
+        load_split(layout.PREPARED, "train", params.feature_domain),
+        load_split(layout.PREPARED, "val", params.feature_domain),
         layout.EVALUATOR,
         seed=params.seed,
     )

@@ -10,25 +10,24 @@ from flows.stage import run_stage, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
-from pipeline.export import export_generator, export_translators
+from pipeline.tasks import task_of
 
 
 @stage_task
 def export_onnx(params_path: str) -> dict:
     params = load_params(params_path)
-    translate = params.task == "translate"
-    export, target = (export_translators, layout.EXPORTS) if translate else (export_generator, layout.ONNX_GENERATOR)
-    metrics = export(
+    task = task_of(params)
+    metrics = task.export(
         layout.GENERATOR,
-        target,
+        task.export_target,
         opset=params.export.opset,
         tolerance=params.export.parity_tolerance,
         params_hash=params.section_hash("seed", "data", "augment", "model", "train"),
         card_path=layout.MODEL_CARD,
     )
     write_json(layout.EXPORT_METRICS, metrics)
-    files = ", ".join(f"generator_{d}.onnx" for d in metrics["onnx_bytes"]) if translate else target.name
-    print(f"exported {files} to {layout.EXPORTS}: max |onnx - torch| = {metrics['max_abs_diff']:.2e}")
+    files = ", ".join(str(f) for f in task.onnx_files(metrics))
+    print(f"exported {files}: max |onnx - torch| = {metrics['max_abs_diff']:.2e}")
     return metrics
 
 

@@ -14,10 +14,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
-from flows.evaluate import metrics_markdown
 from flows.stage import stage_task, tool_env
 from pipeline import layout
 from pipeline.artifacts import read_metrics
+from pipeline.tasks import report
 
 
 @stage_task
@@ -36,7 +36,7 @@ def collect_metrics() -> dict:
 def summary_markdown(metrics: dict) -> str:
     parts = []
     if "eval" in metrics:
-        parts.append(metrics_markdown(metrics["eval"]))
+        parts.append(report(metrics["eval"]))
     if "evaluator" in metrics:
         parts.append(f"Evaluator val accuracy: {metrics['evaluator']['val_accuracy']:.4f}")
     if "export" in metrics:

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 
 from flows.stage import tool_env
+from pipeline import layout
 from pipeline.artifacts import read_metrics
 from pipeline.config import load_params
 from pipeline.registry import Registry, compare
@@ -117,7 +118,7 @@ def retrain_flow(
     """
     log = get_run_logger()
     repo_path = Path(repo).resolve()
-    margin = load_params(repo_path / "params.yaml").retrain.fid_margin if margin is None else margin
+    margin = load_params(repo_path / layout.PARAMS).retrain.fid_margin if margin is None else margin
     reg = Registry(repo_path / registry)
     _ensure_limit(CONCURRENCY_LIMIT)
     with concurrency(CONCURRENCY_LIMIT, occupy=1, timeout_seconds=6 * 3600):

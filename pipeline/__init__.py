@@ -1,3 +1,1 @@
-"""ganpipe library: plain Python + torch, no workflow-engine imports."""
-
-__version__ = "0.1.0"
+"""ganpipe library: plain Python + torch, no workflow-engine imports (see docs/architecture.md)."""

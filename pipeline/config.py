@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
+from pipeline.layout import PARAMS
 
 
 class ConfigError(UserError, ValueError):
@@ -202,6 +203,8 @@ class Params(_Section):
             paired = self.data.source == "glyphs" or self.data.layout == "paired"
             if self.model.arch == "pix2pix" and not paired:
                 raise ValueError("model.arch pix2pix learns from pairs: use data.layout paired or data.source glyphs")
+            if self.train.nproc_per_node > 1:
+                raise ValueError("task translate trains in one process: set train.nproc_per_node: 1")
             return self
         if self.model.arch in translators:
             raise ValueError(f"model.arch {self.model.arch!r} is a translation model: set task: translate")
@@ -226,6 +229,12 @@ class Params(_Section):
             raise ValueError("batch norm needs at least 2 images per micro-batch: raise train.batch_size")
         return self
 
+    @property
+    def feature_domain(self) -> str | None:
+        """The prepared domain FID's feature network learns: style transfer is judged in the
+        features of its target domain B; image generation has one domain."""
+        return "B" if self.task == "translate" else None
+
     def section_hash(self, *sections: str) -> str:
         """A stable short hash of the named top-level sections (for fingerprints and metadata)."""
         payload = {s: _plain(getattr(self, s)) for s in sections}
@@ -249,7 +258,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_params(raw: dict[str, Any], source: Path | str = "params.yaml") -> Params:
+def parse_params(raw: dict[str, Any], source: Path | str = PARAMS) -> Params:
     """Validate a params mapping; raise ConfigError naming every bad key."""
     try:
         return Params.model_validate(raw)
@@ -257,17 +266,45 @@ def parse_params(raw: dict[str, Any], source: Path | str = "params.yaml") -> Par
         raise ConfigError(_format_errors(Path(source), err)) from None
 
 
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: the problem and where it is."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if problem and mark is not None:
+        context = getattr(err, "context", None)
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" + (f" ({context})" if context else "")
+    return str(err).splitlines()[0]
+
+
+def read_yaml(path: Path | str, what: str = "pass --params") -> Any:
+    """The YAML document in `path`, or ConfigError naming the file when it is missing, unreadable,
+    not UTF-8 text (a binary file, say) or not YAML."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run from the repository root or pass --params)") from None
+        raise ConfigError(f"{path}: not found (run from the repository root or {what})") from None
+    except OSError as err:  # a folder, no permission, ...
+        raise ConfigError(f"{path}: cannot be read: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          "is it a binary file?") from None  # fmt: skip
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+
+
+def load_params(path: Path | str = PARAMS) -> Params:
+    """Read and validate params.yaml. An empty file is refused rather than read as "every
+    default": it is far more often a truncated or wrongly generated file than a choice, and
+    training on defaults by accident wastes a run. `{}` asks for every default explicitly."""
+    path = Path(path)
+    raw = read_yaml(path)
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{path}: is empty (no parameters); write the groups that differ from the defaults, "
+                          "or {} to train with every default")  # fmt: skip
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of groups, got {type(raw).__name__}")
     return parse_params(raw, path)

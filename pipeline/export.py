@@ -1,6 +1,6 @@
 """`export` stage: the EMA generator -> ONNX, checked against the ONNX contract and PyTorch.
 
-Contract (DESIGN.md): input `z` float32 [N, latent_dim] (+ `labels` int64 [N] for
+Contract (docs/architecture.md, "The ONNX contract"): input `z` float32 [N, latent_dim] (+ `labels` int64 [N] for
 conditional models), output `images` float32 [N, C, H, W] in [-1, 1], dynamic N,
 ganpipe.* metadata_props. The exported file is checked with the full ONNX checker, then
 run by ONNX Runtime at batch 1 and 16 against the PyTorch EMA generator; the largest
@@ -23,10 +23,11 @@ import onnx
 import torch
 from torch import nn
 
+from pipeline import layout
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import UserError
 from pipeline.inference import create_session
-from pipeline.training.loop import load_generator
+from pipeline.models.artifact import load_generator, load_translators
 
 PARITY_BATCHES = (1, 16)
 
@@ -144,10 +145,21 @@ def to_onnx(
             verbose=False,
         )
     model = program.model_proto
+    _drop_stack_traces(model)
     for key, value in metadata.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _drop_stack_traces(model: onnx.ModelProto) -> None:
+    """The exporter records each node's Python stack trace, with the absolute paths of this
+    checkout: the file would carry the exporting machine's paths and change with the folder
+    it was built in. The other node annotations (module names, scopes) are kept."""
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def check_parity(graph: nn.Module, onnx_file: Path, spec: dict, tolerance: float) -> dict:
@@ -287,15 +299,13 @@ def export_translators(
     """Export every direction of a trained translator (generator_AB.onnx, and
     generator_BA.onnx for CycleGAN), check each against PyTorch, write the model card.
     Raises ExportError, writing no model file, if any direction fails parity."""
-    from pipeline.training.translate import load_translators
-
     gens, spec = load_translators(generator_path)
     exports_dir = Path(exports_dir)
     exports_dir.mkdir(parents=True, exist_ok=True)
     results, metas = {}, {}
     with contextlib.ExitStack() as staged:  # all directions are renamed into place together, or none
         for direction, g in gens.items():
-            tmp = staged.enter_context(atomic_path(exports_dir / f"generator_{direction}.onnx"))
+            tmp = staged.enter_context(atomic_path(exports_dir / layout.ONNX_TRANSLATORS[direction].name))
             metas[direction] = _translator_metadata(spec, direction, params_hash)
             export_translator(g, tmp, spec, metas[direction], opset)
             results[direction] = translator_parity(g, tmp, spec, tolerance)
@@ -311,7 +321,7 @@ def export_translators(
         "tolerance": tolerance,
         "directions": results,
         "opset": opset,
-        "onnx_bytes": {d: (exports_dir / f"generator_{d}.onnx").stat().st_size for d in gens},
+        "onnx_bytes": {d: (exports_dir / layout.ONNX_TRANSLATORS[d].name).stat().st_size for d in gens},
     }
     if card_path:
         write_json(card_path, translator_card(spec, metas, metrics))
@@ -322,7 +332,7 @@ def translator_card(spec: dict, metas: dict[str, dict], metrics: dict) -> dict:
     shape = ["N", spec["channels"], "H", "W"]
     return {
         "task": "translate",
-        "files": {d: f"generator_{d}.onnx" for d in metas},
+        "files": {d: layout.ONNX_TRANSLATORS[d].name for d in metas},
         "inputs": [{"name": "images", "dtype": "float32", "shape": shape, "range": [-1.0, 1.0],
                     "from_uint8": "x / 127.5 - 1"}],
         "outputs": [{"name": "translated", "dtype": "float32", "shape": shape, "range": [-1.0, 1.0],

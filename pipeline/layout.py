@@ -1,9 +1,11 @@
 """Artifact paths, relative to the repository root. A contract: dvc.yaml, the flows, the
-CLI and users' deployments all rely on these names (see DESIGN.md)."""
+CLI and users' deployments all rely on these names, and this is the one place they are
+spelled (tests/test_architecture.py checks that no other module retypes one)."""
 
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+DVC_LOCK = Path("dvc.lock")
 
 PREPARED = Path("data/prepared")
 DATA_REPORT = Path("reports/data_report.json")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.cli import merge_overlay
 from flows.stage import tool_env
-from pipeline.cli import merge_overlay
 from pipeline.config import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]

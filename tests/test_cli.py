@@ -1,11 +1,13 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
+from PIL import Image
 
-from pipeline.cli import main, overrides
+from flows.cli import main, overrides
 
 
 def test_overlay_flattens_to_dvc_set_param_arguments_with_typed_values():
@@ -21,7 +23,7 @@ def test_overlay_flattens_to_dvc_set_param_arguments_with_typed_values():
 def test_shipped_overlays_are_valid_on_top_of_params_yaml():
     import yaml
 
-    from pipeline.cli import merge_overlay
+    from flows.cli import merge_overlay
     from pipeline.config import load_params, parse_params
 
     base = load_params(REPO / "params.yaml").model_dump(mode="json")
@@ -42,7 +44,7 @@ def test_exp_refuses_an_invalid_overlay_before_running_anything(tmp_path):
     bad.write_text("train:\n  loss: wgan-gp\n")  # wgan-gp with the default batch-norm D
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = str(REPO)
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "exp", str(bad)], cwd=tmp_path, env=env,
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "exp", str(bad)], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 2
     assert "bad.yaml" in res.stderr and "set model.d_norm: none" in res.stderr
@@ -80,3 +82,218 @@ def test_pipeline_summary_reads_both_export_formats():
     assert "ONNX parity: max |onnx - torch| = 1.00e-07" in summary_markdown({"export": one})
     both = summary_markdown({"export": {**one, "directions": {"AB": one, "BA": {**one, "parity_passed": False}}}})
     assert "ONNX parity AB:" in both and "ONNX parity BA:" in both and "FAILED" in both
+
+
+# -- argument ranges and output paths: one-line errors, never a traceback --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from test_registry import tiny_onnx
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    (root / "generator.onnx").write_bytes(tiny_onnx("generate"))
+    (root / "translator.onnx").write_bytes(tiny_onnx("translate"))
+    return root
+
+
+RANGE_CASES = [
+    (["generate", "--nrow", "-1"], "argument --nrow: must be at least 1, got -1"),
+    (["generate", "--nrow", "0"], "argument --nrow: must be at least 1, got 0"),
+    (["generate", "--seed", "-1"], "argument --seed: must be between 0 and 9223372036854775807, got -1"),
+    (["generate", "--scale", "0"], "argument --scale: must be at least 1, got 0"),
+    (["generate", "-n", "0"], "argument -n: must be at least 1, got 0"),
+    (["generate", "-n", "many"], "argument -n: must be a whole number, got 'many'"),
+    (["translate", "a", "b", "--max-pixels", "0"], "argument --max-pixels: must be at least 1, got 0"),
+    (["serve", "--port", "99999"], "argument --port: must be between 0 and 65535, got 99999"),
+    (["serve", "--port", "-1"], "argument --port: must be between 0 and 65535, got -1"),
+    (["serve", "--max-n", "0"], "argument --max-n: must be at least 1, got 0"),
+    (["serve", "--max-upload-bytes", "0"], "argument --max-upload-bytes: must be at least 1, got 0"),
+    (["serve", "--max-pixels", "-5"], "argument --max-pixels: must be at least 1, got -5"),
+    (["serve", "--max-concurrency", "0"], "argument --max-concurrency: must be at least 1, got 0"),
+    (["serve", "--max-queue", "-1"], "argument --max-queue: must be at least 0, got -1"),
+    (["preview-augment", "-n", "0"], "argument -n: must be at least 1, got 0"),
+    (["preview-augment", "--nrow", "0"], "argument --nrow: must be at least 1, got 0"),
+    (["preview-augment", "--seed", "-3"], "argument --seed: must be between 0 and 9223372036854775807, got -3"),
+    (["retrain", "--margin", "-0.1"], "argument --margin: must be at least 0 and below 1 (0.02 = 2%), got -0.1"),
+    (["retrain", "--margin", "nan"], "argument --margin: must be at least 0 and below 1 (0.02 = 2%), got nan"),
+    (["schedule", "--margin", "1.5"], "argument --margin: must be at least 0 and below 1 (0.02 = 2%), got 1.5"),
+]
+
+
+@pytest.mark.parametrize("argv, error", RANGE_CASES, ids=[" ".join(argv) for argv, _ in RANGE_CASES])
+def test_out_of_range_numbers_are_refused_when_parsing_naming_the_flag(argv, error, capsys):
+    # Before: accepted, then a traceback (--nrow -1, --seed -1, --port 99999), a silent no-op
+    # (--scale 0), a service refusing every request (--max-n 0), or a Prefect server started first.
+    from flows.cli import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"ganpipe {argv[0]}: error: {error}" and "Traceback" not in err
+
+
+def test_port_zero_still_means_any_free_port():
+    from flows.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--port", "0"]).port == 0  # what the serve tests rely on
+
+
+def test_serve_limits_given_as_flags_reach_the_service(tiny_models):
+    import contextlib
+    import queue
+    import re
+    import signal
+    import threading
+    import time
+
+    import httpx
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("GANPIPE_SERVE_TOKEN", None)
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(tiny_models / "generator.onnx"), "--port", "0",
+           "--max-n", "7", "--max-concurrency", "3", "--max-queue", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+    try:
+        address, seen, deadline = None, [], time.monotonic() + 60
+        while address is None:
+            assert time.monotonic() < deadline and (proc.poll() is None or not lines.empty()), "".join(seen)
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.2))
+                address = re.search(r"Uvicorn running on (http://[\d.]+:\d+)", seen[-1])
+        limits = httpx.get(f"{address.group(1)}/v1/model").json()["limits"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert limits["max_n"] == 7 and limits["max_concurrency"] == 3 and limits["max_queue"] == 0
+    assert limits["max_pixels"] == 1024 * 1024  # left out: the service's default
+
+
+def test_unwritable_outputs_are_one_line_errors_naming_the_path(tiny_models, tmp_path, capsys):
+    # Before: FileNotFoundError tracebacks from mkdir.
+    gen, tr = str(tiny_models / "generator.onnx"), str(tiny_models / "translator.onnx")
+    assert main(["generate", "--model", gen, "--out", "/proc/x/a.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ganpipe generate: error: /proc/x/a.png: cannot write") and err.count("\n") == 1
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("L", (16, 16)).save(src / "a.png")
+    assert main(["translate", "--model", tr, str(src), "/proc/x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "ganpipe translate: error: /proc/x: cannot create the output folder: No such file or directory\n"
+    assert main(["translate", "--model", tr, str(src / "a.png"), "/proc/x/y.png"]) == 2
+    assert capsys.readouterr().err.startswith("ganpipe translate: error: /proc/x: cannot create the output folder")
+
+
+def test_an_output_that_is_a_folder_is_refused_not_deleted(tiny_models, tmp_path, capsys):
+    # Before: the atomic writer replaced the folder with the PNG, deleting everything in it.
+    keep = tmp_path / "results"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("a week of work")
+    assert main(["generate", "--model", str(tiny_models / "generator.onnx"), "--out", str(keep)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ganpipe generate: error: {keep}: is a folder; --out takes the file to write\n"
+    assert (keep / "precious.txt").read_text() == "a week of work"
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.new("L", (16, 16)).save(src / "a.png")
+    Image.new("L", (16, 16)).save(src / "b.png")
+    (out / "a.png").mkdir(parents=True)  # where a.png's translation would go
+    (out / "a.png" / "precious.txt").write_text("keep me")
+    assert main(["translate", "--model", str(tiny_models / "translator.onnx"), str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"skipped {src / 'a.png'}: its output {out / 'a.png'} is a folder" in err and "Traceback" not in err
+    assert (out / "a.png" / "precious.txt").read_text() == "keep me" and (out / "b.png").is_file()
+
+
+def test_a_huge_grid_is_refused_before_generating(tiny_models, tmp_path):
+    # Before: --scale 100000 went on to allocate a 2,000,000-pixel-square image (MemoryError here
+    # under a 4 GB address-space limit; without one, the machine's memory).
+    import resource
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "generate", "--model",
+                          str(tiny_models / "generator.onnx"), "-n", "1", "--scale", "100000", "--out",
+                          str(tmp_path / "g.png")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         preexec_fn=limit_memory, timeout=120)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr == ("ganpipe generate: error: -n 1, --nrow 1, --scale 100000: the grid would be 2000000x2000000"
+                          " = 4000000000000 pixels > 536870912; lower them\n")  # fmt: skip
+    assert not (tmp_path / "g.png").exists()
+
+
+# -- translate: pixel limits, a file at a time ------------------------------------------------------------------------
+
+
+def png_of_zeros(path: Path, width: int, height: int, bit_depth: int = 8) -> Path:
+    """A valid greyscale PNG, written row by row: a huge image (or a bomb) costs no memory to make."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, comp = b"\0" * (1 + (width * bit_depth + 7) // 8), zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_translate_skips_bombs_and_oversized_images_and_translates_every_other_file(tiny_models, tmp_path, capsys):
+    # Before: the decompression bomb ended the whole run with a traceback after the files sorted before it.
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    good = ["a.png", "b.jpg", "d.bmp", "f.gif", "sub/g.png"]
+    for i, name in enumerate(good):
+        Image.new("L", (16 + 4 * i, 16), 40 * i).save(src / name)
+    png_of_zeros(src / "c_bomb.png", 20000, 20000, bit_depth=1)  # 400 M pixels in 50 KB: Pillow's own bomb error
+    png_of_zeros(src / "e_large.png", 1100, 1000)  # 1.1 M pixels: over the default --max-pixels
+    (src / "notes.png").write_text("not an image")
+    rc = main(["translate", "--model", str(tiny_models / "translator.onnx"), str(src), str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in captured.err and "Warning" not in captured.err
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["a.png", "b.jpg", "d.bmp", "f.png", "sub/g.png"]  # .gif is written as PNG
+    skipped = sorted(line for line in captured.err.splitlines() if line.startswith("skipped "))
+    assert [line.split(":")[0] for line in skipped] == [f"skipped {src / n}" for n in ("c_bomb.png", "e_large.png",
+                                                                                        "notes.png")]  # fmt: skip
+    assert "exceeds limit" in skipped[0] and "1100x1000 = 1100000 pixels > 1048576" in skipped[1]
+    assert "translated 5 of 8 file(s)" in captured.out and "3 skipped" in captured.out
+    assert main(["translate", "--model", str(tiny_models / "translator.onnx"), str(src / "a.png"),
+                 str(tmp_path / "small.png"), "--max-pixels", "100"]) == 1  # fmt: skip
+    assert "16x16 = 256 pixels > 100" in capsys.readouterr().err and not (tmp_path / "small.png").exists()
+    assert main(["translate", "--model", str(tiny_models / "translator.onnx"), str(src / "a.png"),
+                 str(tmp_path / "one.png")]) == 0  # fmt: skip
+    assert Image.open(tmp_path / "one.png").size == (16, 16)
+
+
+def test_translate_refuses_a_huge_image_from_its_header_without_decoding_it(tiny_models, tmp_path):
+    # Before: a 10000x10000 PNG was decoded in full (100 MB more resident here; GBs in colour) and only then refused.
+    # The child reports its own VmHWM: getrusage's peak would include this (large) process's, inherited at fork.
+    report = "import sys; from flows.cli import main; code = main(sys.argv[1:]); " \
+             "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1], " \
+             "file=open(sys.argv[-1] + '.peak', 'w')); sys.exit(code)"  # fmt: skip
+
+    def run(image: Path) -> tuple[int, float, str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        out = tmp_path / f"{image.stem}-out.png"
+        model = str(tiny_models / "translator.onnx")
+        res = subprocess.run([sys.executable, "-c", report, "translate", "--model", model, str(image), str(out)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        return res.returncode, int(Path(f"{out}.peak").read_text()) / 1024, res.stderr
+
+    small = tmp_path / "small.png"
+    Image.new("L", (16, 16)).save(small)
+    huge = png_of_zeros(tmp_path / "huge.png", 10000, 10000)
+    small_code, small_peak, _ = run(small)
+    code, peak, err = run(huge)
+    assert small_code == 0
+    assert peak < small_peak + 50, f"{peak:.0f} MB resident to refuse it, {small_peak:.0f} MB to translate 16x16"
+    assert code == 1 and err == f"skipped {huge}: 10000x10000 = 100000000 pixels > 1048576 (decompression-bomb guard)\n"

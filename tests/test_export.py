@@ -60,6 +60,8 @@ def test_export_follows_the_onnx_contract(exported):
     assert meta["ganpipe.arch"] == "dcgan" and meta["ganpipe.params_hash"] == "abc123"
     assert len(meta["ganpipe.git_rev"]) in (40, len("unknown"))
     assert not list(root.glob("*.data"))  # weights embedded, no external data file
+    # nothing of the exporting machine: no absolute source paths from the exporter's stack traces
+    assert str(REPO).encode() not in (root / "generator.onnx").read_bytes()
 
 
 def test_export_parity_with_pytorch_is_measured_and_recorded(exported):
@@ -126,7 +128,7 @@ def test_failed_parity_writes_no_model(tmp_path):
 def run_cli(*args, env_extra=None, block_torch=True):
     """Run `ganpipe` in a fresh interpreter; with block_torch, importing torch fails."""
     prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
-    code = prelude + "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = prelude + "from flows.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-c", "import sys; " + code, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -85,7 +85,7 @@ def test_exported_model_matches_pytorch_and_carries_metadata(repo, first_run):
     meta = {p.key: p.value for p in onnx.load(repo / "exports/generator.onnx").metadata_props}
     head = sh(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     assert meta["ganpipe.git_rev"] == head and meta["ganpipe.image_size"] == "16"
-    res = sh([sys.executable, "-m", "pipeline.cli", "generate", "-n", "4", "--out", "g.png"], repo)
+    res = sh([sys.executable, "-m", "flows.cli", "generate", "-n", "4", "--out", "g.png"], repo)
     assert "wrote 4 samples" in res.stdout and (repo / "g.png").is_file()
 
 
@@ -106,7 +106,7 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
     prepared_mtime = (repo / "data/prepared/train_images.npy").stat().st_mtime_ns
     before = flow_run_names(prefect_api)
     # through the main command this time: it must reuse the running Prefect API, not start one
-    res = sh([sys.executable, "-m", "pipeline.cli", "repro"], repo)
+    res = sh([sys.executable, "-m", "flows.cli", "repro"], repo)
     out = res.stdout + res.stderr
     assert f"Prefect API: {prefect_api}" in out
     for stage in ("train", "evaluate", "export"):
@@ -147,7 +147,7 @@ def test_main_command_without_a_server_starts_one_and_exits_cleanly(repo, first_
     'Error logging to API' and waits at exit), and leaves nothing running."""
     env = tool_env({k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")})
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
-    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "repro"], cwd=repo, env=env, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "repro"], cwd=repo, env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]

@@ -29,7 +29,7 @@ def served(tmp_path_factory, prefect_api):
     sh([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", str(remote)], repo)
     env = tool_env()
     log = open(repo / "schedule.log", "w")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "schedule", "--cron", "0 3 * * *"],
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "schedule", "--cron", "0 3 * * *"],
                             cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_for_deployment("ganpipe-retrain/nightly", proc, repo)

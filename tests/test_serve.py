@@ -63,11 +63,11 @@ def running(cfg: ServeConfig | FastAPI):
 def tiny_translator(root: Path) -> Path:
     """A trained-shape CycleGAN translator exported by the pipeline's own export code."""
     from pipeline.config import ModelConfig
-    from pipeline.training.translate import build_translator, directions
+    from pipeline.models import build_generator, directions
 
     cfg = ModelConfig(arch="cyclegan", g_channels=4, n_blocks=1)
     torch.manual_seed(0)
-    state = {d: build_translator(cfg, 16, 1).state_dict() for d in directions("cyclegan")}
+    state = {d: build_generator(cfg, 16, 1).state_dict() for d in directions("cyclegan")}
     spec = {"task": "translate", "model": cfg.model_dump(mode="json"), "image_size": 16, "channels": 1,
             "directions": ["AB", "BA"], "size_multiple": 4, "min_size": 8, "num_classes": 0,
             "class_names": []}  # fmt: skip
@@ -78,12 +78,19 @@ def tiny_translator(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-models")
-    gen = root / "conditional.onnx"
-    export_generator(save_generator(root / "g.pt", conditional=True, classes=("cat", "dog", "owl")), gen)
-    plain = root / "plain.onnx"
-    export_generator(save_generator(root / "p.pt"), plain)
-    return {"generate": gen, "plain": plain, "translate": tiny_translator(root)}
+    """Exported once per test session (per xdist worker), though the serve test modules that import
+    this fixture each get their own: the three exports take ~15 s on 2 cores."""
+    root = tmp_path_factory.getbasetemp() / "serve-models"
+    found = {"generate": root / "conditional.onnx", "plain": root / "plain.onnx",
+             "translate": root / "exports" / "generator_AB.onnx"}  # fmt: skip
+    if not (root / "complete").exists():
+        root.mkdir(exist_ok=True)
+        conditional = save_generator(root / "g.pt", conditional=True, classes=("cat", "dog", "owl"))
+        export_generator(conditional, found["generate"])
+        export_generator(save_generator(root / "p.pt"), found["plain"])
+        assert tiny_translator(root) == found["translate"]
+        (root / "complete").touch()
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -343,9 +350,8 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_old_one_serving(tmp_path, m
     reg = Registry(tmp_path / "registry")
     promote_file(reg, tmp_path / "w1", models["plain"])
     with running(ServeConfig(registry=tmp_path / "registry")) as url:
-        broken = tmp_path / "broken.onnx"
-        broken.write_bytes(b"this is not an ONNX model")
-        promote_file(reg, tmp_path / "w2", broken)
+        assert promote_file(reg, tmp_path / "w2", models["generate"]) == "v0002"
+        reg.model_path("v0002").write_bytes(b"not an ONNX model")  # promote refuses a broken file: broken after
         res = httpx.post(f"{url}/v1/generate", json={"n": 1})
         assert res.status_code == 200 and res.headers["x-model-version"] == "v0001"
         health = httpx.get(f"{url}/healthz").json()
@@ -357,7 +363,7 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_old_one_serving(tmp_path, m
 
 def test_cli_serves_on_loopback_with_the_token_from_the_environment_and_stops_on_ctrl_c(models):
     env = {**os.environ, "GANPIPE_SERVE_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--model", str(models["generate"]), "--port", "0"]
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(models["generate"]), "--port", "0"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()

@@ -4,8 +4,9 @@ import pytest
 import torch
 from conftest import tiny_params
 
+from pipeline.models.artifact import load_generator
 from pipeline.training.checkpoint import checkpoint_files
-from pipeline.training.loop import TrainingDiverged, TrainPaths, load_generator, train
+from pipeline.training.runner import TrainingDiverged, TrainPaths, train
 
 
 def paths(root, prepared) -> TrainPaths:
@@ -47,7 +48,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run_bit_for_bit(prep
     assert full.generator.read_bytes() == part.generator.read_bytes()  # what DVC hashes, too
     full_ckpt = torch.load(full.checkpoints / "ckpt_0000012.pt", weights_only=True)
     part_ckpt = torch.load(part.checkpoints / "ckpt_0000012.pt", weights_only=True)
-    assert_same_weights(full_ckpt["D"], part_ckpt["D"])
+    assert_same_weights(full_ckpt["objective"]["D"], part_ckpt["objective"]["D"])
     # the curves continue too: same rows, same values, no step twice
     for name in ("loss_D", "loss_G", "D_real"):
         tsv = f"plots/metrics/train/{name}.tsv"
@@ -120,7 +121,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_chec
     # a fault poisons D's weights (as an overflow would); the run continues from step 6
     (ckpt,) = checkpoint_files(p.checkpoints)
     state = torch.load(ckpt, weights_only=True)
-    state["D"]["head.linear.weight"].fill_(float("nan"))
+    state["objective"]["D"]["head.linear.weight"].fill_(float("nan"))
     torch.save(state, ckpt)
     before = {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)}
     generator_before = p.generator.read_bytes()
@@ -212,7 +213,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared
     (work / "data").mkdir(parents=True)
     (work / "data" / "prepared").symlink_to(prepared_digits)
     write_params(work / "params.yaml", merge(TINY, over))
-    cmd = [sys.executable, "-m", "pipeline.training.distributed", "--params", "params.yaml"]
+    cmd = [sys.executable, "-m", "pipeline.training.worker", "--params", "params.yaml"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = work / "models" / "checkpoints"
@@ -245,7 +246,7 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GANPIPE_THREADS": "1"}
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "pipeline.training.distributed", "--params", "params.yaml"],
+         "-m", "pipeline.training.worker", "--params", "params.yaml"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -254,11 +255,12 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     train(tiny_params(train={"accumulate": 2, "steps": 8, "checkpoint_every": 8}), single, progress=False)
     ddp_ckpt = torch.load(work / "models/checkpoints/ckpt_0000008.pt", weights_only=True)
     one_ckpt = torch.load(single.checkpoints / "ckpt_0000008.pt", weights_only=True)
+    ddp, one = ddp_ckpt["objective"], one_ckpt["objective"]
     for net in ("G", "D", "G_ema"):
-        for name, value in one_ckpt[net].items():
+        for name, value in one[net].items():
             if "running" in name or "num_batches" in name:
                 continue  # BN statistics: DDP keeps rank 0's, accumulation sees both shards
-            torch.testing.assert_close(ddp_ckpt[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
+            torch.testing.assert_close(ddp[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
 
 
 def test_adaptive_augmentation_probability_is_logged(prepared_digits, tmp_path):

@@ -10,10 +10,10 @@ import torch
 from conftest import TINY, merge
 from PIL import Image
 
-from pipeline.cli import main as ganpipe
+from flows.cli import main as ganpipe
 from pipeline.config import parse_params
 from pipeline.data.prepare import prepare
-from pipeline.training.loop import TrainPaths
+from pipeline.training.runner import TrainPaths, train
 
 GLYPHS = {"source": "glyphs", "image_size": 16, "glyphs": {"chars": ["ascii"]}}
 
@@ -49,15 +49,15 @@ def paths_in(tmp_path, prepared) -> TrainPaths:
 
 @pytest.mark.parametrize("arch", ["cyclegan", "pix2pix"])
 def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
-    from pipeline.training.translate import load_translators, train_translation
+    from pipeline.models.artifact import load_translators
 
     # constant lrs: a 3-step run continued to 6 is then the same run as 6 steps in one go
     once = parse_params(translate_params(arch, lr_decay_start=1.0))
-    train_translation(once, paths_in(tmp_path / "once", glyphs16), progress=False)
+    train(once, paths_in(tmp_path / "once", glyphs16), progress=False)
     half = parse_params(translate_params(arch, steps=3, lr_decay_start=1.0))
     paths = paths_in(tmp_path / "twice", glyphs16)
-    train_translation(half, paths, progress=False)
-    result = train_translation(once, paths, progress=False)
+    train(half, paths, progress=False)
+    result = train(once, paths, progress=False)
     assert result.resumed_from == 3
     a, spec = load_translators(tmp_path / "once" / "generator.pt")
     b, _ = load_translators(paths.generator)
@@ -71,9 +71,9 @@ def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
 
 
 def test_learning_rate_decays_linearly_to_zero():
-    from pipeline.training.translate import _lr_lambda
+    from pipeline.training.objectives.translation import linear_decay
 
-    f = _lr_lambda(100, 0.5)
+    f = linear_decay(100, 0.5)
     assert [f(0), f(49), f(50), f(75), f(100)] == [1.0, 1.0, 1.0, 0.5, 0.0]
 
 
@@ -83,11 +83,10 @@ def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
     from pipeline.data.dataset import load_split
     from pipeline.metrics.evaluator import train_evaluator
     from pipeline.metrics.translation import evaluate_translation, paired_scores
-    from pipeline.training.translate import train_translation
 
     params = parse_params(translate_params("pix2pix"))
     paths = paths_in(tmp_path, glyphs16)
-    train_translation(params, paths, progress=False)
+    train(params, paths, progress=False)
     blob = torch.load(paths.generator, weights_only=True)
     train_evaluator(params.evaluate.evaluator, load_split(glyphs16, "train", "B"), load_split(glyphs16, "val", "B"),
                     tmp_path / "evaluator.pt", seed=0, progress=False)  # fmt: skip
@@ -106,10 +105,9 @@ def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
 
 def export_trained(tmp_path_factory, glyphs16, arch: str):
     from pipeline.export import export_translators
-    from pipeline.training.translate import train_translation
 
     root = tmp_path_factory.mktemp(f"{arch}-export")
-    train_translation(parse_params(translate_params(arch)), paths_in(root, glyphs16), progress=False)
+    train(parse_params(translate_params(arch)), paths_in(root, glyphs16), progress=False)
     metrics = export_translators(root / "generator.pt", root / "exports", card_path=root / "exports" / "card.json")
     return root, metrics
 
@@ -172,12 +170,12 @@ def test_cli_translates_a_folder_mirroring_names_and_skips_a_bad_file(tmp_path, 
     Image.new("L", (24, 16), 255).save(src / "sub" / "b.jpg")
     (src / "notes.png").write_text("not an image")
     rc = ganpipe(["translate", "--model", str(root / "exports" / "generator_AB.onnx"), str(src), str(tmp_path / "out")])
-    assert rc == 0
+    assert rc == 1  # some files were skipped: scripts notice
     assert Image.open(tmp_path / "out" / "a.png").size == (16, 16)
     assert Image.open(tmp_path / "out" / "sub" / "b.jpg").size == (24, 16)
     assert not (tmp_path / "out" / "notes.png").exists()
     captured = capsys.readouterr()
-    assert "notes.png: not an image" in captured.err and "translated 2 of 3" in captured.out
+    assert "notes.png: not a PNG" in captured.err and "translated 2 of 3" in captured.out
     one = tmp_path / "one.png"
     assert ganpipe(["translate", "--model", str(root / "exports" / "generator_AB.onnx"), str(src / "a.png"),
                     str(one)]) == 0  # fmt: skip
@@ -203,3 +201,6 @@ def test_translate_params_are_checked_together():
                       "model": {"arch": "pix2pix"}})  # fmt: skip
     with pytest.raises(ConfigError, match="is a translation model: set task: translate"):
         parse_params({"model": {"arch": "cyclegan"}})
+    with pytest.raises(ConfigError, match="task translate trains in one process"):
+        parse_params({"task": "translate", "data": GLYPHS, "model": {"arch": "cyclegan"},
+                      "train": {"nproc_per_node": 2}})  # fmt: skip

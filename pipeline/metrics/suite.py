@@ -24,8 +24,8 @@ from pipeline.grid import save_panels
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.models import build_generator
+from pipeline.models.artifact import load_generator
 from pipeline.runtime import seed_everything, set_threads
-from pipeline.training.loop import load_generator
 
 
 @torch.no_grad()
@@ -120,3 +120,21 @@ def evaluate(
         real = to_float(np.asarray(val.images[np.sort(val_idx)[:k]])).numpy()
         save_panels([real, fakes[:k].numpy()], comparison_png, nrow=4, scale=3)  # real | generated
     return result
+
+
+def generation_markdown(m: dict) -> str:
+    """The FID/KID table with its two anchors, as a reader should see it."""
+    return "\n".join(
+        [
+            f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "
+            "training images.",
+            "",
+            "| | FID | KID |",
+            "|---|---|---|",
+            f"| real held-out images (floor) | {m['fid_real_floor']:.3f} | {m['kid_real_floor']:.5f} |",
+            f"| **trained generator** | **{m['fid']:.3f}** | **{m['kid']:.5f}** |",
+            f"| untrained generator (ceiling) | {m['fid_untrained_ceiling']:.3f} | {m['kid_untrained_ceiling']:.5f} |",
+            "",
+            f"fid_position = {m['fid_position']} (0 = as good as real data, 1 = as bad as random weights)",
+        ]
+    )

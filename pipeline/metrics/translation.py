@@ -26,8 +26,8 @@ from pipeline.grid import save_panels
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.metrics.suite import embed
+from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
-from pipeline.training.translate import load_translators
 
 GRID_ROWS = 16
 

@@ -1,14 +1,20 @@
-"""Architecture registry: a new family is added here, in one place."""
+"""The architecture registry: every family, image generation and style transfer alike.
+
+A new family is one module beside this file plus one line in `ARCHS`. The model artifact
+(spec, save, load) is in `pipeline.models.artifact`; stages that only use a trained model
+(evaluate, export) import from here, never from `pipeline.training`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.utils import parametrize
 
 from pipeline.config import ModelConfig
-from pipeline.models import dcgan, resnet
+from pipeline.models import dcgan, resnet, translation
 from pipeline.models.layers import ConditionalBatchNorm2d
 
 
@@ -40,31 +46,69 @@ def init_resnet(module: nn.Module) -> None:
     _init(module, nn.init.xavier_uniform_)
 
 
-# arch -> (generator class, discriminator class, weight init)
+def _adversarial_g(make: Callable) -> Callable:
+    def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+        return make(cfg.latent_dim, image_size, channels, cfg.g_channels, num_classes if cfg.conditional else 0)
+
+    return build
+
+
+def _adversarial_d(make: Callable) -> Callable:
+    def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+        return make(image_size, channels, cfg.d_channels, num_classes if cfg.conditional else 0,
+                    conditioning=cfg.conditioning, spectral=cfg.spectral_norm, norm=cfg.d_norm)  # fmt: skip
+
+    return build
+
+
+def _resnet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return translation.ResnetGenerator(channels, channels, width=cfg.g_channels, n_blocks=cfg.n_blocks)
+
+
+def _unet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return translation.UnetGenerator(channels, channels, image_size, width=cfg.g_channels, dropout=cfg.dropout)
+
+
+def _patch_discriminator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return translation.PatchDiscriminator(channels, image_size, width=cfg.d_channels, n_layers=cfg.d_layers)
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one architecture's networks. `directions`: the translators a style-transfer
+    family trains (empty for image generators); its D takes `channels` = what it judges."""
+
+    generator: Callable[[ModelConfig, int, int, int], nn.Module]
+    discriminator: Callable[[ModelConfig, int, int, int], nn.Module]
+    init: Callable[[nn.Module], None]
+    directions: tuple[str, ...] = ()
+
+
 ARCHS = {
-    "dcgan": (dcgan.Generator, dcgan.Discriminator, init_dcgan),
-    "resnet": (resnet.Generator, resnet.Discriminator, init_resnet),
+    "dcgan": Family(_adversarial_g(dcgan.Generator), _adversarial_d(dcgan.Discriminator), init_dcgan),
+    "resnet": Family(_adversarial_g(resnet.Generator), _adversarial_d(resnet.Discriminator), init_resnet),
+    "cyclegan": Family(_resnet_translator, _patch_discriminator, translation.init_translation, ("AB", "BA")),
+    "pix2pix": Family(_unet_translator, _patch_discriminator, translation.init_translation, ("AB",)),
 }
 
 
+def directions(arch: str) -> list[str]:
+    """The translators a style-transfer family trains and exports, by direction."""
+    return list(ARCHS[arch].directions)
+
+
 def build_generator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int = 0) -> nn.Module:
-    """G for `cfg.arch`, initialised; `num_classes` > 0 only for conditional models."""
-    make_g, _, init = ARCHS[cfg.arch]
-    g = make_g(cfg.latent_dim, image_size, channels, cfg.g_channels, num_classes if cfg.conditional else 0)
-    init(g)
+    """G of `cfg.arch`, initialised; `num_classes` > 0 only for conditional models. For a
+    style-transfer family: one translator (A and B have the same number of channels)."""
+    family = ARCHS[cfg.arch]
+    g = family.generator(cfg, image_size, channels, num_classes)
+    family.init(g)
     return g
 
 
 def build_discriminator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int = 0) -> nn.Module:
-    _, make_d, init = ARCHS[cfg.arch]
-    d = make_d(
-        image_size,
-        channels,
-        cfg.d_channels,
-        num_classes if cfg.conditional else 0,
-        conditioning=cfg.conditioning,
-        spectral=cfg.spectral_norm,
-        norm=cfg.d_norm,
-    )
-    init(d)
+    """D of `cfg.arch`, initialised; `channels` is what D judges (pix2pix: input and output stacked)."""
+    family = ARCHS[cfg.arch]
+    d = family.discriminator(cfg, image_size, channels, num_classes)
+    family.init(d)
     return d

@@ -1,9 +1,9 @@
 """Multi-process training with PyTorch's own engine: DistributedDataParallel under torchrun.
 
-One machine, N processes:   torchrun --standalone --nproc_per_node N -m pipeline.training.distributed
+One machine, N processes:   torchrun --standalone --nproc_per_node N -m pipeline.training.worker
 Several machines (on each): torchrun --nnodes M --node_rank R --nproc_per_node N \\
-                              --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m pipeline.training.distributed
-`train.nproc_per_node > 1` makes the train stage launch the first form itself.
+                              --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m pipeline.training.worker
+`train.nproc_per_node > 1` makes the train stage launch the first form itself (worker.launch).
 
 `train.batch_size` is the total batch of one optimiser step across all processes and
 micro-batches, so results do not depend on how the work is split: every process draws the
@@ -13,11 +13,8 @@ samples and writes checkpoints and outputs.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -101,32 +98,3 @@ def shutdown(world: World) -> None:
     if world.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def launch(params_path: str, nproc_per_node: int) -> None:
-    """Run training in `nproc_per_node` local processes through torchrun (single machine)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}",
-           "-m", "pipeline.training.distributed", "--params", str(params_path)]  # fmt: skip
-    code = subprocess.run(cmd).returncode
-    if code != 0:
-        raise RuntimeError(f"torchrun with {nproc_per_node} processes failed (exit {code}); see the output above")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """torchrun entry point: every process runs the same training function."""
-    from pipeline.config import load_params
-    from pipeline.errors import UserError
-    from pipeline.training.loop import train
-
-    parser = argparse.ArgumentParser(prog="python -m pipeline.training.distributed")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    try:
-        train(load_params(args.params), progress=int(os.environ.get("RANK", "0")) == 0)
-    except UserError as err:
-        print(f"ganpipe train: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""DVCLive logs that survive a resume: continued where the checkpoint left off.
+"""DVCLive logs that survive a resume: continued where the checkpoint left off; what is logged.
 
 The dvclive/ outputs are `persist: true` in dvc.yaml, like the checkpoints, so a rerun
 after a crash appends to the curves instead of losing them. Rows and sample grids logged
@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.artifacts import write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 
 def has_logs(live_dir: Path | str) -> bool:
@@ -42,3 +46,11 @@ def open_live(live_dir: Path | str, resume_step: int):
     if resume_step:
         truncate_after(live_dir, resume_step)
     return Live(dir=str(live_dir), resume=resume_step > 0, dvcyaml=False, save_dvc_exp=False, report=None)
+
+
+def grad_norm(module: torch.nn.Module) -> float:
+    """The L2 norm of all of a module's gradients (a logged diagnostic)."""
+    import torch
+
+    grads = [p.grad.detach().flatten() for p in module.parameters() if p.grad is not None]
+    return float(torch.cat(grads).norm()) if grads else 0.0

@@ -1,0 +1,439 @@
+"""`ganpipe`: run the pipeline or one stage, and sample from an exported model.
+
+Imports are deferred to each command: `ganpipe generate` needs only onnxruntime, NumPy
+and Pillow, never torch or Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pipeline import layout
+from pipeline.config import ConfigError
+from pipeline.errors import UserError
+
+STAGES = ("prepare", "evaluator", "train", "evaluate", "export")
+SEED_MAX = 2**63 - 1  # the service's bound too: a seed gives the same images from either
+MAX_GRID_PIXELS = 2**29  # `generate`: the PNG's pixels (1.6 GB as RGB; 64 samples of 1024x1024 at --scale 2 fit)
+
+
+def int_arg(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high], refused at parse time with the bound named
+    ("argument --nrow: must be at least 1, got -1"), instead of failing later with a traceback."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def fraction_arg(text: str) -> float:
+    """An argparse type for a relative margin: 0 <= x < 1, as retrain.fid_margin in params.yaml."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1 (0.02 = 2%), got {text}")
+    return value
+
+
+def _output_file(path: Path | str, flag: str) -> Path:
+    """Refuse an existing folder as an output file up front: the atomic writer replaces its
+    target whole, and would delete the folder and everything in it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; {flag} takes the file to write")
+    return path
+
+
+def _write_error(path: Path, err: OSError) -> UserError:
+    # the folder that could not be made, say; not the temporary file beside `path`
+    where = f" ({err.filename})" if err.filename and Path(err.filename).parent != Path(path).parent else ""
+    return UserError(f"{path}: cannot write: {err.strerror or err}{where}")
+
+
+def _run_pipeline(dvc_args: list[str]) -> int:
+    from flows.pipeline import pipeline_flow, summary_markdown
+    from flows.server import local_prefect_api
+
+    with local_prefect_api() as url:
+        print(f"Prefect API: {url}", file=sys.stderr)
+        state = pipeline_flow(dvc_args=dvc_args, return_state=True)
+    if not state.is_completed():
+        print(f"ganpipe {'exp' if dvc_args[0] == 'exp' else 'repro'}: {state.message}", file=sys.stderr)
+        return 1
+    print(summary_markdown(state.result()))
+    return 0
+
+
+def _cmd_repro(args: argparse.Namespace) -> int:
+    return _run_pipeline(["repro", *args.dvc_args])
+
+
+def overrides(overlay: dict, prefix: str = "") -> list[str]:
+    """Flatten a params overlay into `dvc exp run -S key=value` arguments (values as JSON,
+    which DVC's override grammar reads back as the same types)."""
+    out = []
+    for key, value in overlay.items():
+        if isinstance(value, dict):
+            out += overrides(value, f"{prefix}{key}.")
+        else:
+            out.append(f"++{prefix}{key}={json.dumps(value, separators=(',', ':'))}")  # ++: set or add
+    return out
+
+
+def _cmd_exp(args: argparse.Namespace) -> int:
+    from pipeline.config import load_params, parse_params, read_yaml
+
+    overlay = read_yaml(args.config, "give the overlay's path, e.g. configs/wgan-gp.yaml") or {}
+    if not isinstance(overlay, dict):
+        raise ConfigError(f"{args.config}: must be a mapping of params groups")
+    base = load_params(layout.PARAMS).model_dump(mode="json")
+    parse_params(merge_overlay(base, overlay), args.config)  # validate the combination before running
+    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
+    return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
+
+
+def merge_overlay(base: dict, over: dict) -> dict:
+    """`base` params with the keys of `over` laid on top, group by group."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_overlay(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _stage_flows() -> dict:
+    """Stage name -> its Prefect flow (what dvc.yaml's `python -m flows.<stage>` runs)."""
+    from flows.evaluate import evaluate_flow
+    from flows.evaluator import evaluator_flow
+    from flows.export import export_flow
+    from flows.prepare import prepare_flow
+    from flows.train import train_flow
+
+    return {"prepare": prepare_flow, "evaluator": evaluator_flow, "train": train_flow, "evaluate": evaluate_flow,
+            "export": export_flow}  # fmt: skip
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from flows.stage import run_stage
+
+    return run_stage(_stage_flows()[args.command], ["--params", args.params])
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import math
+
+    from pipeline.grid import save_grid
+    from pipeline.inference import OnnxGenerator
+
+    out = _output_file(args.out, "--out")
+    model = OnnxGenerator(args.model, device=args.device)
+    nrow = args.nrow or max(1, math.ceil(math.sqrt(args.n)))  # as make_grid lays it out
+    side = model.info.image_size + 2
+    width, height = (nrow * side + 2) * args.scale, (math.ceil(args.n / nrow) * side + 2) * args.scale
+    if width * height > MAX_GRID_PIXELS:  # refused before anything is generated, not after gigabytes
+        raise UserError(f"-n {args.n}, --nrow {nrow}, --scale {args.scale}: the grid would be {width}x{height} = "
+                        f"{width * height} pixels > {MAX_GRID_PIXELS}; lower them")  # fmt: skip
+    images = model.generate(args.n, seed=args.seed, labels=args.label)
+    try:
+        save_grid(images, out, nrow=args.nrow, scale=args.scale)
+    except OSError as err:
+        raise _write_error(out, err) from None
+    print(f"wrote {args.n} samples to {args.out} ({', '.join(model.providers)})")
+    return 0
+
+
+def _cmd_translate(args: argparse.Namespace) -> int:
+    """One file or a whole folder (recursively); output names mirror input names. A file that
+    cannot be translated (not an image, over --max-pixels, a decompression bomb) is reported and
+    skipped, the rest are translated; the exit status is then 1, so that scripts notice."""
+    import warnings
+
+    from PIL import Image
+    from tqdm import tqdm
+
+    from pipeline.artifacts import atomic_path
+    from pipeline.inference import MAX_PIXELS, ImageRejected, OnnxTranslator, open_image
+
+    max_pixels = args.max_pixels or MAX_PIXELS  # the default is resolved here: parsing must not import onnxruntime
+    model = OnnxTranslator(args.model, device=args.device)
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise UserError(f"{src}: input not found")
+    if src.is_dir():
+        if dst.exists() and not dst.is_dir():
+            raise UserError(f"{dst}: exists and is not a folder (input {src} is a folder)")
+        jobs = [(f, dst / f.relative_to(src)) for f in sorted(src.rglob("*")) if f.is_file()]
+        folder = dst
+    else:
+        jobs = [(src, dst / src.name if dst.is_dir() else dst)]
+        folder = jobs[0][1].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{folder}: cannot create the output folder: {err.strerror or err}") from None
+    skipped, done = [], 0
+    for f, out in tqdm(jobs, desc="translate", unit="img", disable=len(jobs) < 2, dynamic_ncols=True):
+        if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            out = out.with_suffix(".png")  # e.g. .tif, .gif inputs: written as PNG
+        if out.is_dir():  # the atomic writer would replace the folder, contents and all
+            skipped.append(f"{f}: its output {out} is a folder")
+            continue
+        try:
+            with warnings.catch_warnings():  # Pillow's multi-line warning; our own limit reports the size
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = open_image(f, max_pixels)  # refused from the header, before decoding
+            with img:
+                result = model.translate_image(img, max_pixels)
+        except ImageRejected as err:
+            skipped.append(f"{f}: {err}")
+            continue
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out) as tmp:
+                result.save(tmp, format=Image.registered_extensions().get(out.suffix.lower(), "PNG"))
+        except OSError as err:  # the output location is unusable: every later file would fail too
+            raise UserError(f"{out}: cannot write: {err.strerror or err} ({done} file(s) written before it)") from None
+        done += 1
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print(f"translated {done} of {len(jobs)} file(s) with {args.model} ({model.direction}, "
+          f"{', '.join(model.providers)}) into {dst}" + (f"; {len(skipped)} skipped" if skipped else ""))  # fmt: skip
+    return 1 if skipped else 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from pipeline.registry import Registry
+
+    if args.version and args.action != "show":
+        raise UserError(f"{args.action} takes no version (got {args.version!r}); only show does")
+    reg = Registry(args.registry)
+    try:
+        if args.action == "list":
+            return _list_registry(reg, args.registry)
+        if args.action == "show":
+            print(json.dumps(reg.info(args.version), indent=2))
+        elif args.action == "promote":
+            version = reg.promote(args.workdir, reason="promoted by hand")
+            print(f"promoted {version}; it is now the champion")
+        else:
+            print(f"rolled back: {reg.rollback()} is the champion again")
+    except OSError as err:  # a registry on a full or read-only disk, a file where a folder belongs, ...
+        raise UserError(f"{err.filename or args.registry}: {err.strerror or err}") from None
+    return 0
+
+
+def _list_registry(reg, name: str) -> int:
+    """Every version, one a line; an unreadable one is listed as such (exit 1) rather than hiding the rest."""
+    from pipeline.registry import RegistryError
+
+    problems = []
+    try:
+        reg.champion()
+    except RegistryError as err:
+        problems.append(str(err))
+    rows = reg.table()
+    if not rows:
+        print(f"{name}: no versions yet (ganpipe registry promote)")
+    for r in rows:
+        mark = "*" if r["champion"] else " "
+        if "error" in r:
+            print(f"{mark} {r['version']}  unreadable")
+            problems.append(r["error"])
+            continue
+        fid = "-" if r["fid"] is None else f"{r['fid']:.4f}"
+        print(f"{mark} {r['version']}  {r['created']}  FID {fid}  {r['git_rev']}  {r['files']}")
+    for problem in problems:
+        print(f"ganpipe registry: error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain_flow
+    from flows.server import local_prefect_api
+
+    with local_prefect_api() as url:
+        print(f"Prefect API: {url}", file=sys.stderr)
+        state = retrain_flow(repo=".", registry=args.registry, margin=args.margin, force=args.force,
+                             overrides=args.set or [], return_state=True)  # fmt: skip
+    if not state.is_completed():
+        print(f"ganpipe retrain: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=2))
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from flows.retrain import serve_retraining
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise UserError(
+            "schedules need a running Prefect server: start `prefect server start` and "
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    print(f"serving deployment ganpipe-retrain/{args.name} (cron {args.cron!r}); Ctrl-C stops it", file=sys.stderr)
+    serve_retraining(args.cron, ".", args.registry, args.margin, args.name)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.serve.app import ServeConfig, serve
+
+    given = {"max_pixels": args.max_pixels, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue}
+    # a flag left out (None) keeps ServeConfig's default: one place to change it
+    cfg = ServeConfig(model=Path(args.model) if args.model else None, registry=Path(args.registry),
+                      direction=args.direction, max_n=args.max_n, max_upload_bytes=args.max_upload_bytes,
+                      device=args.device, **{k: v for k, v in given.items() if v is not None})  # fmt: skip
+    serve(cfg, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_preview_augment(args: argparse.Namespace) -> int:
+    from pipeline.config import AugmentConfig, load_params
+    from pipeline.data.augment import preview
+    from pipeline.data.dataset import load_split, to_float
+    from pipeline.grid import save_panels
+
+    params = load_params(args.params)
+    out = _output_file(args.out, "--out")
+    policy = args.policy if args.policy is not None else params.augment.diffaugment
+    if not policy:
+        raise ConfigError(f"{args.params}: augment.diffaugment is empty; pass --policy color,translation,cutout")
+    try:
+        policy = AugmentConfig(diffaugment=policy).diffaugment  # validated policy names
+    except ValueError as err:  # pydantic's ValidationError
+        raise ConfigError(f"--policy {policy!r}: {err.errors()[0]['msg']}") from None
+    images = to_float(load_split(args.prepared, "train").images[: args.n])
+    panels = preview(images, policy, seed=args.seed)
+    try:
+        save_panels([p.numpy() for p in panels], out, nrow=args.nrow, scale=3)
+    except OSError as err:
+        raise _write_error(out, err) from None
+    print(f"wrote {out}: originals, then {len(panels) - 1} draws of DiffAugment({policy})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    repro = sub.add_parser("repro", help="run `dvc repro` against a local Prefect server (started if needed)",
+                           epilog="Other arguments go to dvc repro, e.g. `ganpipe repro --force train`.")  # fmt: skip
+    repro.set_defaults(fn=_cmd_repro, passes_through=True)
+
+    exp = sub.add_parser("exp", help="run a shipped params overlay (configs/*.yaml) as a DVC experiment")
+    exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
+    exp.add_argument("--name", help="experiment name (default: the file's stem)")
+    exp.set_defaults(fn=_cmd_exp, passes_through=True)
+
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")
+        p.add_argument("--params", default=str(layout.PARAMS))
+        p.set_defaults(fn=_cmd_stage)
+
+    prev = sub.add_parser("preview-augment", help="PNG of training images as D sees them after augmentation")
+    prev.add_argument("--params", default=str(layout.PARAMS))
+    prev.add_argument("--policy", default=None, help="override augment.diffaugment, e.g. color,translation,cutout")
+    prev.add_argument("--prepared", default=str(layout.PREPARED), help="prepared dataset (the prepare stage's output)")
+    prev.add_argument("-n", type=int_arg(1), default=32, help="number of training images")
+    prev.add_argument("--nrow", type=int_arg(1), default=4)
+    prev.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
+    prev.add_argument("--out", default="augment_preview.png")
+    prev.set_defaults(fn=_cmd_preview_augment)
+
+    gen = sub.add_parser("generate", help="sample a PNG grid from an exported ONNX generator (no torch needed)")
+    gen.add_argument("--model", default=str(layout.ONNX_GENERATOR), help="ONNX file from the export stage")
+    gen.add_argument("-n", type=int_arg(1), default=64, help="number of samples")
+    gen.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0, help="noise seed (same seed, same images)")
+    gen.add_argument("--label", action="append", help="class name or index (repeat to cycle); conditional models")
+    gen.add_argument("--out", default="samples.png", help="PNG path to write")
+    gen.add_argument("--nrow", type=int_arg(1), default=None, help="images per row (default: square)")
+    gen.add_argument("--scale", type=int_arg(1), default=2, help="integer upscaling of the PNG")
+    gen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    gen.set_defaults(fn=_cmd_generate)
+
+    tr = sub.add_parser("translate", help="translate an image or a folder of images with an exported translator",
+                        epilog="Files that cannot be translated (not an image, over --max-pixels) are skipped and "
+                               "listed, the others translated. Exit status: 0 all translated, 1 some skipped, "
+                               "2 nothing done (bad arguments, model or output).")  # fmt: skip
+    tr.add_argument("input", help="an image file or a folder (searched recursively)")
+    tr.add_argument("output", help="output file, or folder (names mirror the input's; PNG unless the suffix says)")
+    tr.add_argument("--model", default=str(layout.ONNX_TRANSLATORS["AB"]), help="ONNX translator from the export stage")
+    tr.add_argument("--max-pixels", type=int_arg(1), default=None,
+                    help="largest image in pixels, read from its header before decoding (bomb guard; default: "
+                         "as the service, 1024x1024)")  # fmt: skip
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.set_defaults(fn=_cmd_translate)
+
+    reg = sub.add_parser("registry", help="list, show, promote or roll back model versions in registry/")
+    reg.add_argument("action", choices=("list", "show", "promote", "rollback"),
+                     help="list exits 1 if a version or the champion pointer is unreadable")  # fmt: skip
+    reg.add_argument("version", nargs="?", help="show: a version (default: the champion)")
+    reg.add_argument("--registry", default="registry", help="registry folder")
+    reg.add_argument("--workdir", default=".", help="promote: the pipeline checkout whose outputs to promote")
+    reg.set_defaults(fn=_cmd_registry)
+
+    rt = sub.add_parser("retrain", help="run the retraining flow once: retrain if inputs changed, promote if better")
+    rt.add_argument("--registry", default="registry")
+    rt.add_argument("--margin", type=fraction_arg, default=None,
+                    help="relative FID improvement needed, 0 <= m < 1 (default: retrain.fid_margin)")  # fmt: skip
+    rt.add_argument("--force", action="store_true", help="retrain even if no input changed")
+    rt.add_argument("-S", "--set", action="append", help="params override for the experiment, e.g. train.steps=6000")
+    rt.set_defaults(fn=_cmd_retrain)
+
+    sc = sub.add_parser("schedule", help="serve the retraining deployment on a cron schedule (needs a Prefect server)")
+    sc.add_argument("--cron", default="0 3 * * *", help="cron expression (default: every day at 03:00)")
+    sc.add_argument("--name", default="nightly", help="deployment name")
+    sc.add_argument("--registry", default="registry")
+    sc.add_argument("--margin", type=fraction_arg, default=None, help="as retrain --margin")
+    sc.set_defaults(fn=_cmd_schedule)
+
+    sv = sub.add_parser("serve", help="HTTP service over ONNX Runtime: the registry's champion, or --model")
+    sv.add_argument(
+        "--model", help="an ONNX file to serve (default: the registry's champion, reloaded when it changes)"
+    )
+    sv.add_argument("--registry", default="registry")
+    sv.add_argument("--direction", default="AB", choices=("AB", "BA"), help="translator of a CycleGAN champion")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int_arg(0, 65535), default=8000, help="TCP port (0: any free one, logged)")
+    sv.add_argument("--max-n", type=int_arg(1), default=64, help="most images per /v1/generate request")
+    sv.add_argument("--max-upload-bytes", type=int_arg(1), default=8 * 1024 * 1024)
+    sv.add_argument("--max-pixels", type=int_arg(1), default=None,
+                    help="largest upload in pixels (bomb guard; default 1024x1024)")  # fmt: skip
+    sv.add_argument("--max-concurrency", type=int_arg(1), default=None,
+                    help="inferences at once; each may hold a --max-pixels translation in memory")  # fmt: skip
+    sv.add_argument("--max-queue", type=int_arg(0), default=None,
+                    help="requests admitted to wait for one of those; beyond, 503 + Retry-After")  # fmt: skip
+    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    sv.set_defaults(fn=_cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passes_through", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dvc_args = extra  # repro / exp: everything we do not know goes to dvc
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"ganpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

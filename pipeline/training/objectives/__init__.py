@@ -1,0 +1,66 @@
+"""Training objectives: each one file that owns its networks, optimisers, step, state and
+sample panel. The runner (pipeline/training/runner.py) never knows which one it runs.
+
+A new objective is a module here with a class following `Objective`, plus one line in
+`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from pipeline.config import Params
+from pipeline.training.distributed import World
+from pipeline.training.objectives.cyclegan import CycleGanObjective
+from pipeline.training.objectives.gan import GanObjective
+from pipeline.training.objectives.pix2pix import Pix2PixObjective
+
+
+class Objective(Protocol):
+    def __init__(self, params: Params, prepared: Path, device: torch.device, precision: torch.dtype,
+                 world: World) -> None: ...  # fmt: skip
+
+    def step(self, step: int, log_now: bool) -> None:
+        """One optimiser step of every network (0-based `step`); `log_now`: keep what scalars() reports."""
+
+    def losses(self) -> tuple[float, float]:
+        """(loss_D, loss_G) of the last step, averaged across processes: a host sync."""
+
+    def scalars(self, loss_d: float, loss_g: float) -> dict[str, float]:
+        """The curves to log at a logging step, in order, named train/<what>."""
+
+    def samples(self, step: int) -> tuple[np.ndarray, dict[str, float], list[str]]:
+        """The sample panel (an HxW[xC] uint8 image), scalars measured on it, and warnings."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def trained_modules(self) -> list[torch.nn.Module]:
+        """The networks being trained (checked to agree across processes at the end)."""
+
+    def model_artifact(self) -> tuple[dict, dict]:
+        """(spec, weights) of the EMA model to save as models/generator.pt."""
+
+    def save_samples(self, path: Path) -> None:
+        """The final sample picture (reports/samples.png)."""
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    "gan": GanObjective,
+    "cyclegan": CycleGanObjective,
+    "pix2pix": Pix2PixObjective,
+}
+
+
+def objective_name(params: Params) -> str:
+    return params.model.arch if params.task == "translate" else "gan"
+
+
+def make_objective(params: Params, prepared: Path, device: torch.device, precision: torch.dtype,
+                   world: World) -> Objective:  # fmt: skip
+    return OBJECTIVES[objective_name(params)](params, prepared, device, precision, world)

@@ -1,0 +1,254 @@
+"""Image generation: an unconditional or class-conditional GAN.
+
+G and D come from the architecture registry; the adversarial loss is any of
+pipeline.losses (non-saturating, hinge, least squares, WGAN with gradient penalty), with
+lazy R1, ACGAN or projection conditioning, DiffAugment on everything D sees (its
+probability steered by ADA if asked), TTUR learning rates and n_critic D steps per G step.
+
+The total batch is split into shards, one per process and micro-batch: every process draws
+the same global batch indices and noise, and shard s always gets slice s and random
+generator s, so the maths do not depend on how the work is split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Params
+from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
+from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
+from pipeline.grid import make_grid, save_grid
+from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
+from pipeline.models import build_discriminator, build_generator
+from pipeline.models.artifact import generator_spec
+from pipeline.runtime import autocast
+from pipeline.training.distributed import World, gather, mean, no_sync, wrap
+from pipeline.training.ema import make_ema, update_ema
+from pipeline.training.live import grad_norm
+
+NUM_FIXED_SAMPLES = 64
+
+
+def fixed_inputs(latent_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The same noise for every sample grid of a run; conditional models get one class per row."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    if num_classes:
+        labels = torch.arange(min(num_classes, 16)).repeat_interleave(8)
+        return torch.randn(len(labels), latent_dim, generator=g), labels
+    return torch.randn(NUM_FIXED_SAMPLES, latent_dim, generator=g), None
+
+
+@torch.no_grad()
+def sample(g: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, device: torch.device) -> np.ndarray:
+    g_was_training = g.training
+    g.eval()
+    out = g(z.to(device), None if labels is None else labels.to(device)).float().cpu().numpy()
+    g.train(g_was_training)
+    return out
+
+
+def diversity(images: np.ndarray | torch.Tensor) -> float:
+    """Mean pairwise L2 distance between images: near 0 when G has collapsed to one output."""
+    x = torch.as_tensor(images).float().flatten(1)
+    return float(torch.pdist(x).mean())
+
+
+class GanObjective:
+    def __init__(self, params: Params, prepared: Path, device: torch.device, precision: torch.dtype, world: World):
+        cfg, mcfg = params.train, params.model
+        self.cfg, self.device, self.precision, self.world = cfg, device, precision, world
+        data = stable_subset(prepared, "train", load_split(prepared, "train"), cfg.data_fraction)
+        _, channels, image_size, _ = data.images.shape
+        self.num_classes = num_classes = data.num_classes if mcfg.conditional else 0
+        self.latent_dim = mcfg.latent_dim
+        self.spec = generator_spec(params, image_size, channels, data.classes)
+
+        self.G = build_generator(mcfg, image_size, channels, num_classes).to(device)
+        self.D = build_discriminator(mcfg, image_size, channels, num_classes).to(device)
+        if device.type == "cuda":
+            self.G, self.D = self.G.to(memory_format=torch.channels_last), self.D.to(memory_format=torch.channels_last)
+        self.G_ema = make_ema(self.G)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+        self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
+        self.acgan = bool(num_classes) and mcfg.conditioning == "acgan"
+        acfg = self.augment_cfg = params.augment
+        self.augment = DiffAugment(acfg.diffaugment)
+        self.ada = AdaptiveProbability(acfg.ada_target, acfg.ada_interval, acfg.ada_kimg, cfg.batch_size) \
+            if acfg.ada else None  # fmt: skip
+
+        shards = world.size * cfg.accumulate
+        self.micro = cfg.batch_size // shards
+        self.mine = [world.rank * cfg.accumulate + i for i in range(cfg.accumulate)]
+        self.shard_rng = {s: torch.Generator().manual_seed(params.seed * 1000 + 777 + s) for s in range(shards)}
+        self.batches = BatchSampler(data, cfg.batch_size, seed=params.seed + 1, device=device)
+        self.noise = torch.Generator().manual_seed(params.seed + 2)  # z and fake labels, on CPU for portability
+        self.z_fixed, self.y_fixed = fixed_inputs(mcfg.latent_dim, num_classes, params.seed)
+        self.real_diversity = diversity(to_float(data.images[: len(self.z_fixed)]))
+
+        # DDP wrappers all-reduce gradients; the plain modules serve penalties, sampling and saving.
+        self.G_train, self.D_train = wrap(self.G, world, device, cfg.sync_batchnorm), \
+            wrap(self.D, world, device, cfg.sync_batchnorm)  # fmt: skip
+        if cfg.compile:
+            self.G_train, self.D_train = torch.compile(self.G_train), torch.compile(self.D_train)
+        # Alone with one micro-batch, the fakes of the last D step are reused for the G step (one
+        # G forward saved). With shards, each G step regenerates them under DDP's sync rules;
+        # the values are the same, since only D changed in between.
+        self.reuse_fakes = shards == 1
+        self.G.train()
+        self.D.train()
+
+    # -- one step ------------------------------------------------------------------------------
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        idx = self.batches.draw()
+        z = torch.randn(cfg.batch_size, self.latent_dim, generator=self.noise).to(self.device)
+        y = torch.randint(self.num_classes, (cfg.batch_size,), generator=self.noise).to(self.device) \
+            if self.num_classes else None  # fmt: skip
+        return idx, z, y
+
+    def _part(self, t: torch.Tensor | None, s: int) -> torch.Tensor | None:
+        return None if t is None else t[s * self.micro : (s + 1) * self.micro]
+
+    def _d_loss(self, real, y_real, fake, y_fake, rng, step):
+        """D's objective on one shard: adversarial + class + penalty terms."""
+        cfg, D = self.cfg, self.D
+        real_aug, fake_aug = self.augment(real, rng), self.augment(fake, rng)
+        with autocast(self.device, self.precision):
+            real_logits, real_cls = self.D_train(real_aug, y_real)
+            fake_logits, fake_cls = self.D_train(fake_aug, y_fake)
+        loss = self.d_loss_fn(real_logits.float(), fake_logits.float())
+        if self.acgan:
+            loss = loss + cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
+                                              + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
+        y_pen = y_real if self.num_classes else None
+        if cfg.loss == "wgan-gp" and cfg.gp_weight:
+            loss = loss + cfg.gp_weight * gradient_penalty(D, real_aug, fake_aug, y_pen, rng)
+        if cfg.r1_gamma and step % cfg.r1_every == 0:  # lazy R1, scaled up by its interval
+            loss = loss + cfg.r1_gamma / 2 * cfg.r1_every * r1_penalty(D, real_aug, y_pen)
+        return loss, real_logits, fake_logits
+
+    def _optimiser_step(self, opt: torch.optim.Optimizer) -> None:
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def step(self, step: int, log_now: bool) -> None:
+        cfg, device, part = self.cfg, self.device, self._part
+        G, D, G_train, D_train = self.G, self.D, self.G_train, self.D_train
+        # D: push D(x) up and D(G(z)) down, everything D sees passing through the same augmentation
+        if self.ada is not None:
+            self.augment.p = self.ada.p
+        for _ in range(cfg.n_critic):
+            idx, z, y_fake = self._draw()
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d_sum = torch.zeros((), device=device)
+            for k, s in enumerate(self.mine):
+                real, y_real = self.batches.take(part(idx, s))
+                if self.augment_cfg.hflip:
+                    real = random_hflip(real, self.shard_rng[s])
+                with autocast(device, self.precision):
+                    if self.reuse_fakes:
+                        fake = G_train(part(z, s), part(y_fake, s))
+                    else:
+                        with torch.no_grad():
+                            fake = G(part(z, s), part(y_fake, s))
+                with no_sync(D_train, sync=k == len(self.mine) - 1):
+                    loss_d, self.real_logits, self.fake_logits = self._d_loss(
+                        real, y_real if self.num_classes else None, fake.detach(), part(y_fake, s),
+                        self.shard_rng[s], step,
+                    )  # fmt: skip
+                    self.scaler.scale(loss_d / cfg.accumulate).backward()
+                loss_d_sum += loss_d.detach() / cfg.accumulate
+                if self.ada is not None:
+                    self.ada.observe(self.real_logits)
+            self.grad_d = grad_norm(D) if log_now else 0.0
+            self._optimiser_step(self.opt_d)
+
+        # G: make D call the fakes real (D frozen: its gradients are not needed here)
+        D.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g_sum = torch.zeros((), device=device)
+        for k, s in enumerate(self.mine):
+            with no_sync(G_train, sync=k == len(self.mine) - 1):
+                with autocast(device, self.precision):
+                    fake_g = fake if self.reuse_fakes else G_train(part(z, s), part(y_fake, s))
+                    logits, cls = D(self.augment(fake_g, self.shard_rng[s]), part(y_fake, s))
+                loss_g = self.g_loss_fn(logits.float())
+                if self.acgan:
+                    loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
+                self.scaler.scale(loss_g / cfg.accumulate).backward()
+            loss_g_sum += loss_g.detach() / cfg.accumulate
+        self.grad_g = grad_norm(G) if log_now else 0.0
+        self._optimiser_step(self.opt_g)
+        D.requires_grad_(True)
+        update_ema(self.G_ema, G, step, cfg.ema_decay)
+        if self.ada is not None:
+            self.ada.maybe_update(step + 1, lambda t: mean(t.to(device), self.world).cpu())
+        self.loss_d_sum, self.loss_g_sum = loss_d_sum, loss_g_sum
+
+    # -- what the runner reads -------------------------------------------------------------------
+    def losses(self) -> tuple[float, float]:
+        return float(mean(self.loss_d_sum, self.world)), float(mean(self.loss_g_sum, self.world))
+
+    def scalars(self, loss_d: float, loss_g: float) -> dict[str, float]:
+        # D(x), D(G(z)): probabilities for the non-saturating loss, raw scores for the others
+        to_score = torch.sigmoid if self.cfg.loss == "nonsaturating" else (lambda t: t)
+        out = {
+            "train/loss_D": loss_d,
+            "train/loss_G": loss_g,
+            "train/D_real": float(to_score(self.real_logits.detach().float()).mean()),
+            "train/D_fake": float(to_score(self.fake_logits.detach().float()).mean()),
+            "train/grad_norm_D": self.grad_d,
+            "train/grad_norm_G": self.grad_g,
+            "train/lr_D": self.opt_d.param_groups[0]["lr"],
+            "train/lr_G": self.opt_g.param_groups[0]["lr"],
+        }
+        if self.ada is not None:
+            out.update({"train/augment_p": self.ada.p, "train/ada_rt": self.ada.last_rt})
+        return out
+
+    def samples(self, step: int) -> tuple[np.ndarray, dict[str, float], list[str]]:
+        images = sample(self.G_ema, self.z_fixed, self.y_fixed, self.device)
+        ratio = diversity(images) / max(self.real_diversity, 1e-12)
+        warnings = []
+        if ratio < self.cfg.collapse_threshold:
+            warnings.append(f"step {step}: possible mode collapse: fixed-noise samples are {ratio:.2f}x as diverse "
+                            f"as real images (threshold train.collapse_threshold={self.cfg.collapse_threshold})")
+        grid = make_grid(images, nrow=8)
+        return (grid[..., 0] if grid.shape[-1] == 1 else grid), {"train/sample_diversity": ratio}, warnings
+
+    def state_dict(self) -> dict:
+        shard_states = [st for rank_states in gather({s: self.shard_rng[s].get_state() for s in self.mine}, self.world)
+                        for st in rank_states.values()]  # fmt: skip
+        return {
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": {"batches": self.batches.generator.get_state(), "noise": self.noise.get_state(),
+                    "shards": shard_states},
+            **({"ada": self.ada.state_dict()} if self.ada is not None else {}),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        for name in ("G", "D", "G_ema", "opt_g", "opt_d", "scaler"):
+            getattr(self, name).load_state_dict(state[name])
+        self.batches.generator.set_state(state["rng"]["batches"])
+        self.noise.set_state(state["rng"]["noise"])
+        for s, st in enumerate(state["rng"]["shards"]):
+            self.shard_rng[s].set_state(st)
+        if self.ada is not None:
+            self.ada.load_state_dict(state["ada"])
+
+    def trained_modules(self) -> list[torch.nn.Module]:
+        return [self.G, self.D]
+
+    def model_artifact(self) -> tuple[dict, dict]:
+        return self.spec, self.G_ema.cpu().state_dict()
+
+    def save_samples(self, path: Path) -> None:
+        g = self.G_ema.to("cpu")
+        save_grid(sample(g, self.z_fixed, self.y_fixed, torch.device("cpu")), path, nrow=8, scale=3)

@@ -1,0 +1,184 @@
+"""The one training runner: every objective (GAN, CycleGAN, pix2pix, ...) trains through `train`.
+
+The runner owns what every run needs and no objective repeats: device, precision and seeds,
+DDP processes, fingerprinted checkpoints (a resumed run continues exactly), DVCLive curves
+and sample grids, the divergence check, the progress bar and the atomic final save. The
+objective (pipeline/training/objectives/) owns the maths: its networks, optimisers, one
+step, its checkpoint state and its sample panel. Every RNG an objective draws from is
+seeded from params and saved in its checkpoint state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline import layout
+from pipeline.config import Params
+from pipeline.errors import UserError
+from pipeline.models.artifact import save_model
+from pipeline.provenance import source_hash
+from pipeline.runtime import resolve_device, resolve_precision, seed_everything, set_threads
+from pipeline.training.checkpoint import load_latest, save_checkpoint
+from pipeline.training.distributed import World, checksum, gather, init_world, shutdown
+from pipeline.training.live import has_logs, open_live
+from pipeline.training.objectives import Objective, make_objective
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    prepared: Path = layout.PREPARED
+    checkpoints: Path = layout.CHECKPOINTS
+    generator: Path = layout.GENERATOR
+    live_dir: Path = layout.DVCLIVE
+    samples: Path = layout.SAMPLES
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    steps: int
+    resumed_from: int
+    generator: Path
+    seconds: float
+    world_size: int = 1
+
+
+def fingerprint(params: Params, prepared: Path) -> str:
+    """Hash of everything that shapes the weights except the run length (and logging cadence):
+    params, the prepared data and the training code (this module's import closure)."""
+    volatile = {"steps", "sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
+    payload = {
+        "code": source_hash(__name__),  # the runner and every module it imports
+        "seed": params.seed,
+        "model": params.model.model_dump(mode="json"),
+        "augment": params.augment.model_dump(mode="json"),
+        "train": {k: v for k, v in params.train.model_dump(mode="json").items() if k not in volatile},
+        "data": hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _device_and_world(requested: str) -> tuple[torch.device, World]:
+    device = resolve_device(requested)
+    world = init_world(device.type)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    return device, world
+
+
+def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world: World) -> int:
+    """Load the newest matching checkpoint into the objective; the step it was taken at (0: none)."""
+    state = load_latest(paths.checkpoints, fp, max_step=steps, remove_stale=world.is_main)
+    if state is not None and state["step"] == steps and not has_logs(paths.live_dir):
+        log.warning("training logs in %s are missing; retraining from scratch to rebuild them", paths.live_dir)
+        state = None
+    if state is None:
+        return 0
+    objective.load_state_dict(state["objective"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming from checkpoint at step %d", state["step"])
+    return state["step"]
+
+
+def _checkpoint(objective: Objective, paths: TrainPaths, fp: str, step: int, world: World) -> None:
+    state = objective.state_dict()  # on every process: it may gather random states across them
+    if world.is_main:
+        save_checkpoint(paths.checkpoints, step, {"fingerprint": fp, "step": step, "objective": state,
+                                                  "torch_rng": torch.get_rng_state()})  # fmt: skip
+
+
+def _check_in_sync(objective: Objective, world: World) -> None:
+    sums = gather(sum(checksum(m) for m in objective.trained_modules()), world)
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"processes hold different weights after training (checksums {sums}); DDP lost sync")
+    if world.enabled and world.is_main:
+        print(f"{world.size} processes in sync: weight checksum {sums[0]:.6f}")
+
+
+def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = True) -> TrainResult:
+    """Train the objective `params` describes for `params.train.steps` steps, resuming from a
+    matching checkpoint; write the EMA model to `paths.generator`.
+
+    Runs alone, or as one of `train.nproc_per_node` processes under torchrun (DDP).
+    """
+    cfg = params.train
+    set_threads()
+    seed_everything(params.seed)
+    device, world = _device_and_world(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    objective = make_objective(params, paths.prepared, device, precision, world)
+    fp = fingerprint(params, paths.prepared)
+    start = _resume(objective, paths, fp, cfg.steps, world)
+
+    live = open_live(paths.live_dir, start) if world.is_main else None
+    t0 = time.perf_counter()
+    t_window, images_window = time.perf_counter(), 0
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
+               disable=not (progress and world.is_main), dynamic_ncols=True)  # fmt: skip
+    for step in range(start, cfg.steps):
+        done = step + 1
+        log_now = done % cfg.log_every == 0 or done == cfg.steps
+        checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+
+        objective.step(step, log_now)
+
+        images_window += cfg.batch_size
+        bar.update(1)
+        if log_now or checkpoint_now:  # the only host syncs: never checkpoint or log a diverged model
+            loss_d, loss_g = objective.losses()
+            if not (np.isfinite(loss_d) and np.isfinite(loss_g)):
+                if live is not None:
+                    live.end()
+                raise TrainingDiverged(
+                    f"loss became non-finite at step {done} (loss_D={loss_d}, loss_G={loss_g}); "
+                    f"the last good checkpoint in {paths.checkpoints} is kept. Lower train.lr_* and rerun."
+                )
+        if log_now and live is not None:
+            now = time.perf_counter()
+            live.step = done
+            scalars = {**objective.scalars(loss_d, loss_g),
+                       "train/images_per_s": images_window / max(now - t_window, 1e-9)}  # fmt: skip
+            for name, value in scalars.items():
+                live.log_metric(name, value)
+            t_window, images_window = now, 0
+            bar.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}")
+        if (done % cfg.sample_every == 0 or done == cfg.steps) and live is not None:
+            image, scalars, warnings = objective.samples(done)
+            for msg in warnings:
+                log.warning(msg)
+                bar.write("WARNING " + msg)
+            live.step = done
+            for name, value in scalars.items():
+                live.log_metric(name, value)
+            live.log_image(f"samples/{done:07d}.png", image)
+        if checkpoint_now:
+            _checkpoint(objective, paths, fp, done, world)
+    bar.close()
+
+    _check_in_sync(objective, world)
+    if live is not None:
+        live.end()
+    if world.is_main:
+        spec, weights = objective.model_artifact()
+        save_model(paths.generator, spec, weights, cfg.steps)
+        objective.save_samples(paths.samples)
+    if world.enabled:
+        torch.distributed.barrier()
+    shutdown(world)
+    return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator,
+                       seconds=time.perf_counter() - t0, world_size=world.size)  # fmt: skip
