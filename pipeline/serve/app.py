@@ -400,33 +400,7 @@ class _Instrument:
             self.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
-def create_app(cfg: ServeConfig) -> FastAPI:
-    metrics = CollectorRegistry()
-    requests = Counter("ganpipe_requests", "HTTP requests", ["endpoint", "status"], registry=metrics)
-    latency = Histogram("ganpipe_request_seconds", "request latency", ["endpoint"], registry=metrics,
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
-    reloads = Counter("ganpipe_model_reloads", "champion changes picked up", ["result"], registry=metrics)
-    limiter = _Limiter(
-        cfg,
-        Gauge("ganpipe_inference_admitted", "model requests in progress: being read, waiting or running",
-              registry=metrics),
-        Gauge("ganpipe_inference_running", "inferences running", registry=metrics),
-    )  # fmt: skip
-    request_model = _request_model(cfg.max_n)
-    holder = ModelHolder(cfg, on_reload=lambda ok: reloads.labels("ok" if ok else "failed").inc())
-    app = FastAPI(title="ganpipe", docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # Swagger UI needs a CDN
-    app.add_middleware(_Instrument, requests=requests, latency=latency)
-    app.state.holder = holder
-    token = cfg.token.encode() if cfg.token else None
-
-    def require_token(request: Request) -> None:
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            raise ApiError(401, "unauthorized", f"send 'Authorization: Bearer <token>' ({TOKEN_ENV})",
-                           headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, err: ApiError):
         return _error(err.status, err.error, err.detail, err.headers)
@@ -443,42 +417,17 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     async def internal(_: Request, err: Exception):  # Starlette re-raises it afterwards: uvicorn logs the traceback
         return _error(500, "internal error", "see the server log")
 
+
+def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, auth: list) -> None:
     @app.get("/", response_class=HTMLResponse)
     def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"cache-control": "no-cache"})
-
-    openapi_cache: dict[str, Any] = {}
-
-    def openapi() -> dict:
-        """FastAPI's schema, with `labels` as the model being served takes them (a new champion may
-        have other classes, so it is rebuilt after a swap)."""
-        served = holder.served  # no reload here: this runs on the event loop
-        if openapi_cache.get("served") is not served:
-            app.openapi_schema = None
-            schema = FastAPI.openapi(app)
-            # From pydantic again: FastAPI's OpenAPI model makes bounds floats, and float(2**63 - 1) is 2**63.
-            body = request_model.model_json_schema()
-            body["properties"]["labels"] = _labels_schema(served.model)
-            schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"] = body
-            if token is not None:
-                bearer = {"bearer": {"type": "http", "scheme": "bearer"}}
-                schema.setdefault("components", {})["securitySchemes"] = bearer
-                for path, item in schema["paths"].items():
-                    if path.startswith("/v1/"):
-                        for operation in item.values():
-                            operation["security"] = [{"bearer": []}]
-            openapi_cache.update(served=served, schema=schema)
-        return openapi_cache["schema"]
-
-    app.openapi = openapi
 
     @app.get("/healthz")
     def healthz():
         served = holder.current()
         return {"status": "ok", "model": str(served.path), "version": served.version, "task": served.model.info.task,
                 "providers": served.model.providers, "reload_error": holder.reload_error}  # fmt: skip
-
-    auth = [Depends(require_token)]
 
     @app.get("/v1/model", dependencies=auth, responses=_errors(401))
     def model_meta():
@@ -495,6 +444,36 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             out.update(direction=model.direction, size_multiple=model.size_multiple, min_size=model.min_size)
         return out
 
+
+def _openapi_with_labels(app: FastAPI, holder: ModelHolder, request_model: type[GenerateRequest], token: bytes | None):
+    """The app's `openapi`: FastAPI's schema, with `labels` as the model being served takes them
+    (a new champion may have other classes, so it is rebuilt after a swap)."""
+    cache: dict[str, Any] = {}
+
+    def openapi() -> dict:
+        served = holder.served  # no reload here: this runs on the event loop
+        if cache.get("served") is not served:
+            app.openapi_schema = None
+            schema = FastAPI.openapi(app)
+            # From pydantic again: FastAPI's OpenAPI model makes bounds floats, and float(2**63 - 1) is 2**63.
+            body = request_model.model_json_schema()
+            body["properties"]["labels"] = _labels_schema(served.model)
+            schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"] = body
+            if token is not None:
+                bearer = {"bearer": {"type": "http", "scheme": "bearer"}}
+                schema.setdefault("components", {})["securitySchemes"] = bearer
+                for path, item in schema["paths"].items():
+                    if path.startswith("/v1/"):
+                        for operation in item.values():
+                            operation["security"] = [{"bearer": []}]
+            cache.update(served=served, schema=schema)
+        return cache["schema"]
+
+    return openapi
+
+
+def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, request_model: type[GenerateRequest],
+                        auth: list) -> None:  # fmt: skip
     generate_body = {"required": True, "content": {"application/json": {"schema": request_model.model_json_schema()}}}
     generated = {"description": "the images: a PNG grid (format png), a NumPy .npy array (npy), or JSON (json)",
                  "headers": {**MODEL_VERSION, "x-seed": {"schema": {"type": "string"}, "required": True}},
@@ -532,6 +511,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         headers = {"x-model-version": served.name, "x-seed": str(req.seed)}
         return Response(content, media_type=media_type, headers=headers)
 
+
+def _add_translate_route(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, limiter: _Limiter, auth: list) -> None:
     translate_body = {"required": True, "content": dict.fromkeys(IMAGE_TYPES, BINARY)}
     translated = {"description": "the translated image, at the input's size", "headers": MODEL_VERSION,
                   "content": {"image/png": BINARY}}  # fmt: skip
@@ -565,6 +546,42 @@ def create_app(cfg: ServeConfig) -> FastAPI:
 
             png = await limiter.run(work)
         return Response(png, media_type="image/png", headers={"x-model-version": served.name})
+
+
+def create_app(cfg: ServeConfig) -> FastAPI:
+    metrics = CollectorRegistry()
+    requests = Counter("ganpipe_requests", "HTTP requests", ["endpoint", "status"], registry=metrics)
+    latency = Histogram("ganpipe_request_seconds", "request latency", ["endpoint"], registry=metrics,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+    reloads = Counter("ganpipe_model_reloads", "champion changes picked up", ["result"], registry=metrics)
+    limiter = _Limiter(
+        cfg,
+        Gauge("ganpipe_inference_admitted", "model requests in progress: being read, waiting or running",
+              registry=metrics),
+        Gauge("ganpipe_inference_running", "inferences running", registry=metrics),
+    )  # fmt: skip
+    request_model = _request_model(cfg.max_n)
+    holder = ModelHolder(cfg, on_reload=lambda ok: reloads.labels("ok" if ok else "failed").inc())
+    app = FastAPI(title="ganpipe", docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # Swagger UI needs a CDN
+    app.add_middleware(_Instrument, requests=requests, latency=latency)
+    app.state.holder = holder
+    token = cfg.token.encode() if cfg.token else None
+
+    def require_token(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            raise ApiError(401, "unauthorized", f"send 'Authorization: Bearer <token>' ({TOKEN_ENV})",
+                           headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    _add_error_handlers(app)
+    app.openapi = _openapi_with_labels(app, holder, request_model, token)
+    auth = [Depends(require_token)]
+    # Routes are added in the order that /openapi.json lists their paths.
+    _add_page_and_info_routes(app, cfg, holder, auth)
+    _add_generate_route(app, holder, limiter, request_model, auth)
+    _add_translate_route(app, cfg, holder, limiter, auth)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus():
