@@ -161,3 +161,13 @@ def test_generate_cli_reports_bad_input_clearly(exported, tmp_path):
     res = run_cli("generate", "--model", str(not_onnx), "--out", str(tmp_path / "z.png"))
     assert res.returncode == 2 and "junk.onnx: cannot be loaded" in res.stderr
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "z.png").exists()
+
+
+@pytest.mark.parametrize("label", ["²", "①", "١"])
+def test_generate_cli_refuses_a_label_that_is_neither_a_class_nor_an_ascii_index(exported_conditional, tmp_path, label):
+    root = exported_conditional
+    out = tmp_path / "c.png"
+    res = run_cli("generate", "--model", str(root / "generator.onnx"), "--label", label, "--out", str(out))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"unknown label {label!r}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
