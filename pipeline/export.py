@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import statistics
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import UserError
 from pipeline.inference import create_session
 from pipeline.models.artifact import load_generator, load_translators
+from pipeline.provenance import git_revision
 
 PARITY_BATCHES = (1, 16)
 
@@ -46,14 +46,6 @@ class GenerateGraph(nn.Module):
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.g(z, labels if self.conditional else None)
-
-
-def git_revision(cwd: Path | str = ".") -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def _inputs(spec: dict, n: int, seed: int) -> tuple[torch.Tensor, ...]:

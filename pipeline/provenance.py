@@ -1,4 +1,5 @@
-"""Which of the repository's source files a module depends on, read from its import statements.
+"""Where a result comes from: the git revision, and which of the repository's source files a
+module depends on, read from its import statements.
 
 One answer serves two checks that must agree: a training checkpoint is resumed only by the
 same code (the runner's closure, hashed), and each DVC stage lists exactly the code its
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -78,3 +80,12 @@ def source_hash(module: str) -> str:
     for f in closure_files(module):
         h.update(f.relative_to(ROOT).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
+
+
+def git_revision(cwd: Path | str = ".") -> str:
+    """The commit checked out in `cwd`, or "unknown" outside a git repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from typing import Any
 from pipeline import layout
 from pipeline.artifacts import write_bytes
 from pipeline.errors import UserError
+from pipeline.provenance import git_revision
 
 VERSION = re.compile(r"^v(\d{4,})$")
 REQUIRED = (layout.MODEL_CARD, layout.EVAL_METRICS, layout.EXPORT_METRICS, layout.PARAMS, layout.DVC_LOCK)
@@ -80,15 +80,6 @@ def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _git_revision(cwd: Path) -> str:
-    # pipeline.export has the same helper, but importing it imports torch: seconds per promotion
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
 def _read_text(path: Path) -> str:
@@ -255,7 +246,7 @@ class Registry:
             record = {
                 "version": "",
                 "created": "",
-                "git_rev": git_rev or _git_revision(work),
+                "git_rev": git_rev or git_revision(work),
                 "dvc_lock_sha256": _sha256(work / layout.DVC_LOCK),
                 "files": sorted(f.name for f in onnx_files),
                 "metrics": metrics,
