@@ -70,6 +70,21 @@ def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
     assert {"loss_G.tsv", "loss_D.tsv", "lr_G.tsv"} <= {c.name for c in curves}
 
 
+def test_a_run_of_another_length_does_not_resume_when_the_learning_rates_decay_over_it(tmp_path, glyphs16):
+    from pipeline.models.artifact import load_translators
+
+    paths = paths_in(tmp_path / "twice", glyphs16)
+    train(parse_params(translate_params("pix2pix", steps=3)), paths, progress=False)
+    # the 3-step run decayed its rates over 3 steps; a 6-step run decays them over 6
+    assert train(parse_params(translate_params("pix2pix")), paths, progress=False).resumed_from == 0
+    fresh = paths_in(tmp_path / "fresh", glyphs16)
+    train(parse_params(translate_params("pix2pix")), fresh, progress=False)
+    a, _ = load_translators(paths.generator)
+    b, _ = load_translators(fresh.generator)
+    for (name, p), q in zip(a["AB"].state_dict().items(), b["AB"].state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+
+
 def test_learning_rate_decays_linearly_to_zero():
     from pipeline.training.objectives.translation import linear_decay
 

@@ -57,10 +57,13 @@ class TrainResult:
     world_size: int = 1
 
 
-def fingerprint(params: Params, prepared: Path) -> str:
-    """Hash of everything that shapes the weights except the run length (and logging cadence):
-    params, the prepared data and the training code (this module's import closure)."""
-    volatile = {"steps", "sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
+def fingerprint(params: Params, prepared: Path, length_matters: bool = False) -> str:
+    """Hash of everything that shapes the weights except the run length (unless the objective's
+    schedule depends on it) and logging cadence: params, the prepared data and the training code
+    (this module's import closure)."""
+    volatile = {"sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
+    if not length_matters:
+        volatile.add("steps")
     payload = {
         "code": source_hash(__name__),  # the runner and every module it imports
         "seed": params.seed,
@@ -122,7 +125,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     device, world = _device_and_world(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     objective = make_objective(params, paths.prepared, device, precision, world)
-    fp = fingerprint(params, paths.prepared)
+    fp = fingerprint(params, paths.prepared, objective.length_matters)
     start = _resume(objective, paths, fp, cfg.steps, world)
 
     live = open_live(paths.live_dir, start) if world.is_main else None

@@ -21,6 +21,8 @@ from pipeline.training.objectives.pix2pix import Pix2PixObjective
 
 
 class Objective(Protocol):
+    length_matters: bool  # its learning rates follow train.steps: a run of another length is another run
+
     def __init__(self, params: Params, prepared: Path, device: torch.device, precision: torch.dtype,
                  world: World) -> None: ...  # fmt: skip
 

@@ -58,6 +58,8 @@ def diversity(images: np.ndarray | torch.Tensor) -> float:
 
 
 class GanObjective:
+    length_matters = False  # constant learning rates: a longer run continues a shorter one exactly
+
     def __init__(self, params: Params, prepared: Path, device: torch.device, precision: torch.dtype, world: World):
         cfg, mcfg = params.train, params.model
         self.cfg, self.device, self.precision, self.world = cfg, device, precision, world

@@ -98,6 +98,8 @@ class TranslationObjective:
                                       betas=cfg.betas)  # fmt: skip
         self.opt_d = torch.optim.Adam([p for d in self.D.values() for p in d.parameters()], lr=cfg.lr_d,
                                       betas=cfg.betas)  # fmt: skip
+        # the decay is spread over train.steps: a checkpoint of a run of another length is not resumed
+        self.length_matters = cfg.lr_decay_start < 1
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(cfg.steps, cfg.lr_decay_start))
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, linear_decay(cfg.steps, cfg.lr_decay_start))
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
