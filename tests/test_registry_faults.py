@@ -119,8 +119,8 @@ def break_version_json(root: Path) -> str:
     return f"{root / 'v0001' / 'version.json'}: not valid JSON"
 
 
-def drop_files_key(root: Path) -> str:
-    path = root / "v0001" / "version.json"
+def drop_files_key(root: Path, version: str = "v0001") -> str:
+    path = root / version / "version.json"
     record = json.loads(path.read_text())
     del record["files"]
     path.write_text(json.dumps(record))
@@ -163,11 +163,7 @@ def corrupt_new_version_json(root: Path) -> str:
 
 
 def corrupt_new_record_key(root: Path) -> str:
-    path = root / "v0002" / "version.json"
-    record = json.loads(path.read_text())
-    del record["files"]
-    path.write_text(json.dumps(record))
-    return f"{path}: missing key 'files'"
+    return drop_files_key(root, "v0002")
 
 
 def corrupt_pointer(root: Path) -> str:
