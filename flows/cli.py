@@ -326,9 +326,34 @@ def _cmd_preview_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ganpipe")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _with_defaults(*args, **kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(*args, formatter_class=_DefaultsShown, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ganpipe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    # every subcommand's help shows its defaults
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=_with_defaults)  # fmt: skip
 
     repro = sub.add_parser("repro", help="run `dvc repro` against a local Prefect server (started if needed)",
                            epilog="Other arguments go to dvc repro, e.g. `ganpipe repro --force train`.")  # fmt: skip
@@ -341,17 +366,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")
-        p.add_argument("--params", default=str(layout.PARAMS))
+        p.add_argument("--params", default=str(layout.PARAMS), help="the params file to validate and run with")
         p.set_defaults(fn=_cmd_stage)
 
     prev = sub.add_parser("preview-augment", help="PNG of training images as D sees them after augmentation")
-    prev.add_argument("--params", default=str(layout.PARAMS))
+    prev.add_argument("--params", default=str(layout.PARAMS), help="params file (its augment.diffaugment policy)")
     prev.add_argument("--policy", default=None, help="override augment.diffaugment, e.g. color,translation,cutout")
     prev.add_argument("--prepared", default=str(layout.PREPARED), help="prepared dataset (the prepare stage's output)")
     prev.add_argument("-n", type=int_arg(1), default=32, help="number of training images")
-    prev.add_argument("--nrow", type=int_arg(1), default=4)
-    prev.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0)
-    prev.add_argument("--out", default="augment_preview.png")
+    prev.add_argument("--nrow", type=int_arg(1), default=4, help="images per row")
+    prev.add_argument("--seed", type=int_arg(0, SEED_MAX), default=0, help="seed of the augmentation draws")
+    prev.add_argument("--out", default="augment_preview.png", help="PNG path to write")
     prev.set_defaults(fn=_cmd_preview_augment)
 
     gen = sub.add_parser("generate", help="sample a PNG grid from an exported ONNX generator (no torch needed)")
@@ -362,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="samples.png", help="PNG path to write")
     gen.add_argument("--nrow", type=int_arg(1), default=None, help="images per row (default: square)")
     gen.add_argument("--scale", type=int_arg(1), default=2, help="integer upscaling of the PNG")
-    gen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    gen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
     gen.set_defaults(fn=_cmd_generate)
 
     tr = sub.add_parser("translate", help="translate an image or a folder of images with an exported translator",
@@ -375,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-pixels", type=int_arg(1), default=None,
                     help="largest image in pixels, read from its header before decoding (bomb guard; default: "
                          "as the service, 1024x1024)")  # fmt: skip
-    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    tr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
     tr.set_defaults(fn=_cmd_translate)
 
     reg = sub.add_parser("registry", help="list, show, promote or roll back model versions in registry/")
@@ -387,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.set_defaults(fn=_cmd_registry)
 
     rt = sub.add_parser("retrain", help="run the retraining flow once: retrain if inputs changed, promote if better")
-    rt.add_argument("--registry", default="registry")
+    rt.add_argument("--registry", default="registry", help="registry folder")
     rt.add_argument("--margin", type=fraction_arg, default=None,
                     help="relative FID improvement needed, 0 <= m < 1 (default: retrain.fid_margin)")  # fmt: skip
     rt.add_argument("--force", action="store_true", help="retrain even if no input changed")
@@ -397,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schedule", help="serve the retraining deployment on a cron schedule (needs a Prefect server)")
     sc.add_argument("--cron", default="0 3 * * *", help="cron expression (default: every day at 03:00)")
     sc.add_argument("--name", default="nightly", help="deployment name")
-    sc.add_argument("--registry", default="registry")
+    sc.add_argument("--registry", default="registry", help="registry folder")
     sc.add_argument("--margin", type=fraction_arg, default=None, help="as retrain --margin")
     sc.set_defaults(fn=_cmd_schedule)
 
@@ -405,19 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--model", help="an ONNX file to serve (default: the registry's champion, reloaded when it changes)"
     )
-    sv.add_argument("--registry", default="registry")
+    sv.add_argument("--registry", default="registry", help="registry folder whose champion is served")
     sv.add_argument("--direction", default="AB", choices=("AB", "BA"), help="translator of a CycleGAN champion")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int_arg(0, 65535), default=8000, help="TCP port (0: any free one, logged)")
     sv.add_argument("--max-n", type=int_arg(1), default=64, help="most images per /v1/generate request")
-    sv.add_argument("--max-upload-bytes", type=int_arg(1), default=8 * 1024 * 1024)
+    sv.add_argument("--max-upload-bytes", type=int_arg(1), default=8 * 1024 * 1024, help="largest request body")
     sv.add_argument("--max-pixels", type=int_arg(1), default=None,
                     help="largest upload in pixels (bomb guard; default 1024x1024)")  # fmt: skip
     sv.add_argument("--max-concurrency", type=int_arg(1), default=None,
-                    help="inferences at once; each may hold a --max-pixels translation in memory")  # fmt: skip
+                    help="inferences at once; each may hold a --max-pixels image in memory (default 2)")  # fmt: skip
     sv.add_argument("--max-queue", type=int_arg(0), default=None,
-                    help="requests admitted to wait for one of those; beyond, 503 + Retry-After")  # fmt: skip
-    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                    help="requests waiting for one of those; beyond, 503 + Retry-After (default 16)")  # fmt: skip
+    sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
     sv.set_defaults(fn=_cmd_serve)
     return parser
 

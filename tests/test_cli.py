@@ -297,3 +297,24 @@ def test_translate_refuses_a_huge_image_from_its_header_without_decoding_it(tiny
     assert small_code == 0
     assert peak < small_peak + 50, f"{peak:.0f} MB resident to refuse it, {small_peak:.0f} MB to translate 16x16"
     assert code == 1 and err == f"skipped {huge}: 10000x10000 = 100000000 pixels > 1048576 (decompression-bomb guard)\n"
+
+
+def test_version_and_help_show_what_a_user_needs(capsys):
+    from importlib.metadata import version
+
+    from flows.cli import main
+    from pipeline.serve.app import ServeConfig
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"ganpipe {version('ganpipe')}"
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 8000)" in text and "(default: auto)" in text and "(default: registry)" in text
+    cfg = ServeConfig.__dataclass_fields__  # the service's own defaults, quoted in the help
+    assert f"(default {cfg['max_concurrency'].default})" in text and f"(default {cfg['max_queue'].default})" in text
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the params file to validate and run with (default: params.yaml)" in text
