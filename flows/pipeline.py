@@ -21,10 +21,14 @@ from pipeline.tasks import report
 
 
 @stage_task
-def run_dvc(dvc_args: list[str]) -> int:
-    """`dvc <args>` (repro, exp run) as a child process, output streamed; returns its exit code."""
+def run_dvc(dvc_args: list[str]) -> int | State:
+    """`dvc <args>` (repro, exp run) as a child process, output streamed. A non-zero exit fails
+    this task (a Failed state, not an exception: DVC has already printed why, no traceback adds to it)."""
     print("$ dvc " + " ".join(dvc_args))
-    return subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=tool_env()).returncode
+    code = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=tool_env()).returncode
+    if code != 0:
+        return Failed(message=f"dvc {dvc_args[0]} failed with exit code {code} (the failing stage's message is above)")
+    return code
 
 
 @stage_task
@@ -57,9 +61,9 @@ def summary_markdown(metrics: dict) -> str:
 def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
     """Bring every stage up to date with `dvc repro` (or `dvc exp run ...`), then publish the metrics."""
     args = list(dvc_args or ["repro"])
-    code = run_dvc(args)
-    if code != 0:
-        return Failed(message=f"dvc {args[0]} failed with exit code {code} (the failing stage's message is above)")
+    ran = run_dvc(args, return_state=True)
+    if not ran.is_completed():
+        return Failed(message=ran.message)
     metrics = collect_metrics()
     if metrics:
         create_markdown_artifact(

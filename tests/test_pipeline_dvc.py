@@ -250,3 +250,25 @@ def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(
     assert {rel: (repo / rel).read_bytes() for rel in kept} == before
     assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == sorted(Path(k).name for k in kept[2:])
     assert "up to date" in sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
+
+
+def test_a_failing_dvc_repro_fails_the_task_that_ran_it(repo, first_run, prefect_api):
+    from prefect.client.orchestration import get_client
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["batch_sise"] = 3
+    write_params(repo / "params.yaml", params)
+    try:
+        res = sh([sys.executable, "-m", "flows.cli", "repro"], repo, check=False)
+    finally:
+        del params["train"]["batch_sise"]
+        write_params(repo / "params.yaml", params)
+    assert res.returncode == 1 and "train.batch_sise: unknown key" in res.stdout + res.stderr
+    assert "dvc repro failed with exit code" in res.stderr and "Traceback" not in res.stderr
+
+    async def newest_run_dvc_state() -> str:
+        async with get_client() as client:
+            runs = await client.read_task_runs(limit=200)
+            return max((r for r in runs if r.name.startswith("run_dvc")), key=lambda r: r.created).state.type.value
+
+    assert asyncio.run(newest_run_dvc_state()) == "FAILED"
