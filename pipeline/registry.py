@@ -69,7 +69,10 @@ def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
         return Decision(False, "the candidate has no FID in metrics/eval.json")
     if champion is None:
         return Decision(True, f"no champion yet; candidate FID {fid:.4f}")
-    best = champion["eval"]["fid"]
+    best = (champion.get("eval") or {}).get("fid")
+    if best is None:  # e.g. a version promoted by hand from other outputs: nothing to compare with
+        return Decision(False, "the champion has no FID in its metrics to compare with; promote by hand "
+                               "(ganpipe registry promote) if the candidate should replace it")  # fmt: skip
     needed = best * (1.0 - margin)
     if fid < needed:
         return Decision(True, f"FID {fid:.4f} beats the champion's {best:.4f} by more than {margin:.0%}")

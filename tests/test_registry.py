@@ -116,6 +116,8 @@ def test_decision_needs_a_margin_and_a_passed_export():
     assert not kept.promote and "does not beat the champion's 2.0500 by 5%" in kept.reason
     failed = compare({"eval": {"fid": 0.1}, "export": {"parity_passed": False}}, {"eval": {"fid": 9.0}}, 0.0)
     assert not failed.promote and "parity" in failed.reason
+    unmeasured = compare(good, {"eval": {}, "export": {"parity_passed": True}}, 0.05)  # was a KeyError
+    assert not unmeasured.promote and "champion has no FID" in unmeasured.reason
 
 
 def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, capsys):
