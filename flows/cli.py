@@ -50,8 +50,8 @@ def fraction_arg(text: str) -> float:
 
 
 def _output_file(path: Path | str, flag: str) -> Path:
-    """Refuse an existing folder as an output file up front: the atomic writer replaces its
-    target whole, and would delete the folder and everything in it."""
+    """Refuse an existing folder as an output file up front, before any work (the atomic writer
+    would refuse it too, but only after the images were made)."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder; {flag} takes the file to write")
@@ -189,7 +189,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     for f, out in tqdm(jobs, desc="translate", unit="img", disable=len(jobs) < 2, dynamic_ncols=True):
         if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
             out = out.with_suffix(".png")  # e.g. .tif, .gif inputs: written as PNG
-        if out.is_dir():  # the atomic writer would replace the folder, contents and all
+        if out.is_dir():  # the atomic writer refuses it too, but as a write error that ends the run
             skipped.append(f"{f}: its output {out} is a folder")
             continue
         try:

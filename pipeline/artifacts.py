@@ -7,6 +7,7 @@ so writers produce a temporary sibling and `os.replace` it into place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` if the block succeeds.
 
     Works for files and directories. On error the temporary is removed and `target`
-    is left exactly as it was.
+    is left exactly as it was. A directory is replaced only by a directory: a file written
+    onto an existing folder raises IsADirectoryError and the folder is kept, contents and all.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +34,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():
+            if not tmp.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder; not replaced by a file", str(target))
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
