@@ -303,6 +303,20 @@ def promote_file(reg: Registry, work: Path, onnx: Path) -> str:
     return reg.promote(work, git_rev="test")
 
 
+def post_held(url: str, request: dict, release: threading.Event, results: dict) -> None:
+    """POST /v1/generate whose body stops after a few bytes until `release` is set; the response
+    goes to results["slow"] (run it in a thread)."""
+    body = json.dumps(request).encode()
+
+    def chunks():
+        yield body[:4]
+        release.wait(30)
+        yield body[4:]
+
+    results["slow"] = httpx.post(f"{url}/v1/generate", content=chunks(), headers={"content-type": "application/json"},
+                                 timeout=60)  # fmt: skip
+
+
 def test_champion_change_is_picked_up_without_dropping_a_request_in_flight(tmp_path, models):
     reg = Registry(tmp_path / "registry")
     assert promote_file(reg, tmp_path / "w1", models["plain"]) == "v0001"
@@ -315,21 +329,11 @@ def test_champion_change_is_picked_up_without_dropping_a_request_in_flight(tmp_p
         took_model.set()
         return served
 
-    body = json.dumps({"n": 8, "seed": 5, "format": "npy"}).encode()
-
-    def slow_body():  # the request stays in flight, its body half sent, until the champion has changed
-        yield body[:4]
-        release.wait(30)
-        yield body[4:]
-
-    def slow_request():
-        results["slow"] = httpx.post(f"{url}/v1/generate", content=slow_body(),
-                                     headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
-
     with running(app) as url:
         assert httpx.get(f"{url}/v1/model").json()["version"] == "v0001"
         holder.current = current
-        t = threading.Thread(target=slow_request)
+        # the request stays in flight, its body half sent, until the champion has changed
+        t = threading.Thread(target=post_held, args=(url, {"n": 8, "seed": 5, "format": "npy"}, release, results))
         t.start()
         assert took_model.wait(10)
         holder.current = real_current

@@ -5,7 +5,6 @@ the model would be fed larger than the pixel limit, non-ASCII digit labels, and 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_export import REPO
-from test_serve import models, png_of, request_counts, running  # noqa: F401  (models: the fixture)
+from test_serve import models, png_of, post_held, request_counts, running  # noqa: F401  (models: the fixture)
 
 from pipeline.inference import ModelError, OnnxGenerator
 from pipeline.serve.app import ServeConfig
@@ -160,21 +159,9 @@ def test_an_image_fed_to_the_model_above_max_pixels_is_refused_though_its_file_i
 def test_requests_beyond_max_concurrency_plus_max_queue_get_503_with_retry_after(models):  # noqa: F811
     """A request counts from the moment it is admitted, before its body is read: one whose body
     is still arriving holds the only place, so the next one is refused, and served once it is free."""
-    release = threading.Event()
-    body = json.dumps({"n": 2, "seed": 3, "format": "npy"}).encode()
-    results = {}
-
-    def slow_body():
-        yield body[:5]
-        release.wait(30)
-        yield body[5:]
-
-    def slow_request():
-        results["slow"] = httpx.post(f"{url}/v1/generate", content=slow_body(),
-                                     headers={"content-type": "application/json"}, timeout=60)  # fmt: skip
-
+    release, results = threading.Event(), {}
     with running(ServeConfig(model=models["generate"], max_concurrency=1, max_queue=0)) as url:
-        t = threading.Thread(target=slow_request)
+        t = threading.Thread(target=post_held, args=(url, {"n": 2, "seed": 3, "format": "npy"}, release, results))
         t.start()
         try:
             wait_for(lambda: gauge(url, "ganpipe_inference_admitted") == 1, "the slow request to be admitted")
