@@ -4,7 +4,6 @@ skip-and-report naming it (skip mode), never a crash, a half-written output set 
 blown by a tiny archive."""
 
 import gzip
-import io
 import json
 import os
 import signal
@@ -17,7 +16,8 @@ import zlib
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from test_data_validation import cfg, png
+from test_data_validation import good_folder as shared_good_folder
 
 from pipeline.config import DataConfig, GlyphConfig
 from pipeline.data.dataset import load_split
@@ -55,23 +55,8 @@ def run_child(data: dict, out: Path, report: Path) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def png(color, size=(12, 10)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def good_folder(root: Path) -> Path:
-    for cls, base in (("cat", 40), ("dog", 160)):
-        (root / cls).mkdir(parents=True)
-        for i in range(5):
-            (root / cls / f"{i:02d}.png").write_bytes(png(base + i))
-    return root
-
-
-def cfg(path, **kw) -> DataConfig:
-    base = {"source": "folder", "path": str(path), "image_size": 8, "val_fraction": 0.3, "workers": 1}
-    return DataConfig(**{**base, **kw})
+    return shared_good_folder(root, per_class=5)
 
 
 def write_raw(folder: Path, name: bytes, data: bytes) -> None:

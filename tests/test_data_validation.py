@@ -21,10 +21,10 @@ def png(color, size=(12, 10), mode="L", fmt="PNG", **save) -> bytes:
     return buf.getvalue()
 
 
-def good_folder(root):
+def good_folder(root, per_class: int = 6):
     for cls, base in (("cat", 40), ("dog", 160)):
         (root / cls).mkdir(parents=True)
-        for i in range(6):
+        for i in range(per_class):
             (root / cls / f"{i:02d}.png").write_bytes(png(base + i))
     return root
 
