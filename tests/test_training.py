@@ -271,3 +271,16 @@ def test_adaptive_augmentation_probability_is_logged(prepared_digits, tmp_path):
     values = [float(r.split("\t")[-1]) for r in rows]
     assert len(values) == 4 and all(0.0 <= v <= 1.0 for v in values)
     assert (p.live_dir / "plots/metrics/train/ada_rt.tsv").is_file()
+
+
+def test_progress_reaches_the_log_with_step_losses_rate_and_eta(prepared_digits, tmp_path, caplog, monkeypatch):
+    import logging
+
+    import pipeline.training.runner as runner
+
+    monkeypatch.setattr(runner, "PROGRESS_EVERY_S", 0.0)  # every logged step; the default is every 30 s
+    with caplog.at_level(logging.INFO, logger="pipeline.training.runner"):
+        train(tiny_params(), paths(tmp_path, prepared_digits), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.runner" and "img/s" in r.message]
+    assert [line.split(" (")[0] for line in lines] == ["step 3/12", "step 6/12", "step 9/12", "step 12/12"]
+    assert lines[-1].startswith("step 12/12 (100%): loss_D ") and lines[-1].endswith("ETA 0m00s")

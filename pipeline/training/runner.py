@@ -33,6 +33,7 @@ from pipeline.training.live import has_logs, open_live
 from pipeline.training.objectives import Objective, make_objective
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 30.0  # how often training progress goes to the log
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -131,6 +132,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     live = open_live(paths.live_dir, start) if world.is_main else None
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
+    t_said = t0
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
                disable=not (progress and world.is_main), dynamic_ncols=True)  # fmt: skip
     for step in range(start, cfg.steps):
@@ -160,6 +162,12 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
                 live.log_metric(name, value)
             t_window, images_window = now, 0
             bar.set_postfix(loss_D=f"{loss_d:.3f}", loss_G=f"{loss_g:.3f}")
+            if now - t_said >= PROGRESS_EVERY_S or done == cfg.steps:  # for logs (Prefect), not the terminal
+                t_said = now
+                eta = (now - t0) / (done - start) * (cfg.steps - done)
+                rate = scalars["train/images_per_s"]
+                log.info(f"step {done}/{cfg.steps} ({100 * done // cfg.steps}%): loss_D {loss_d:.3f}, "
+                         f"loss_G {loss_g:.3f}, {rate:.0f} img/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")  # fmt: skip
         if (done % cfg.sample_every == 0 or done == cfg.steps) and live is not None:
             image, scalars, warnings = objective.samples(done)
             for msg in warnings:
