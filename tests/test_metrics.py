@@ -5,7 +5,7 @@ from conftest import tiny_params
 from scipy import linalg
 
 from pipeline.data.dataset import load_split
-from pipeline.metrics.distance import PrecomputedFeatures, fid_kid
+from pipeline.metrics.distance import PrecomputedFeatures, fid_kid, prdc
 from pipeline.metrics.evaluator import load_evaluator, train_evaluator
 
 
@@ -38,6 +38,24 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     assert different["kid_mean"] > 10 * max(same["kid_mean"], 1e-3)
     again = fid_kid(a, b + 1.0, kid_subset_size=200, kid_subsets=50)
     assert again == different  # seeded subsets: reproducible
+
+
+def test_precision_recall_density_coverage_on_manifolds_with_known_answers():
+    gen = torch.Generator().manual_seed(3)
+    real = torch.randn(1000, 8, generator=gen)
+    same = prdc(real, torch.randn(1000, 8, generator=gen))  # one distribution: everything near 1
+    assert min(same["precision"], same["recall"], same["coverage"]) > 0.9 and 0.8 < same["density"] < 1.2
+    assert prdc(real, real + 100.0) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    # mode dropping: reals in two far-apart clusters, samples from one; they look real (precision
+    # ~1) but reach half of the real variety (recall and coverage ~0.5)
+    modes = torch.cat([real[:500], real[500:] + 20.0])
+    half = prdc(modes, torch.randn(500, 8, generator=gen))
+    assert half["precision"] > 0.9 and 0.4 < half["recall"] < 0.55 and 0.4 < half["coverage"] < 0.55
+    # a blurred, spread-out generator: wide variety (recall high) but few samples look real
+    wide = prdc(real, 3.0 * torch.randn(1000, 8, generator=gen))
+    assert wide["precision"] < 0.3 and wide["recall"] > 0.8
+    with pytest.raises(ValueError, match="more than 5 images"):
+        prdc(real[:5], real)
 
 
 def test_feature_sets_of_different_width_are_rejected():

@@ -1,4 +1,4 @@
-"""FID and KID between two sets of features, computed by torchmetrics.
+"""FID and KID (torchmetrics), precision, recall, density and coverage (prdc) between two sets of features.
 
 Features are extracted once per image set and passed through an identity module, so the
 real reference set is embedded once and reused for every comparison (model, floor,
@@ -8,9 +8,12 @@ ceiling). torchmetrics accepts a custom feature module when it has an integer
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import torch
+from prdc import compute_prdc
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -54,3 +57,15 @@ def fid_kid(
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, nearest_k: int = 5) -> dict[str, float]:
+    """Precision and recall (Kynkäänniemi et al. 2019: the share of fakes inside the real k-NN
+    manifold, and of reals inside the fake one), density and coverage (Naeem et al. 2020), by
+    the authors' `prdc` package. Precision: how many samples look real; recall: how much of the
+    real data's variety the samples reach."""
+    if min(len(real), len(fake)) <= nearest_k:
+        raise ValueError(f"precision/recall need more than {nearest_k} images per set, got {len(real)} and {len(fake)}")
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes
+        scores = compute_prdc(real.double().numpy(), fake.double().numpy(), nearest_k)
+    return {name: float(value) for name, value in scores.items()}
