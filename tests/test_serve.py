@@ -174,6 +174,33 @@ def test_bad_generate_requests_get_4xx_json_and_the_service_keeps_serving(gen_ur
     assert httpx.get(f"{gen_url}/healthz").status_code == 200
 
 
+def test_generate_takes_a_list_of_seeds_each_as_that_seed_alone_gives_it(gen_url, models):
+    res = httpx.post(f"{gen_url}/v1/generate", json={"seeds": [5, 0, 2**63 - 1], "labels": ["owl", 0], "format": "npy"})
+    assert res.status_code == 200 and res.headers["x-seed"] == f"5,0,{2**63 - 1}"
+    model = OnnxGenerator(models["generate"])
+    alone = [model.generate(1, 5, ["owl"]), model.generate(1, 0, [0]), model.generate(1, 2**63 - 1, ["owl"])]
+    np.testing.assert_array_equal(np.load(io.BytesIO(res.content)), np.concatenate(alone))
+    one = httpx.post(f"{gen_url}/v1/generate", json={"seeds": [5], "labels": ["owl"], "format": "npy"})
+    np.testing.assert_array_equal(np.load(io.BytesIO(one.content)), alone[0])
+    for seeds in ([], [-1], list(range(33)), ["1"]):
+        res = httpx.post(f"{gen_url}/v1/generate", json={"seeds": seeds})
+        assert res.status_code == 422 and res.json()["detail"][0]["field"].startswith("seeds"), res.text
+
+
+def test_generate_takes_json_sent_as_curl_d_sends_it(gen_url):
+    """`curl -d '{"n": 4}'` sends Content-Type application/x-www-form-urlencoded."""
+    as_json = httpx.post(f"{gen_url}/v1/generate", json={"n": 4, "seed": 9})
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    as_curl = httpx.post(f"{gen_url}/v1/generate", content=b'{"n": 4, "seed": 9}', headers=form)
+    assert as_curl.status_code == 200 and as_curl.content == as_json.content
+    curl = shutil.which("curl")
+    if curl:  # curl itself, where it is installed
+        out = subprocess.run([curl, "-sS", "-d", '{"n": 4, "seed": 9}', f"{gen_url}/v1/generate"], capture_output=True)
+        assert out.stdout == as_json.content
+    bad = httpx.post(f"{gen_url}/v1/generate", content=b"n=4&seed=9", headers=form)
+    assert bad.status_code == 400 and bad.json()["error"] == "malformed JSON"
+
+
 def test_translate_on_a_generator_is_a_conflict(gen_url):
     res = httpx.post(f"{gen_url}/v1/translate", content=png_of(), headers={"content-type": "image/png"})
     assert res.status_code == 409 and "use /v1/generate" in res.json()["detail"]
@@ -240,6 +267,59 @@ def test_translate_returns_a_png_of_the_input_size(tr_url):
     assert res.status_code == 200 and res.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(res.content)).size == (20, 12)
     assert httpx.get(f"{tr_url}/v1/model").json()["size_multiple"] == 4
+
+
+def test_translate_takes_a_multipart_upload_as_curl_f_sends_it(tr_url, tmp_path):
+    picture = png_of((20, 12), color=90)
+    raw = httpx.post(f"{tr_url}/v1/translate", content=picture, headers={"content-type": "image/png"})
+    multipart = httpx.post(f"{tr_url}/v1/translate", files={"file": ("x.png", picture, "image/png")})
+    assert multipart.status_code == 200 and multipart.content == raw.content
+    curl = shutil.which("curl")
+    if curl:  # curl itself, where it is installed
+        (tmp_path / "x.png").write_bytes(picture)
+        out = subprocess.run([curl, "-sS", "-F", f"file=@{tmp_path / 'x.png'}", f"{tr_url}/v1/translate"],
+                             capture_output=True)  # fmt: skip
+        assert out.stdout == raw.content
+
+
+@pytest.mark.parametrize(
+    "kwargs, status, words",
+    [
+        ({"files": {"image": ("x.png", png_of(), "image/png")}}, 400, "'file'"),
+        ({"data": {"file": "not a file"}, "files": {"other": ("a", b"a")}}, 400, "'file'"),
+        ({"files": {"file": ("x.png", b"no image", "image/png")}}, 400, "not a PNG"),
+        ({"files": {"file": ("x.png", b"", "image/png")}}, 400, "empty"),
+        (
+            {"files": {"file": ("x.png", png_of(), "image/png"), "more": ("y.png", png_of(), "image/png")}},
+            400,
+            "Too many files",
+        ),
+        ({"content": b"--x\r\nno headers", "headers": {"content-type": "multipart/form-data"}}, 400, "boundary"),
+        ({"files": {"file": ("x.png", b"\0" * 60_000, "image/png")}}, 413, "bytes"),
+    ],
+    ids=["no-file-field", "file-as-text", "not-an-image", "empty-file", "two-files", "no-boundary", "too-large"],
+)
+def test_bad_multipart_uploads_get_4xx_naming_what_is_wrong(tr_url, kwargs, status, words):
+    res = httpx.post(f"{tr_url}/v1/translate", **kwargs)
+    assert res.status_code == status and words in json.dumps(res.json()), res.text
+    assert httpx.get(f"{tr_url}/healthz").status_code == 200
+
+
+def test_docs_are_swagger_ui_from_the_service_itself_built_from_its_schema(gen_url):
+    page = httpx.get(f"{gen_url}/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "SwaggerUIBundle" in page.text and "url: '/openapi.json'" in page.text
+    assert not re.findall(r"https?://", page.text)  # nothing loaded from another host
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert {a.rsplit(".", 1)[1] for a in assets} == {"js", "css", "png"}
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        res = httpx.get(f"{gen_url}{asset}")
+        assert res.status_code == 200 and len(res.content) > 1000, asset
+        if asset.endswith(".css"):  # what a stylesheet loads: url(...) and @import other than inline data
+            loads = re.findall(r"url\(\s*['\"]?([^'\")]+)|@import\s+['\"]([^'\"]+)", res.text)
+            assert not [u for u in map("".join, loads) if not u.startswith("data:")], asset
+    assert httpx.get(f"{gen_url}/openapi.json").json()["paths"]  # what the page renders (the browser test shows it)
 
 
 def bomb() -> bytes:
@@ -365,25 +445,42 @@ def test_a_champion_that_cannot_be_loaded_leaves_the_old_one_serving(tmp_path, m
         assert httpx.get(f"{url}/healthz").json()["reload_error"] is None
 
 
+def announcement(proc: subprocess.Popen) -> dict:
+    """The JSON line `ganpipe serve` prints on stdout once it listens (read in a thread: a hung server fails)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+    return json.loads(lines.get(timeout=60))
+
+
 def test_cli_serves_on_loopback_with_the_token_from_the_environment_and_stops_on_ctrl_c(models):
     env = {**os.environ, "GANPIPE_SERVE_TOKEN": "t0ken", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(models["generate"]), "--port", "0"]
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(models["generate"]), "--port", "0",
+           "--model-name", "digits"]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     try:
-        address = None
-        while address is None:
-            line = lines.get(timeout=60)
-            address = re.search(r"Uvicorn running on http://([\d.]+):(\d+)", line)
-        host, port = address.groups()
-        assert host == "127.0.0.1"  # the default bind: this machine only
-        url = f"http://127.0.0.1:{port}"
+        said = announcement(proc)
+        assert said["token_required"] is True and said["serving"] == str(models["generate"])
+        host, port = re.fullmatch(r"http://([\d.]+):(\d+)", said["url"]).groups()
+        assert host == "127.0.0.1" and port != "0"  # the default bind, this machine only, on the port it was given
+        url = said["url"]
         assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
         assert httpx.get(f"{url}/v1/model").status_code == 401
         assert httpx.get(f"{url}/v1/model", headers={"authorization": "Bearer t0ken"}).json()["num_classes"] == 3
+        assert httpx.get(f"{url}/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)
     assert code == 0
-    assert json.loads(proc.stdout.read().splitlines()[0])["token_required"] is True
+
+
+def test_cli_on_a_busy_port_fails_with_one_line_before_announcing_anything(models):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "flows.cli", "serve", "--model", str(models["generate"]), "--port", str(port)]
+        res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip() == f"ganpipe serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert res.stdout == "" and "Uvicorn running" not in res.stderr and "serving" not in res.stderr

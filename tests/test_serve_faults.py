@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_export import REPO
-from test_serve import models, png_of, post_held, request_counts, running  # noqa: F401  (models: the fixture)
+from test_serve import announcement, models, png_of, post_held, request_counts, running  # noqa: F401  (models)
 
 from pipeline.inference import ModelError, OnnxGenerator
 from pipeline.serve.app import ServeConfig
@@ -192,16 +191,9 @@ def test_resident_memory_returns_near_its_baseline_after_a_burst_of_large_transl
     this small translator. Now at most max_concurrency run, and what they held is given back."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SERVE, str(models["translate"])], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        port = None
-        for line in proc.stderr:
-            if found := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                port = found.group(1)
-                break
-        assert port, "the server did not start"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-        url, server = f"http://127.0.0.1:{port}", psutil.Process(proc.pid)
+        url, server = announcement(proc)["url"], psutil.Process(proc.pid)
         noise = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
         buf = io.BytesIO()
         Image.fromarray(noise).save(buf, format="PNG")

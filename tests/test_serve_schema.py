@@ -6,6 +6,7 @@ check on: no server error, and every status, media type, header and body as decl
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import numpy as np
@@ -32,8 +33,18 @@ def image_file(draw, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def generate_json() -> st.SearchStrategy[bytes]:
+    """A /v1/generate request as `curl -d` sends it (Content-Type application/x-www-form-urlencoded): the schema
+    declares that body as a string holding JSON, which schemathesis would fill with any text."""
+    seed, labels = st.integers(0, 2**63 - 1), st.sampled_from(["cat", "dog", "owl", 0, 1, 2, "2"])
+    fields = {"n": st.integers(1, MAX_N), "seed": seed, "seeds": st.lists(seed, min_size=1, max_size=MAX_N),
+              "labels": st.lists(labels, max_size=4), "format": st.sampled_from(["png", "npy", "json"])}  # fmt: skip
+    return st.fixed_dictionaries({}, optional=fields).map(lambda body: json.dumps(body).encode())
+
+
 for _fmt in IMAGE_FORMATS:
     schemathesis.openapi.media_type(f"image/{_fmt.lower()}", image_file(_fmt))
+schemathesis.openapi.media_type("application/x-www-form-urlencoded", generate_json())
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +79,21 @@ def test_the_schema_declares_errors_media_types_limits_and_labels(gen_url):
             assert error == {"$ref": "#/components/schemas/ErrorBody"}
         assert op["responses"]["503"]["headers"]["retry-after"]["required"]
     assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["error", "detail"]
+    assert (body["seeds"]["anyOf"][0]["maxItems"], body["seeds"]["anyOf"][0]["items"]["maximum"]) == (MAX_N, 2**63 - 1)
+    as_curl_sends_it = gen["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert as_curl_sends_it["type"] == "string" and as_curl_sends_it["contentMediaType"] == "application/json"
+    form = tr["requestBody"]["content"]["multipart/form-data"]
+    assert form["schema"]["required"] == ["file"] and form["schema"]["properties"]["file"]["format"] == "binary"
+    assert "image/png" in form["encoding"]["file"]["contentType"]
+    infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
+    assert set(infer["responses"]) == {"200", "400", "401", "404", "413", "503"}
+    assert infer["responses"]["404"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OipError"
+    }
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["required"] == ["inputs"]
+    assert {"/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}", "/v2/models/{name}/ready"} <= set(
+        schema["paths"])  # fmt: skip
+    assert "/docs" not in schema["paths"] and "/" in schema["paths"]
     assert set(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     assert "securitySchemes" not in schema.get("components", {})  # no token: nothing to send
 
@@ -78,6 +104,8 @@ def test_the_schema_names_the_token_and_an_unconditional_models_labels(models, m
         schema = httpx.get(f"{url}/openapi.json").json()
     assert schema["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
     assert schema["paths"]["/v1/model"]["get"]["security"] == [{"bearer": []}]
+    assert schema["paths"]["/v2/models/{name}/infer"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in schema["paths"]["/v2/health/ready"]["get"]
     assert "security" not in schema["paths"]["/healthz"]["get"]
     labels = schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert labels["properties"]["labels"]["anyOf"][0]["maxItems"] == 0

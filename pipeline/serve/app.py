@@ -4,8 +4,10 @@ FastAPI and uvicorn are already installed through Prefect. Endpoints:
   GET  /              a self-contained page to try the model (no CDN)
   GET  /healthz       liveness, and which model is loaded (never needs the token)
   GET  /v1/model      the model's ganpipe.* metadata, its registry version, the service's limits
-  POST /v1/generate   JSON {n, seed, labels, format: png|npy|json, nrow} -> PNG grid (or the array)
-  POST /v1/translate  an image as the request body (Content-Type image/*) -> PNG
+  POST /v1/generate   JSON {n, seed | seeds, labels, format: png|npy|json, nrow} -> PNG grid (or the array)
+  POST /v1/translate  an image as the request body (Content-Type image/*) or a multipart `file` -> PNG
+  /v2/...             the Open Inference Protocol (KServe, Triton) over the same model: see oip.py
+  GET  /docs          Swagger UI, from files served by the service itself (no CDN)
   GET  /metrics       Prometheus text: requests by endpoint and status, latency, model reloads,
                       inference requests admitted and running
   GET  /openapi.json  the API, with every error status, media type and limit it really has
@@ -23,22 +25,25 @@ max_queue` at once (so that at most that many bodies are held in memory); beyond
 With a registry, the champion is served and reloaded when the champion pointer changes: the
 new session is built first and then swapped in, so requests in flight finish on the model they
 started with; a champion that cannot be loaded leaves the old one serving.
+With a registry that has no champion yet, the service starts live but not ready (/v2/health/ready
+and the model endpoints answer 503) and serves the first champion promoted.
 Responses from the model carry `X-Model-Version` (the registry version, or the file name).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import hmac
 import io
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,12 +51,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pipeline.errors import UserError
@@ -65,11 +72,21 @@ from pipeline.inference import (
     open_image,
     open_model,
 )
+from pipeline.serve.common import (
+    RETRY_AFTER_S,
+    ApiError,
+    error_response,
+    error_responses,
+    media_type,
+    parse_json,
+    problems,
+    read_body,
+)
+from pipeline.serve.oip import add_oip_routes
 
 TOKEN_ENV = "GANPIPE_SERVE_TOKEN"
 PAGE = Path(__file__).with_name("page.html")
 CLIENT_CLOSED = 499  # nginx's status for a client that went away before the answer: in metrics only, never sent
-RETRY_AFTER_S = 1
 MAX_JSON_BYTES = 1 << 20  # a /v1/generate body; generous for max_n labels, small enough to parse at once
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -89,19 +106,12 @@ class ServeConfig:
     reload_check_s: float = 0.0  # 0: look at the champion pointer (one stat) on every request
     max_concurrency: int = 2  # inferences at once; each may hold a max_pixels translation's activations
     max_queue: int = 16  # further requests admitted to wait for one of those; beyond: 503 + Retry-After
+    model_name: str = "ganpipe"  # the model's name in the Open Inference Protocol's /v2/models/{name}
 
     def __post_init__(self):
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise UserError(f"max_concurrency must be >= 1 and max_queue >= 0, got {self.max_concurrency} "
                             f"and {self.max_queue}")  # fmt: skip
-
-
-class ApiError(Exception):
-    """A refused request, answered with `status` and {"error": error, "detail": detail}."""
-
-    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None):
-        super().__init__(error)
-        self.status, self.error, self.detail, self.headers = status, error, detail, headers
 
 
 def _whole_number(value: Any) -> Any:
@@ -110,29 +120,26 @@ def _whole_number(value: Any) -> Any:
 
 # JSON Schema's "integer" is any number without a fractional part, 3.0 included; strings and booleans are not.
 JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
+# bounds inside Annotated: given to Field, pydantic writes them into an anyOf (`| None`) as "ge"/"le", not JSON Schema
+Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1), BeforeValidator(_whole_number)]
+SEEDS = "one image per seed, each the image that seed alone gives; n and seed are then not used"
 
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     n: JsonInt = Field(16, ge=1, description="number of images")  # le: the service's max_n, see _request_model
     seed: JsonInt = Field(0, ge=0, le=2**63 - 1)
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=64)] | None = Field(None, description=SEEDS)
     labels: list[StrictStr | JsonInt] | None = Field(None, description="class names or indices, cycled")
     format: Literal["png", "npy", "json"] = "png"
-    # bounds inside Annotated: given to Field, pydantic writes them into this anyOf as "ge"/"le", not JSON Schema
-    nrow: Annotated[StrictInt, Field(ge=1, le=64), BeforeValidator(_whole_number)] | None = None
+    nrow: Annotated[StrictInt, Field(ge=1, le=64), BeforeValidator(_whole_number)] | None = None  # bounds: see Seed
 
 
 def _request_model(max_n: int) -> type[GenerateRequest]:
-    """GenerateRequest with `n` bounded by this service's max_n, so that the schema states the bound."""
+    """GenerateRequest with `n` and `seeds` bounded by this service's max_n, so that the schema states the bound."""
     n = (JsonInt, Field(min(16, max_n), ge=1, le=max_n, description=f"number of images, 1 to {max_n}"))
-    return create_model("GenerateRequest", __base__=GenerateRequest, n=n)
-
-
-class ErrorBody(BaseModel):
-    """Every refused request's body."""
-
-    error: str = Field(description="what went wrong, in a few stable words")
-    detail: Any = Field(description="why: a sentence, or a list of {field, problem}")
+    seeds = (Annotated[list[Seed], Field(min_length=1, max_length=max_n)] | None, Field(None, description=SEEDS))
+    return create_model("GenerateRequest", __base__=GenerateRequest, n=n, seeds=seeds)
 
 
 class GeneratedArray(BaseModel):
@@ -146,26 +153,6 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_TYPES = [f"image/{fmt.lower()}" for fmt in IMAGE_FORMATS]  # what the decoder reads; any image/* type is let in
 MODEL_VERSION = {"x-model-version": {"description": "the registry version, or the model file's name",
                                     "schema": {"type": "string"}, "required": True}}  # fmt: skip
-
-
-def _errors(*statuses: int) -> dict[int, dict]:
-    """The OpenAPI responses of those error statuses, each with the ErrorBody schema."""
-    why = {
-        400: "the body cannot be read: malformed JSON, not an image, unknown labels",
-        401: "a bearer token is required (the service was started with one) and was missing or wrong",
-        409: "the served model is for the other endpoint",
-        413: "the body or the image is too large",
-        415: "wrong Content-Type",
-        422: "the JSON does not match the request schema",
-        503: "overloaded: as many requests as the service admits are in progress; retry after Retry-After",
-    }
-    out: dict[int, dict] = {s: {"model": ErrorBody, "description": why[s]} for s in statuses}
-    if 401 in out:
-        out[401]["headers"] = {"www-authenticate": {"schema": {"type": "string"}, "required": True}}
-    if 503 in out:
-        out[503]["headers"] = {"retry-after": {"description": "seconds", "schema": {"type": "integer", "minimum": 0},
-                                               "required": True}}  # fmt: skip
-    return out
 
 
 def _labels_schema(model: OnnxGenerator | OnnxTranslator) -> dict:
@@ -227,6 +214,7 @@ class ModelHolder:
     A request takes `current()` once and keeps that `Served` to its end, so a swap never cuts
     it off; the old session is freed when the last such request lets go. Only the request
     that notices the change loads the new model; meanwhile the others go on with the old one.
+    A registry without a champion yet serves nothing (None) until one is promoted.
     """
 
     def __init__(self, cfg: ServeConfig, on_reload=None):
@@ -238,22 +226,32 @@ class ModelHolder:
             self.registry, self._stamp = None, None
             self._served = self._load(Path(cfg.model), None)
             return
-        from pipeline.registry import Registry, RegistryError
+        from pipeline.registry import Registry
 
         self.registry = Registry(cfg.registry)
         self.pointer = self.registry.root / "champion"
         self._stamp = _pointer_stamp(self.pointer)
         version = self.registry.champion()
+        self._served = None
         if version is None:
-            raise RegistryError(f"{self.registry.root}: no champion to serve (ganpipe registry promote, or --model)")
-        self._served = self._load(self.registry.model_path(version, cfg.direction), version)
+            log.warning("%s has no champion yet: nothing is served until one is promoted", self.registry.root)
+        else:
+            self._served = self._load(self.registry.model_path(version, cfg.direction), version)
 
     @property
-    def served(self) -> Served:
+    def served(self) -> Served | None:
         """The model in force, without looking at the registry."""
         return self._served
 
-    def current(self) -> Served:
+    def require(self) -> Served:
+        """current(), or 503 while there is no model to serve."""
+        served = self.current()
+        if served is None:
+            raise ApiError(503, "no model loaded", f"{self.registry.root} has no champion yet; promote one",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+        return served
+
+    def current(self) -> Served | None:
         """The model for this request, after loading a new champion if the pointer changed."""
         if self.registry is None:
             return self._served
@@ -276,13 +274,14 @@ class ModelHolder:
             version = self.registry.champion()
             if version is None:
                 raise UserError(f"{self.pointer}: the champion pointer is gone")
-            if version == self._served.version:  # e.g. rolled back to the model still in service
+            if self._served and version == self._served.version:  # e.g. rolled back to the model still in service
                 self.reload_error = None
                 return
             fresh = self._load(self.registry.model_path(version, self.cfg.direction), version)
         except UserError as err:  # a broken champion must not take the service down
             self.reload_error = str(err)
-            log.error("still serving %s: the new champion cannot be loaded: %s", self._served.name, err)
+            log.error("the new champion cannot be loaded (still serving %s): %s", self._served and self._served.name,
+                      err)  # fmt: skip
             if self.on_reload:
                 self.on_reload(False)
             return
@@ -295,48 +294,6 @@ class ModelHolder:
         return Served(open_model(path, self.cfg.device), path, version, time.time())
 
 
-def _error(status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
-
-
-def _problems(errors: list[dict]) -> list[dict]:
-    return [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
-            for e in errors]  # fmt: skip
-
-
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is declared or found to exceed `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "upload too large", f"{declared} bytes > {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "upload too large", f"more than {limit} bytes")
-    return bytes(body)
-
-
-def _parse_generate(body: bytes, model: type[GenerateRequest]) -> GenerateRequest:
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ApiError(400, "malformed JSON", [{"field": "body", "problem": str(err)}]) from None
-    except ValueError as err:  # valid JSON that Python will not parse: an integer of more than 4300 digits
-        raise ApiError(400, "unsupported JSON", [{"field": "body", "problem": str(err)}]) from None
-    except RecursionError:
-        problem = f"arrays or objects nested too deep (more than {sys.getrecursionlimit()} levels)"
-        raise ApiError(400, "unsupported JSON", [{"field": "body", "problem": problem}]) from None
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        raise ApiError(422, "invalid request", _problems(err.errors())) from None
-
-
 class _Limiter:
     """Admission to the model endpoints and the inference slots (see the module's docstring)."""
 
@@ -346,7 +303,7 @@ class _Limiter:
         self.admitted, self.running = admitted, running
         self._count = 0  # only touched on the event loop: no lock
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def admit(self):
         if self._count >= self.capacity:
             raise ApiError(503, "overloaded", f"{self.capacity} requests are already in progress; retry later",
@@ -402,20 +359,20 @@ class _Instrument:
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, err: ApiError):
-        return _error(err.status, err.error, err.detail, err.headers)
+    async def api_error(request: Request, err: ApiError):
+        return error_response(request, err.status, err.error, err.detail, err.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, err: RequestValidationError):
-        return _error(422, "invalid request", _problems(err.errors()))
+    async def invalid(request: Request, err: RequestValidationError):
+        return error_response(request, 422, "invalid request", problems(err.errors()))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException):  # unknown path (404), wrong method (405)
-        return _error(err.status_code, str(err.detail).lower(), None, getattr(err, "headers", None))
+    async def http_error(request: Request, err: StarletteHTTPException):  # unknown path (404), wrong method (405)
+        return error_response(request, err.status_code, str(err.detail).lower(), None, getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, err: Exception):  # Starlette re-raises it afterwards: uvicorn logs the traceback
-        return _error(500, "internal error", "see the server log")
+    async def internal(request: Request, err: Exception):  # Starlette re-raises it afterwards: uvicorn logs it
+        return error_response(request, 500, "internal error", "see the server log")
 
 
 def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, auth: list) -> None:
@@ -426,12 +383,14 @@ def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolde
     @app.get("/healthz")
     def healthz():
         served = holder.current()
+        if served is None:
+            return {"status": "ok", "model": None, "version": None, "reload_error": holder.reload_error}
         return {"status": "ok", "model": str(served.path), "version": served.version, "task": served.model.info.task,
                 "providers": served.model.providers, "reload_error": holder.reload_error}  # fmt: skip
 
-    @app.get("/v1/model", dependencies=auth, responses=_errors(401))
+    @app.get("/v1/model", dependencies=auth, responses=error_responses(401, 503))
     def model_meta():
-        served = holder.current()
+        served = holder.require()
         model, info = served.model, served.model.info
         out = {"file": served.path.name, "version": served.version, "task": info.task, "arch": info.arch,
                "image_size": info.image_size, "channels": info.channels, "latent_dim": info.latent_dim,
@@ -452,19 +411,20 @@ def _openapi_with_labels(app: FastAPI, holder: ModelHolder, request_model: type[
 
     def openapi() -> dict:
         served = holder.served  # no reload here: this runs on the event loop
-        if cache.get("served") is not served:
+        if "schema" not in cache or cache["served"] is not served:
             app.openapi_schema = None
             schema = FastAPI.openapi(app)
             # From pydantic again: FastAPI's OpenAPI model makes bounds floats, and float(2**63 - 1) is 2**63.
             body = request_model.model_json_schema()
-            body["properties"]["labels"] = _labels_schema(served.model)
+            if served is not None:
+                body["properties"]["labels"] = _labels_schema(served.model)
             schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"] = body
             if token is not None:
                 bearer = {"bearer": {"type": "http", "scheme": "bearer"}}
                 schema.setdefault("components", {})["securitySchemes"] = bearer
-                for path, item in schema["paths"].items():
-                    if path.startswith("/v1/"):
-                        for operation in item.values():
+                for item in schema["paths"].values():
+                    for operation in item.values():
+                        if "401" in operation["responses"]:
                             operation["security"] = [{"bearer": []}]
             cache.update(served=served, schema=schema)
         return cache["schema"]
@@ -474,30 +434,37 @@ def _openapi_with_labels(app: FastAPI, holder: ModelHolder, request_model: type[
 
 def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, request_model: type[GenerateRequest],
                         auth: list) -> None:  # fmt: skip
-    generate_body = {"required": True, "content": {"application/json": {"schema": request_model.model_json_schema()}}}
+    as_curl_sends_it = {"schema": {"type": "string", "contentMediaType": "application/json",
+                                   "description": "the application/json body, sent as `curl -d` does"}}  # fmt: skip
+    generate_body = {"required": True, "content": {"application/json": {"schema": request_model.model_json_schema()},
+                                                   "application/x-www-form-urlencoded": as_curl_sends_it}}  # fmt: skip
     generated = {"description": "the images: a PNG grid (format png), a NumPy .npy array (npy), or JSON (json)",
                  "headers": {**MODEL_VERSION, "x-seed": {"schema": {"type": "string"}, "required": True}},
                  "content": {"image/png": BINARY, "application/octet-stream": BINARY,
                              "application/json": {"schema": GeneratedArray.model_json_schema()}}}  # fmt: skip
 
     @app.post("/v1/generate", dependencies=auth, response_class=Response, openapi_extra={"requestBody": generate_body},
-              responses={200: generated, **_errors(400, 401, 409, 413, 415, 422, 503)})  # fmt: skip
+              responses={200: generated, **error_responses(400, 401, 409, 413, 415, 422, 503)})  # fmt: skip
     async def generate(request: Request):
-        served = await run_in_threadpool(holder.current)  # kept to the end: a swap does not cut this request off
+        served = await run_in_threadpool(holder.require)  # kept to the end: a swap does not cut this request off
         model = served.model
         if not isinstance(model, OnnxGenerator):
             raise ApiError(409, "wrong endpoint", f"the served model is a {model.info.task!r} model: use /v1/translate")
-        if _media_type(request) != "application/json":
+        if media_type(request) not in ("application/json", "application/x-www-form-urlencoded"):
             raise ApiError(415, "unsupported content type", "send the request as Content-Type: application/json")
         async with limiter.admit():
-            req = _parse_generate(await _read_body(request, MAX_JSON_BYTES), request_model)
+            req = parse_json(await read_body(request, MAX_JSON_BYTES), request_model)
             try:
-                model.resolve_labels(req.n, req.labels)
+                labels = model.resolve_labels(len(req.seeds) if req.seeds else req.n, req.labels)
             except ModelError as err:
                 raise ApiError(400, "bad labels", str(err)) from None
 
             def work() -> tuple[bytes, str]:
-                images = model.generate(req.n, req.seed, req.labels)
+                if req.seeds:  # image i: what n=1, seed=seeds[i] and its label give
+                    images = np.concatenate([model.generate(1, seed, None if labels is None else [int(labels[i])])
+                                             for i, seed in enumerate(req.seeds)])  # fmt: skip
+                else:
+                    images = model.generate(req.n, req.seed, req.labels)
                 if req.format == "npy":
                     buf = io.BytesIO()
                     np.save(buf, images)
@@ -507,29 +474,54 @@ def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, re
                     return json.dumps(as_json, separators=(",", ":")).encode(), "application/json"
                 return png_bytes(make_grid(images, nrow=req.nrow), scale=2), "image/png"
 
-            content, media_type = await limiter.run(work)
-        headers = {"x-model-version": served.name, "x-seed": str(req.seed)}
-        return Response(content, media_type=media_type, headers=headers)
+            content, content_type = await limiter.run(work)
+        headers = {"x-model-version": served.name, "x-seed": ",".join(map(str, req.seeds or [req.seed]))}
+        return Response(content, media_type=content_type, headers=headers)
+
+
+async def _uploaded_file(request: Request, body: bytes) -> bytes:
+    """The multipart field `file` of a body already read (so within the upload limit), as `curl -F file=@x` sends it."""
+
+    async def chunks():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, chunks(), max_files=1, max_fields=16).parse()
+    except MultiPartException as err:
+        raise ApiError(400, "malformed multipart body", err.message) from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "missing field", "send the image as the multipart file field 'file' (curl -F file=@x)")
+        return await upload.read()
+    finally:
+        await form.close()
 
 
 def _add_translate_route(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, limiter: _Limiter, auth: list) -> None:
-    translate_body = {"required": True, "content": dict.fromkeys(IMAGE_TYPES, BINARY)}
+    form = {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                       "required": ["file"]},
+            "encoding": {"file": {"contentType": ", ".join(IMAGE_TYPES)}}}  # fmt: skip
+    translate_body = {"required": True, "content": {**dict.fromkeys(IMAGE_TYPES, BINARY), "multipart/form-data": form}}
     translated = {"description": "the translated image, at the input's size", "headers": MODEL_VERSION,
                   "content": {"image/png": BINARY}}  # fmt: skip
 
     @app.post("/v1/translate", dependencies=auth, response_class=Response,
               openapi_extra={"requestBody": translate_body},
-              responses={200: translated, **_errors(400, 401, 409, 413, 415, 503)})  # fmt: skip
+              responses={200: translated, **error_responses(400, 401, 409, 413, 415, 503)})  # fmt: skip
     async def translate(request: Request):
-        served = await run_in_threadpool(holder.current)
+        served = await run_in_threadpool(holder.require)
         model = served.model
         if not isinstance(model, OnnxTranslator):
             raise ApiError(409, "wrong endpoint", f"the served model is a {model.info.task!r} model: use /v1/generate")
-        ctype = _media_type(request)
-        if not ctype.startswith("image/"):
-            raise ApiError(415, "unsupported content type", f"got {ctype or 'none'!r}; send the image with image/*")
+        ctype = media_type(request)
+        if not ctype.startswith("image/") and ctype != "multipart/form-data":
+            raise ApiError(415, "unsupported content type", f"got {ctype or 'none'!r}; send the image with image/* "
+                                                            "or as multipart/form-data")  # fmt: skip
         async with limiter.admit():
-            body = await _read_body(request, cfg.max_upload_bytes)
+            body = await read_body(request, cfg.max_upload_bytes)
+            if ctype == "multipart/form-data":
+                body = await _uploaded_file(request, body)
             if not body:
                 raise ApiError(400, "empty body", "send the image file as the request body")
 
@@ -562,7 +554,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     )  # fmt: skip
     request_model = _request_model(cfg.max_n)
     holder = ModelHolder(cfg, on_reload=lambda ok: reloads.labels("ok" if ok else "failed").inc())
-    app = FastAPI(title="ganpipe", docs_url=None, redoc_url=None, openapi_url="/openapi.json")  # Swagger UI needs a CDN
+    # /docs: Swagger UI from the files fastapi-offline ships, served by this app (FastAPI's own loads them from a CDN)
+    app = FastAPIOffline(title="ganpipe", redoc_url=None, openapi_url="/openapi.json",
+                         swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
     app.add_middleware(_Instrument, requests=requests, latency=latency)
     app.state.holder = holder
     token = cfg.token.encode() if cfg.token else None
@@ -582,6 +576,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     _add_page_and_info_routes(app, cfg, holder, auth)
     _add_generate_route(app, holder, limiter, request_model, auth)
     _add_translate_route(app, cfg, holder, limiter, auth)
+    add_oip_routes(app, cfg, holder, limiter, auth)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus():
@@ -594,11 +589,28 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM: requests in flight are finished first)."""
     import uvicorn
 
-    _release_freed_memory()
-    app = create_app(cfg)
-    served = app.state.holder.served
-    print(json.dumps({"serving": str(served.path), "version": served.version, "task": served.model.info.task,
-                      "token_required": bool(cfg.token)}), flush=True)  # fmt: skip
-    if not cfg.token and host not in LOOPBACK:
-        log.warning("listening on %s without %s: anyone who can reach this port can use the model", host, TOKEN_ENV)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    try:  # bound before anything is announced or loaded: a busy port is one line and a non-zero exit
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as err:
+        reason = os.strerror(err.errno) if (err.errno or 0) > 0 else err.strerror  # without "(while attempting...)"
+        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+    url = f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+
+    class Server(uvicorn.Server):  # uvicorn says where it listens only on the sockets it binds itself
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            logging.getLogger("uvicorn.error").info("Uvicorn running on %s (Press CTRL+C to quit)", url)
+
+    with sock:
+        _release_freed_memory()
+        app = create_app(cfg)
+        served = app.state.holder.served
+        print(json.dumps({"serving": served and str(served.path), "version": served and served.version,
+                          "task": served and served.model.info.task, "token_required": bool(cfg.token),
+                          "url": url}), flush=True)  # fmt: skip
+        if not cfg.token and host not in LOOPBACK:
+            log.warning("listening on %s without %s: anyone who can reach this port can use the model", host, TOKEN_ENV)
+        config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level="info",
+                                timeout_graceful_shutdown=10)  # fmt: skip
+        with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn once it has shut down (as uvicorn.run does)
+            Server(config).run(sockets=[sock])

@@ -1,0 +1,116 @@
+"""What the endpoints of `ganpipe serve` share, /v1 and the Open Inference Protocol alike: refused
+requests (ApiError) and their bodies and OpenAPI responses, and bodies read with a size limit
+before anything is parsed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+RETRY_AFTER_S = 1
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """A refused request, answered with `status` and {"error": error, "detail": detail}
+    (under /v2, the Open Inference Protocol's {"error": "error: detail"})."""
+
+    def __init__(self, status: int, error: str, detail: Any = None, headers: dict[str, str] | None = None):
+        super().__init__(error)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+class ErrorBody(BaseModel):
+    """Every refused /v1 request's body."""
+
+    error: str = Field(description="what went wrong, in a few stable words")
+    detail: Any = Field(description="why: a sentence, or a list of {field, problem}")
+
+
+class OipError(BaseModel):
+    """Every refused /v2 request's body, as the Open Inference Protocol has it."""
+
+    error: str = Field(description="what went wrong and why, in one line")
+
+
+WHY = {
+    400: "the body cannot be read: malformed JSON, not an image, unknown labels",
+    401: "a bearer token is required (the service was started with one) and was missing or wrong",
+    404: "no model of that name is served",
+    409: "the served model is for the other endpoint",
+    413: "the body or the image is too large",
+    415: "wrong Content-Type",
+    422: "the JSON does not match the request schema",
+    503: "overloaded (as many requests as the service admits are in progress), or no model is loaded yet; "
+    "retry after Retry-After",
+}
+
+
+def error_responses(*statuses: int, body: type[BaseModel] = ErrorBody, why: dict[int, str] | None = None) -> dict:
+    """The OpenAPI responses of those error statuses, each with the `body` schema."""
+    why = {**WHY, **(why or {})}
+    out: dict[int, dict] = {s: {"model": body, "description": why[s]} for s in statuses}
+    if 401 in out:
+        out[401]["headers"] = {"www-authenticate": {"schema": {"type": "string"}, "required": True}}
+    if 503 in out:
+        out[503]["headers"] = {"retry-after": {"description": "seconds", "schema": {"type": "integer", "minimum": 0},
+                                               "required": True}}  # fmt: skip
+    return out
+
+
+def one_line(error: str, detail: Any) -> str:
+    """An error and its detail (a sentence or a list of {field, problem}) as one line."""
+    if isinstance(detail, list):
+        detail = "; ".join(f"{p['field']}: {p['problem']}" if isinstance(p, dict) else str(p) for p in detail)
+    return f"{error}: {' '.join(str(detail).split())}" if detail else error
+
+
+def error_response(request: Request, status: int, error: str, detail: Any = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+    if request.url.path.startswith("/v2"):
+        return JSONResponse({"error": one_line(error, detail)}, status_code=status, headers=headers)
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def problems(errors: list[dict]) -> list[dict]:
+    return [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
+            for e in errors]  # fmt: skip
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is declared or found to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "upload too large", f"{declared} bytes > {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "upload too large", f"more than {limit} bytes")
+    return bytes(body)
+
+
+def parse_json(body: bytes, model: type[M], invalid: int = 422) -> M:
+    """`body` as JSON validated by `model`: 400 if it is not JSON Python can parse, `invalid` if it does not fit."""
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ApiError(400, "malformed JSON", [{"field": "body", "problem": str(err)}]) from None
+    except ValueError as err:  # valid JSON that Python will not parse: an integer of more than 4300 digits
+        raise ApiError(400, "unsupported JSON", [{"field": "body", "problem": str(err)}]) from None
+    except RecursionError:
+        problem = f"arrays or objects nested too deep (more than {sys.getrecursionlimit()} levels)"
+        raise ApiError(400, "unsupported JSON", [{"field": "body", "problem": problem}]) from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ApiError(invalid, "invalid request", problems(err.errors())) from None

@@ -1,0 +1,284 @@
+"""The Open Inference Protocol v2 (the REST API of KServe and Triton) over the model that `ganpipe
+serve` serves, named ServeConfig.model_name:
+
+  GET  /v2/health/live         200 while the process answers
+  GET  /v2/health/ready        200 once a model is loaded, else 503
+  GET  /v2                     server metadata
+  GET  /v2/models/{name}       the model's tensors: name, datatype, shape (-1: any size)
+  GET  /v2/models/{name}/ready 200 once that model is loaded
+  POST /v2/models/{name}/infer tensors in, the model's output tensors out
+
+The tensors are the ONNX model's own: a generator takes `z` FP32 [N, latent_dim] (and `labels`
+INT64 [N] if conditional) and gives `images` FP32 [N, C, H, W]; a translator takes `images` and
+gives `translated`. Tensor data is JSON (flat or nested, row-major) or, with Triton's binary tensor
+extension (tritonclient's default), little-endian bytes after the JSON, whose length the header
+Inference-Header-Content-Length gives. The limits, token and admission of /v1 apply here too;
+errors are {"error": "one line"}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.inference import ModelError, OnnxGenerator, OnnxTranslator
+from pipeline.serve.common import ApiError, OipError, error_responses, parse_json, read_body
+
+HEADER_LENGTH = "inference-header-content-length"
+# ONNX Runtime's tensor types -> the protocol's datatype and NumPy's little-endian dtype
+TYPES = {"tensor(float)": ("FP32", "<f4"), "tensor(double)": ("FP64", "<f8"), "tensor(float16)": ("FP16", "<f2"),
+         "tensor(int64)": ("INT64", "<i8"), "tensor(int32)": ("INT32", "<i4"), "tensor(uint8)": ("UINT8", "|u1"),
+         "tensor(bool)": ("BOOL", "|b1")}  # fmt: skip
+JSON_KINDS = {"f": "iuf", "i": "iu", "u": "iu", "b": "b"}  # the JSON numbers a tensor of each kind takes
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1: a dimension of any size")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestTensor(BaseModel):
+    name: StrictStr
+    shape: list[StrictInt]
+    datatype: StrictStr
+    parameters: dict[str, Any] = {}
+    data: list[Any] | None = Field(None, description="row-major, flat or nested; absent with binary_data_size")
+
+
+class RequestedOutput(BaseModel):
+    name: StrictStr
+    parameters: dict[str, Any] = {}
+
+
+class InferRequest(BaseModel):
+    id: StrictStr | None = None
+    parameters: dict[str, Any] = {}
+    inputs: list[RequestTensor] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = Field(None, description="default: every output of the model")
+
+
+class ResponseTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseTensor]
+
+
+def _inline(schema: dict) -> dict:
+    """A pydantic JSON schema with its $defs put in place of their $refs (those would point outside an operation)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            return walk(defs[ref.rsplit("/", 1)[1]]) if ref else {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
+def _shape(arg) -> list[int]:
+    """An ONNX Runtime input's or output's shape, with -1 for each dynamic dimension."""
+    return [d if isinstance(d, int) else -1 for d in arg.shape]
+
+
+def _metadata(arg) -> dict:
+    return {"name": arg.name, "datatype": TYPES[arg.type][0], "shape": _shape(arg)}
+
+
+def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[str, int]) -> tuple[np.ndarray, int]:
+    """One input as the model takes it, from its JSON data or from `binary` at `offset`; and the offset after it."""
+    where, (datatype, dtype) = f"input {tensor.name!r}", TYPES[arg.type]
+    if tensor.datatype != datatype:
+        raise ApiError(400, "wrong datatype", f"{where} is {datatype}, got {tensor.datatype}")
+    shape = _shape(arg)
+    if len(tensor.shape) != len(shape) or any(s < 1 or d not in (-1, s) for s, d in zip(tensor.shape, shape)):  # noqa: B905
+        raise ApiError(400, "wrong shape", f"{where} has shape {shape} (-1: any size), got {tensor.shape}")
+    for d, s in zip(arg.shape, tensor.shape, strict=True):
+        if isinstance(d, str) and dims.setdefault(d, s) != s:
+            raise ApiError(400, "wrong shape", f"{where}: its dimension {d!r} is {s} but {dims[d]} in another input")
+    count, size = math.prod(tensor.shape), tensor.parameters.get("binary_data_size")
+    if size is not None:
+        need = count * np.dtype(dtype).itemsize
+        if size != need or offset + need > len(binary):
+            left = len(binary) - offset
+            raise ApiError(400, "bad binary data", f"{where} of shape {tensor.shape} takes {need} bytes; "
+                                                   f"binary_data_size is {size!r}, with {left} bytes left")  # fmt: skip
+        return np.frombuffer(binary, dtype, count, offset).reshape(tensor.shape), offset + need
+    if tensor.data is None:
+        raise ApiError(400, "missing data", f"{where} has neither data nor binary_data_size")
+    try:
+        values = np.asarray(tensor.data)
+    except ValueError:  # nested lists of unequal lengths
+        raise ApiError(400, "bad data", f"{where}: data is not a regular array") from None
+    if values.dtype.kind not in JSON_KINDS[np.dtype(dtype).kind] or values.size != count:
+        raise ApiError(400, "bad data", f"{where} of shape {tensor.shape} takes {count} {datatype} values, got "
+                                        f"{values.size} of {values.dtype}")  # fmt: skip
+    return values.astype(dtype).reshape(tensor.shape), offset
+
+
+def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg) -> dict[str, np.ndarray]:
+    """The request's inputs, checked against the model's and the service's limits."""
+    args = {a.name: a for a in model.session.get_inputs()}
+    names = [t.name for t in req.inputs]
+    for name in [*args, *names]:
+        if name not in names or name not in args or names.count(name) > 1:
+            problem = "missing" if name not in names else "unknown" if name not in args else "given twice"
+            raise ApiError(400, f"{problem} input", f"{name!r}; the model takes {list(args)}")
+    feed, offset, dims = {}, 0, {}
+    for tensor in req.inputs:
+        feed[tensor.name], offset = _array(tensor, args[tensor.name], binary, offset, dims)
+        if feed[tensor.name].dtype.kind == "f" and not np.isfinite(feed[tensor.name]).all():
+            raise ApiError(400, "bad data", f"input {tensor.name!r} holds NaN or infinity")
+    if offset != len(binary):
+        raise ApiError(400, "bad binary data", f"{len(binary) - offset} bytes after the JSON belong to no input")
+    if isinstance(model, OnnxTranslator):
+        n, _, h, w = feed["images"].shape
+        if n * h * w > cfg.max_pixels:
+            raise ApiError(413, "image too large", f"input 'images': {n} x {h}x{w} pixels > {cfg.max_pixels}")
+        return feed
+    if len(feed["z"]) > cfg.max_n:
+        raise ApiError(400, "batch too large", f"input 'z': a batch of {len(feed['z'])} > this service's {cfg.max_n}")
+    count = model.info.num_classes
+    if "labels" in feed and ((feed["labels"] < 0) | (feed["labels"] >= count)).any():
+        raise ApiError(400, "bad labels", f"input 'labels': class indices are 0-{count - 1} ({model.info.class_names})")
+    return feed
+
+
+def _output_names(model: OnnxGenerator | OnnxTranslator, req: InferRequest) -> list[str]:
+    names = [o.name for o in model.session.get_outputs()]
+    for out in req.outputs or []:
+        if out.name not in names:
+            raise ApiError(400, "unknown output", f"output {out.name!r} is unknown; the model gives {names}")
+    return [o.name for o in req.outputs] if req.outputs else names
+
+
+def _run(model: OnnxGenerator | OnnxTranslator, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    if isinstance(model, OnnxTranslator):  # the same call as /v1/translate, with its checks of the image's size
+        try:
+            return [model.translate(feed["images"])]
+        except ModelError as err:
+            raise ApiError(400, "wrong shape", f"input 'images': {err}") from None
+    return model.session.run(names, feed)
+
+
+def _answer(name: str, served, req: InferRequest, names: list[str], results: list[np.ndarray]) -> Response:
+    """The response: JSON, with the tensors asked for in binary appended after it (binary tensor extension)."""
+    types = {o.name: o.type for o in served.model.session.get_outputs()}
+    default = req.parameters.get("binary_data_output", False)
+    binary = {o.name: o.parameters.get("binary_data", default) for o in req.outputs or []}
+    outputs, chunks = [], []
+    for out, array in zip(names, results, strict=True):
+        datatype, dtype = TYPES[types[out]]
+        tensor: dict[str, Any] = {"name": out, "datatype": datatype, "shape": list(array.shape)}
+        if binary.get(out, default) is True:
+            chunks.append(np.ascontiguousarray(array, dtype).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = array.ravel().tolist()
+        outputs.append(tensor)
+    body = {"model_name": name, "model_version": served.name, **({} if req.id is None else {"id": req.id})}
+    header = json.dumps({**body, "outputs": outputs}, separators=(",", ":")).encode()
+    headers = {"x-model-version": served.name}
+    if not chunks:
+        return Response(header, media_type="application/json", headers=headers)
+    headers[HEADER_LENGTH] = str(len(header))
+    return Response(header + b"".join(chunks), media_type="application/octet-stream", headers=headers)
+
+
+def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
+    """The /v2 routes; `cfg` is the service's ServeConfig, `holder`, `limiter` and `auth` those of its /v1 routes."""
+
+    def errors(*statuses: int) -> dict:
+        return error_responses(*statuses, body=OipError, why={400: "the inference request is malformed or does not "
+                                                                   "fit the model's inputs"})  # fmt: skip
+
+    def model_of(request: Request):
+        name = request.path_params["name"]
+        if name != cfg.model_name:
+            raise ApiError(404, "unknown model", f"{name!r}; this server serves {cfg.model_name!r}")
+        return holder.require()
+
+    # `name` declared here, not as a function parameter: FastAPI would add a 422 that a string never gets
+    path_name = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]}
+
+    @app.get("/v2/health/live")
+    def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready", responses=errors(503))
+    def ready():
+        holder.require()
+        return {"ready": True}
+
+    @app.get("/v2")
+    def server_metadata():
+        try:
+            release = version("ganpipe")
+        except PackageNotFoundError:
+            release = "unknown"
+        return {"name": "ganpipe", "version": release, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}", dependencies=auth, response_model=ModelMetadata, openapi_extra=path_name,
+             responses=errors(401, 404, 503))  # fmt: skip
+    def model_metadata(request: Request):
+        served = model_of(request)
+        session = served.model.session
+        return {"name": cfg.model_name, "versions": [served.name], "platform": "onnxruntime_onnx",
+                "inputs": [_metadata(a) for a in session.get_inputs()],
+                "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
+
+    @app.get("/v2/models/{name}/ready", openapi_extra=path_name, responses=errors(404, 503))
+    def model_ready(request: Request):
+        model_of(request)
+        return {"name": cfg.model_name, "ready": True}
+
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    infer_body = {"required": True, "description": "JSON; with the binary tensor extension, that JSON (as many bytes "
+                                                   "as Inference-Header-Content-Length says), then the tensors' bytes",
+                  "content": {"application/json": {"schema": _inline(InferRequest.model_json_schema())},
+                              "application/octet-stream": binary}}  # fmt: skip
+    answer = {"model": InferResponse, "content": {"application/octet-stream": binary},
+              "description": "JSON; binary outputs asked for are appended to it (binary tensor extension)"}  # fmt: skip
+
+    @app.post("/v2/models/{name}/infer", dependencies=auth, response_class=Response,
+              openapi_extra={**path_name, "requestBody": infer_body},
+              responses={200: answer, **errors(400, 401, 404, 413, 503)})  # fmt: skip
+    async def infer(request: Request):
+        served = await run_in_threadpool(model_of, request)  # kept to the end: a swap does not cut this request off
+        async with limiter.admit():
+            body = await read_body(request, cfg.max_upload_bytes)
+            length = request.headers.get(HEADER_LENGTH, str(len(body)))
+            if not length.isdigit() or int(length) > len(body):
+                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {length!r} is not a length "
+                                                  f"within the body's {len(body)} bytes")  # fmt: skip
+            req = parse_json(body[: int(length)], InferRequest, invalid=400)
+            feed = _feed(served.model, req, body[int(length) :], cfg)
+            names = _output_names(served.model, req)
+            results = await limiter.run(_run, served.model, feed, names)
+        return _answer(cfg.model_name, served, req, names, results)
