@@ -2,19 +2,21 @@
 
 DVC decides which stages are stale and caches their outputs; each stage's command starts
 its Prefect flow, so one pipeline run shows up as this flow plus one flow run per stage
-that actually ran. Run it with `ganpipe repro`, which provides a local Prefect server.
+that actually ran, each a child of the `run_dvc` task run (flows/stage.py). Run it with
+`ganpipe repro`, which provides a local Prefect server.
 """
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
-from flows.stage import stage_task, tool_env
+from flows.stage import child_env, run_labels, stage_task
 from pipeline import layout
 from pipeline.artifacts import read_metrics
 from pipeline.tasks import report
@@ -25,10 +27,39 @@ def run_dvc(dvc_args: list[str]) -> int | State:
     """`dvc <args>` (repro, exp run) as a child process, output streamed. A non-zero exit fails
     this task (a Failed state, not an exception: DVC has already printed why, no traceback adds to it)."""
     print("$ dvc " + " ".join(dvc_args))
-    code = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=tool_env()).returncode
+    # each stage's flow run becomes a child of this task run
+    code = subprocess.run([sys.executable, "-m", "dvc", *dvc_args], env=child_env(experiment_name(dvc_args))).returncode
     if code != 0:
-        return Failed(message=f"dvc {dvc_args[0]} failed with exit code {code} (the failing stage's message is above)")
+        return Failed(message=f"dvc {dvc_args[0]} failed with exit code {code} (DVC's output above says why)")
     return code
+
+
+def experiment_name(dvc_args: list[str]) -> str | None:
+    """The experiment `dvc exp run --name NAME` runs (None for dvc repro, or a name DVC picks)."""
+    names = [b for a, b in itertools.pairwise(dvc_args) if a in ("--name", "-n")]
+    return names[0] if dvc_args[:2] == ["exp", "run"] and names else None
+
+
+def label_this_run(stage: str, experiment: str | None) -> None:
+    """Name and tag the running flow run as `run_labels` does, from params.yaml as it is now."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    name, tags = run_labels(stage, layout.PARAMS, experiment)
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=name, tags=tags)
+
+
+def metric_rows(metrics: dict, prefix: str = "") -> list[dict]:
+    """Every value of the metrics files, a row each: {"metric": "eval.fid", "value": 12.3}."""
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            rows += metric_rows(value, f"{prefix}{key}.")
+        else:
+            value = ", ".join(map(str, value)) if isinstance(value, list) else value
+            rows.append({"metric": prefix + key, "value": value})
+    return rows
 
 
 @stage_task
@@ -62,6 +93,8 @@ def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
     """Bring every stage up to date with `dvc repro` (or `dvc exp run ...`), then publish the metrics."""
     args = list(dvc_args or ["repro"])
     ran = run_dvc(args, return_state=True)
+    if experiment := experiment_name(args):  # the run's params hash: params.yaml as `dvc exp run` set it for the stages
+        label_this_run("pipeline", experiment)
     if not ran.is_completed():
         return Failed(message=ran.message)
     metrics = collect_metrics()
@@ -70,5 +103,13 @@ def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
             key="ganpipe-pipeline",
             markdown=summary_markdown(metrics),
             description=f"metrics after dvc repro ({layout.PARAMS})",
+        )
+        create_table_artifact(key="ganpipe-metrics", table=metric_rows(metrics), description="metrics/*.json, flat")
+    if layout.SAMPLES.is_file():  # a local file: the UI shows its address, not the image
+        create_link_artifact(
+            key="ganpipe-samples",
+            link=layout.SAMPLES.resolve().as_uri(),
+            link_text=str(layout.SAMPLES),
+            description="the sample grid, on the machine that ran it",
         )
     return metrics

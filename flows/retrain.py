@@ -12,6 +12,7 @@ the metrics table are published as Prefect artifacts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -23,8 +24,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
+from prefect.runner import Runner
 
-from flows.stage import tool_env
+from flows.stage import child_env, tool_env
 from pipeline import layout
 from pipeline.artifacts import read_metrics
 from pipeline.config import load_params
@@ -33,8 +35,9 @@ from pipeline.registry import Registry, compare
 CONCURRENCY_LIMIT = "ganpipe-retrain"
 
 
-def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=tool_env(), capture_output=True, text=True)
+def _dvc(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env or tool_env(), capture_output=True,
+                         text=True)  # fmt: skip
     if check and res.returncode != 0:
         raise RuntimeError(
             f"dvc {' '.join(args)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -51,9 +54,9 @@ def changed_stages(repo: str) -> list[str]:
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
 def run_experiment(repo: str, name: str, overrides: list[str]) -> str:
-    """`dvc exp run` in the workspace (each stage reports its own flow run to the same API)."""
+    """`dvc exp run` in the workspace (each stage's flow run a child of this task run, on the same API)."""
     sets = [x for kv in overrides for x in ("-S", kv)]
-    res = _dvc(Path(repo), "exp", "run", "--name", name, *sets)
+    res = _dvc(Path(repo), "exp", "run", "--name", name, *sets, env=child_env(name))
     get_run_logger().info("experiment %s finished:\n%s", name, res.stdout[-2000:])
     return name
 
@@ -93,7 +96,8 @@ def _ensure_limit(name: str) -> None:
 
 
 def metrics_rows(candidate: dict, champion: dict | None) -> list[dict]:
-    keys = [("eval", "fid"), ("eval", "kid"), ("eval", "fid_position"), ("eval", "l1"), ("eval", "l1_gain"),
+    keys = [("eval", "fid"), ("eval", "fid_vs_floor"), ("eval", "precision"), ("eval", "recall"), ("eval", "kid"),
+            ("eval", "fid_position"), ("eval", "l1"), ("eval", "l1_gain"),
             ("export", "max_abs_diff"), ("export", "parity_passed")]  # fmt: skip
     rows = []
     for group, key in keys:
@@ -156,17 +160,24 @@ def retrain_flow(
         return summary
 
 
+class _Runner(Runner):
+    def handle_sigterm(self, *args) -> None:
+        """SIGTERM (kill, systemd, docker stop) stops serving as Ctrl-C does: the run in progress is
+        cancelled, the schedule paused. (Prefect 3.8's handler calls the synchronous `stop()` inside
+        the running event loop, where it never runs: the process waited for the run to finish.)"""
+        self._stopping = asyncio.get_running_loop().create_task(self.astop())
+
+
 def serve_retraining(cron: str | None, repo: str, registry: str, margin: float | None, name: str) -> None:
-    """Serve the retraining deployment from this process (flow.serve): on `cron`, or only
-    when triggered if cron is None. One run at a time, whoever triggers it."""
-    retrain_flow.serve(
-        name=name,
-        cron=cron,
-        parameters={"repo": str(Path(repo).resolve()), "registry": registry, "margin": margin},
-        global_limit=1,
-        limit=1,
-        description="Retrain as a DVC experiment; promote only if FID improves by the margin",
-    )
+    """Serve the retraining deployment from this process (what flow.serve does): on `cron`, or only
+    when triggered if cron is None. One run at a time, whoever triggers it. Stopped (Ctrl-C or
+    SIGTERM), it pauses the schedule so no runs pile up unserved; the next start resumes it."""
+    runner = _Runner(name=name, pause_on_shutdown=True, limit=1)
+    runner.add_flow(retrain_flow, name=name, cron=cron, concurrency_limit=1,
+                    parameters={"repo": str(Path(repo).resolve()), "registry": registry, "margin": margin},
+                    description="Retrain as a DVC experiment; promote only if FID improves by the margin")  # fmt: skip
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

@@ -54,11 +54,30 @@ def drain_prefect_clients(timeout: float = 15.0) -> None:
     Otherwise Prefect drains them at interpreter exit, after our server is gone, and the
     process waits forever on a connection that will never come back.
     """
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+    from prefect.logging.handlers import APILogHandler
 
-    for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=timeout)
+    APILogHandler().flush()  # public: sends the queued logs (waits up to 5 s)
+    drain_events(timeout)
+
+
+def drain_events(timeout: float) -> None:
+    """Send the queued events. Prefect 3.8 has no public call for it; this is what its own
+    prefect_test_harness does. tests/test_server.py fails if it stops working."""
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=timeout)
+
+
+_STARTED: set[str] = set()  # the APIs local_prefect_api started, while they run
+
+
+def describe(url: str) -> str:
+    """The line a command prints about the Prefect API it reports to."""
+    if url not in _STARTED:
+        return f"Prefect API: {url}"
+    return (f"Prefect API: {url}, a temporary server that stops when this command ends (its links stop working "
+            "with it); for a lasting UI run `prefect server start` and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -96,6 +115,7 @@ def local_prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
             time.sleep(0.25)
         previous = os.environ.get("PREFECT_API_URL")
         os.environ["PREFECT_API_URL"] = url  # for the stage processes
+        _STARTED.add(url)
         try:
             with temporary_settings(updates={PREFECT_API_URL: url}):  # for flows in this process
                 yield url
@@ -105,6 +125,7 @@ def local_prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
             else:
                 os.environ["PREFECT_API_URL"] = previous
     finally:
+        _STARTED.discard(url)
         drain_prefect_clients()
         proc.terminate()
         try:

@@ -1,11 +1,16 @@
-"""What every stage flow shares: uncached tasks and the `python -m flows.<stage>` entry."""
+"""What every stage flow shares: uncached tasks, how flow runs are named, tagged and linked to
+the pipeline run that started them, and the `python -m flows.<stage>` entry."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import logging
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prefect import task
@@ -14,6 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.config import load_params
 from pipeline.errors import UserError
 from pipeline.layout import PARAMS
+
+# Set for the stage processes `dvc repro` / `dvc exp run` starts: the task run that runs DVC
+# (each stage's flow run becomes its child) and the experiment's name.
+PARENT_ENV, EXPERIMENT_ENV = "GANPIPE_PARENT_TASK_RUN_ID", "GANPIPE_EXPERIMENT"
 
 
 def stage_task(fn: Callable | None = None, **options) -> Callable:
@@ -33,6 +42,63 @@ def tool_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def child_env(experiment: str | None) -> dict[str, str]:
+    """tool_env() for a DVC command run by a task: the stage flow runs it starts become children
+    of this task run and are labelled with `experiment`."""
+    from prefect.runtime import task_run
+
+    env = {k: v for k, v in tool_env().items() if k != EXPERIMENT_ENV}
+    return {**env, PARENT_ENV: str(task_run.id), **({EXPERIMENT_ENV: experiment} if experiment else {})}
+
+
+def _short_rev() -> str:
+    # not pipeline.provenance.git_revision: every stage would then depend on provenance.py
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def run_labels(stage: str, params_path: Path | str, experiment: str | None = None) -> tuple[str, list[str]]:
+    """A flow run's name and tags, e.g. "train · exp wgan · params 3f2a1b0 · git 5235b28" and ["ganpipe",
+    "stage:train", "exp:wgan", "params:3f2a1b0", "git:5235b28"] (params: sha256 of the params file's bytes)."""
+    pairs = [("exp", experiment)] if experiment else []
+    pairs += [("params", hashlib.sha256(Path(params_path).read_bytes()).hexdigest()[:7]), ("git", _short_rev())]
+    name = " · ".join([stage, *(f"{k} {v}" for k, v in pairs)])
+    return name, ["ganpipe", f"stage:{stage}", *(f"{k}:{v}" for k, v in pairs)]
+
+
+def run_labelled(flow_fn, parameters: dict, stage: str, params_path: Path | str, experiment: str | None = None,
+                 parent: str | None = None, return_type: str = "result"):  # fmt: skip
+    """Run `flow_fn` as a flow run labelled by `run_labels`, the child of task run `parent` (an id,
+    possibly from another process) if given."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    name, tags = run_labels(stage, params_path, experiment)
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(flow_fn, name=name, parameters=parameters, tags=tags, parent_task_run_id=parent)
+    return run_flow(flow_fn, flow_run=run, parameters=parameters, return_type=return_type)
+
+
+@contextlib.contextmanager
+def library_logs(level: int = logging.INFO) -> Iterator[None]:
+    """Records of the library's loggers (`pipeline.*`) at `level` and above go to the running
+    flow's Prefect logs too (through Prefect's APILogHandler), as well as to the console."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("pipeline")
+    handler, old = APILogHandler(level), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), level))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
 def run_stage(flow_fn: Callable, argv: list[str] | None = None) -> int:
     """Validate params, run the stage's flow, turn user errors into exit code 2."""
     name = getattr(flow_fn, "name", flow_fn.__name__)
@@ -41,7 +107,9 @@ def run_stage(flow_fn: Callable, argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         load_params(args.params)  # fail before Prefect starts, with the key named
-        flow_fn(params_path=args.params)
+        with library_logs():
+            run_labelled(flow_fn, {"params_path": args.params}, name, args.params, os.environ.get(EXPERIMENT_ENV),
+                         os.environ.get(PARENT_ENV))  # fmt: skip
     except UserError as err:
         print(f"ganpipe {name}: error: {err}", file=sys.stderr)
         return 2

@@ -148,3 +148,50 @@ def test_prefect_yaml_deploys_to_a_process_work_pool(served):
     assert dep.work_pool_name == "ganpipe-process" and dep.entrypoint == "flows/retrain.py:retrain_flow"
     assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
     assert dep.global_concurrency_limit.limit == 1
+
+
+def test_sigterm_stops_serving_as_ctrl_c_does_and_the_next_schedule_resumes(tmp_path, prefect_api):
+    """SIGTERM (kill, systemd, docker stop) cancels the run in progress, pauses the schedule and exits
+    at once; the next `ganpipe schedule` serves it again. The run waits on the retraining limit,
+    held here, so a shutdown that waited for it would never end."""
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.deployments import run_deployment
+
+    from flows.retrain import CONCURRENCY_LIMIT, _ensure_limit
+
+    def schedule() -> subprocess.Popen:
+        env = {**tool_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        with open(tmp_path / "schedule.log", "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "schedule", "--name", "sigterm"], cwd=tmp_path,
+                                    env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for_deployment("ganpipe-retrain/sigterm", proc, tmp_path)
+        return proc
+
+    def until(check, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while not check() and time.time() < deadline:
+            time.sleep(0.5)
+
+    async def read(run_id=None):
+        async with get_client() as client:
+            dep = await client.read_deployment_by_name("ganpipe-retrain/sigterm")
+            return dep.paused, run_id and (await client.read_flow_run(run_id)).state.type.value
+
+    _ensure_limit(CONCURRENCY_LIMIT)
+    proc = schedule()
+    try:
+        with concurrency(CONCURRENCY_LIMIT, occupy=1):
+            run = run_deployment("ganpipe-retrain/sigterm", parameters={"margin": 0.0}, timeout=0, as_subflow=False)
+            until(lambda: asyncio.run(read(run.id))[1] == "RUNNING")
+            assert asyncio.run(read(run.id)) == (False, "RUNNING")
+            proc.terminate()
+            assert proc.wait(timeout=45) == 0
+        assert asyncio.run(read(run.id)) == (True, "CANCELLED")
+        proc = schedule()  # the deployment is there already: wait for the new process to resume it
+        until(lambda: asyncio.run(read())[0] is False)
+        assert asyncio.run(read()) == (False, None)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in (tmp_path / "schedule.log").read_text()

@@ -9,11 +9,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_main_command_starts_a_local_prefect_server_and_stops_it(tmp_path):
     """With no Prefect API configured, `local_prefect_api` starts one on 127.0.0.1, points
-    PREFECT_API_URL (and this process's flows) at it, and shuts it down afterwards."""
+    PREFECT_API_URL (and this process's flows) at it, says it is temporary, sends the queued
+    logs and events before it stops (tests the private call `drain_events`), and shuts it down."""
     script = textwrap.dedent("""
         import httpx
         from prefect import flow
-        from flows.server import local_prefect_api, healthy
+        from flows.server import describe, drain_prefect_clients, local_prefect_api, healthy
 
         @flow(log_prints=True)
         def hello():
@@ -28,6 +29,10 @@ def test_main_command_starts_a_local_prefect_server_and_stops_it(tmp_path):
             hello()
             runs = httpx.post(url + "/flow_runs/filter", json={}).json()
             assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
+            assert "temporary server that stops when this command ends" in describe(url)
+            drain_prefect_clients()
+            logs = httpx.post(url + "/logs/filter", json={}).json()
+            assert any("a log line" in log["message"] for log in logs), logs
         assert not healthy(url), "server still running"
         print("OK", url)
     """)
