@@ -9,6 +9,7 @@ DVC_LOCK = Path("dvc.lock")
 
 PREPARED = Path("data/prepared")
 DATA_REPORT = Path("reports/data_report.json")
+DATA_REPORT_THUMBS = Path("reports/data_report_thumbs.png")  # beside it, as pipeline/data/report.py names it
 
 EVALUATOR = Path("models/evaluator.pt")
 EVALUATOR_METRICS = Path("metrics/evaluator.json")

@@ -230,3 +230,65 @@ def test_training_subset_is_stable_and_grows_as_a_superset(tmp_path):
     rows = lambda s: {r.tobytes() for r in np.asarray(s.images)}  # noqa: E731
     assert rows(small) <= rows(large) <= rows(full)
     assert stable_subset(tmp_path / "p", "train", full, 1.0) is full
+
+
+def test_the_data_report_shows_a_labelled_row_of_images_per_class(tmp_path):
+    from pipeline.data.report import class_thumbnails
+    from pipeline.grid import figure_png
+
+    prepare(folder_cfg(make_folder(tmp_path / "src")), tmp_path / "prepared", tmp_path / "report.json")
+    assert "\n![training images per class](report_thumbs.png)\n" in (tmp_path / "report.md").read_text()
+    fig = class_thumbnails(tmp_path / "prepared", ["cat", "dog"], domains=False)
+    assert (tmp_path / "report_thumbs.png").read_bytes() == figure_png(fig)  # what prepare wrote
+    assert [ax.get_ylabel() for ax in fig.axes] == ["cat", "dog"]
+    for ax, colours in zip(fig.axes, (range(40, 46), range(160, 166)), strict=True):
+        # every image of the class (the val split's too, the train split holding fewer than a row), no other
+        assert set(np.unique(ax.images[0].get_array())) - {0} == set(colours)
+
+
+def test_two_domain_data_gets_one_row_per_domain(tmp_path):
+    from pipeline.data.report import class_thumbnails
+    from pipeline.grid import make_grid
+
+    cfg = DataConfig(source="glyphs", image_size=16, glyphs={"chars": ["ascii"]})
+    prepare(cfg, tmp_path / "prepared", tmp_path / "report.json")
+    fig = class_thumbnails(tmp_path / "prepared", ["A", "B"], domains=True)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["domain A", "domain B"]
+    first_a = np.load(tmp_path / "prepared" / "train_A.npy")[:8]
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), make_grid(first_a, 8)[..., 0])
+    assert (tmp_path / "report_thumbs.png").is_file()
+
+
+def test_the_thumbnails_are_a_prepare_output_beside_the_report():
+    import yaml
+    from conftest import REPO
+
+    from pipeline import layout
+    from pipeline.data.report import thumbs_path
+
+    assert thumbs_path(layout.DATA_REPORT) == layout.DATA_REPORT_THUMBS
+    outs = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["prepare"]["outs"]
+    declared = {k: v for out in outs if isinstance(out, dict) for k, v in out.items()}
+    assert declared[layout.DATA_REPORT_THUMBS.as_posix()] == {"cache": False, "persist": True}
+
+
+def test_a_failed_prepare_leaves_the_thumbnails_and_everything_else_as_they_were(tmp_path):
+    src, out, report = make_folder(tmp_path / "src"), tmp_path / "prepared", tmp_path / "report.json"
+    with pytest.raises(DataError):  # nothing at all from a first run that fails
+        prepare(folder_cfg(src, class_names=["cat", "dog", "owl"]), out, report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    prepare(folder_cfg(src), out, report)
+    thumbs = tmp_path / "report_thumbs.png"
+    kept = {p: p.read_bytes() for p in (thumbs, report, report.with_suffix(".md"), out / "manifest.json")}
+    add_bad_files(src)
+    with pytest.raises(DataError):  # bad files: refused before anything is replaced
+        prepare(folder_cfg(src), out, report)
+    assert {p: p.read_bytes() for p in kept} == kept
+    # the new thumbnails cannot be put in place (a folder is in the way): the four outputs are
+    # renamed together, so the dataset and both reports stay as they were too
+    thumbs.unlink()
+    thumbs.mkdir()
+    with pytest.raises(IsADirectoryError):
+        prepare(folder_cfg(src, on_error="skip"), out, report)
+    assert {p: p.read_bytes() for p in kept if p != thumbs} == {p: b for p, b in kept.items() if p != thumbs}
+    assert thumbs.is_dir() and not list(thumbs.iterdir()) and not list(tmp_path.glob(".*.tmp"))

@@ -74,10 +74,10 @@ class Outputs:
 
     def __init__(self, root: Path):
         self.dir, self.report = root / "data" / "prepared", root / "reports" / "data_report.json"
-        self.summary = self.report.with_suffix(".md")
+        self.summary, self.thumbs = self.report.with_suffix(".md"), root / "reports" / "data_report_thumbs.png"
 
     def snapshot(self) -> dict[str, bytes]:
-        files = [*sorted(self.dir.rglob("*")), self.report, self.summary]
+        files = [*sorted(self.dir.rglob("*")), self.report, self.summary, self.thumbs]
         return {str(p): p.read_bytes() for p in files if p.is_file()}
 
     def temporaries(self) -> list[Path]:
@@ -277,7 +277,7 @@ def test_a_report_that_cannot_be_written_leaves_all_three_outputs_as_they_were(t
     outs, before = previous
     src = good_folder(tmp_path / "src")
     (src / "cat" / "new.png").write_bytes(png(7))  # this run's dataset would differ
-    for p in (outs.report, outs.summary):
+    for p in (outs.report, outs.summary, outs.thumbs):
         before.pop(str(p))
         p.unlink()
     outs.report.parent.rmdir()

@@ -12,8 +12,9 @@ The train/val split is decided by each item's content hash (glyphs: by the chara
 adding images never moves existing ones between splits.
 
 Files are decoded in worker processes (`decode`) and streamed to disk (`arrays`): memory stays
-flat whatever the dataset size. The three outputs (data/prepared/, the JSON report, its Markdown
-summary) are built as temporaries and renamed into place together once all three are complete.
+flat whatever the dataset size. The four outputs (data/prepared/, the JSON report, its Markdown
+summary and the summary's per-class thumbnails) are built as temporaries and renamed into place
+together once all four are complete.
 """
 
 from __future__ import annotations
@@ -41,9 +42,18 @@ from pipeline.config import DataConfig
 from pipeline.data import sources
 from pipeline.data.arrays import ArrayWriter
 from pipeline.data.decode import Outcome, decoded, max_file_bytes
-from pipeline.data.report import data_report, one_line, report_json, summary_markdown, summary_path
+from pipeline.data.report import (
+    class_thumbnails,
+    data_report,
+    one_line,
+    report_json,
+    summary_markdown,
+    summary_path,
+    thumbs_path,
+)
 from pipeline.data.sources import Source, SourceError, safe_text
 from pipeline.errors import UserError
+from pipeline.grid import figure_png
 
 try:
     import fcntl
@@ -75,13 +85,13 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
 
     With `on_error: fail` any bad file (or an empty class) aborts with a DataError naming
     each one and nothing is written; with `skip` they are left out and listed in the report
-    (`reports/data_report.json` and a readable `.md` beside it). Exact duplicates are never
-    an error: the first (by name) is kept, the others listed. The dataset and both reports
-    are complete before any of them replaces its previous version.
+    (`reports/data_report.json`, a readable `.md` and its `_thumbs.png` beside it). Exact
+    duplicates are never an error: the first (by name) is kept, the others listed. The dataset
+    and the reports are complete before any of them replaces its previous version.
     """
     started = time.time()
     out_dir, report_path = Path(out_dir), Path(report_path)
-    outputs = (out_dir, report_path, summary_path(report_path))
+    outputs = (out_dir, report_path, summary_path(report_path), thumbs_path(report_path))
     remove_stale_temporaries(outputs, started)
     try:
         source = source_for(cfg)
@@ -90,15 +100,18 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
     # `with locks, staged`: the temporaries are renamed into place (last entered, first)
     # before their locks are released
     with contextlib.ExitStack() as locks, contextlib.ExitStack() as staged:
-        tmp, tmp_report, tmp_summary = (staged.enter_context(atomic_path(p)) for p in outputs)
+        tmp, tmp_report, tmp_summary, tmp_thumbs = (staged.enter_context(atomic_path(p)) for p in outputs)
         _claim(locks, tmp, tmp.mkdir)
         col = _collect(cfg, source, tmp)
         classes, empty = _classes(cfg, source, col)
         counts = _write_dataset(cfg, source, col, classes, tmp)
         report = data_report(cfg, source.notes, counts, col.skipped, empty, seen=col.files_seen, used=len(col.files))
-        for path, content in ((tmp_report, report_json(report)), (tmp_summary, summary_markdown(report))):
+        thumbs = figure_png(class_thumbnails(tmp, classes, bool(source.domains)))
+        summary = summary_markdown(report, outputs[3].name)
+        for path, content in ((tmp_report, report_json(report).encode()), (tmp_summary, summary.encode()),
+                              (tmp_thumbs, thumbs)):  # fmt: skip
             _claim(locks, path, lambda p=path: _create_file(p))
-            path.write_bytes(content.encode())
+            path.write_bytes(content)
     return PrepareResult(out_dir=out_dir, counts=counts, skipped=col.skipped)
 
 

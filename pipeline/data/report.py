@@ -1,13 +1,26 @@
-"""The prepare stage's data report: JSON (`reports/data_report.json`) and a Markdown summary
-beside it, every file name escaped so that it can neither forge a line nor markup."""
+"""The prepare stage's data report: JSON (`reports/data_report.json`), a Markdown summary
+beside it, every file name escaped so that it can neither forge a line nor markup, and a strip
+of training images per class (or domain) that the summary shows."""
+
+from __future__ import annotations
 
 import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.data.sources import safe_text
+from pipeline.grid import labelled_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+THUMBS_PER_CLASS = 8
+THUMB_ROWS = 20  # classes shown at most
 
 
 def data_report(cfg: DataConfig, notes: dict, counts: dict, skipped: list, empty: list, seen: int, used: int) -> dict:
@@ -35,7 +48,32 @@ def summary_path(report_path: Path) -> Path:
     return report_path.with_suffix(".md")
 
 
-def summary_markdown(report: dict) -> str:
+def thumbs_path(report_path: Path) -> Path:
+    return report_path.with_name(f"{report_path.stem}_thumbs.png")
+
+
+def class_thumbnails(prepared: Path, classes: list[str], domains: bool) -> Figure:
+    """The first training images of each class, one labelled row per class (val images where the
+    train split has too few), or of each domain for two-domain data (paired: pairs in columns)."""
+    rows = []
+    if domains:
+        for d in classes:
+            rows.append((f"domain {d}", np.load(prepared / f"train_{d}.npy", mmap_mode="r")[:THUMBS_PER_CLASS]))
+    else:
+        splits = [(np.load(prepared / f"{s}_images.npy", mmap_mode="r"), np.load(prepared / f"{s}_labels.npy"))
+                  for s in ("train", "val")]  # fmt: skip
+        for i, name in enumerate(classes[:THUMB_ROWS]):
+            images = np.concatenate([x[np.flatnonzero(y == i)[:THUMBS_PER_CLASS]] for x, y in splits])
+            label = one_line(name)
+            rows.append((label if len(label) <= 32 else label[:31] + "…", images[:THUMBS_PER_CLASS]))
+    shown = f", the first {THUMB_ROWS} of {len(classes)} classes" if len(classes) > THUMB_ROWS else ""
+    title = f"training images per {'domain' if domains else 'class'}{shown}"
+    scale = 48 / rows[0][1].shape[-1]  # thumbnails 48 pixels wide whatever the image size
+    return labelled_figure([x for _, x in rows], [lab for lab, _ in rows], title, THUMBS_PER_CLASS, True, scale)
+
+
+def summary_markdown(report: dict, thumbs: str | None = None) -> str:
+    """The readable summary; `thumbs`: the file name of the thumbnail strip beside it."""
     md = markdown_text
     lines = [
         "# Data report",
@@ -54,6 +92,8 @@ def summary_markdown(report: dict) -> str:
         lines.append(f"- glyphs: {g['kept']} of {g['requested']} characters in both fonts")
         for reason, n in g["dropped_count"].items():
             lines.append(f"  - dropped, {md(reason)}: {n}")
+    if thumbs:
+        lines += ["", f"![training images per class]({thumbs})"]
     if report["skipped"]:
         lines += ["", "| file | reason |", "|---|---|"]
         lines += [f"| {md(s['file'])} | {md(s['reason'])} |" for s in report["skipped"]]

@@ -14,7 +14,9 @@ PSNR and SSIM come from torchmetrics (data range 2 for images in [-1, 1]).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -22,12 +24,15 @@ from pipeline import layout
 from pipeline.artifacts import read_json
 from pipeline.config import Params
 from pipeline.data.dataset import load_split, to_float
-from pipeline.grid import save_panels
+from pipeline.grid import labelled_figure, save_figure
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.metrics.suite import embed
 from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 GRID_ROWS = 16
 
@@ -103,8 +108,16 @@ def evaluate_translation(
     if comparison_png:
         k = min(GRID_ROWS, len(val_a))
         panels = [val_a[:k].numpy(), out_ab[:k].numpy()] + ([val_b[:k].numpy()] if paired else [])
-        save_panels(panels, comparison_png, nrow=1, scale=2)  # input | output (| target)
+        save_figure(translation_figure(panels, result), comparison_png)
     return result
+
+
+def translation_figure(panels: list[np.ndarray], m: dict) -> Figure:
+    """reports/eval_comparison.png: columns input | output (| target, with ground truth) of held-out
+    images, titled with the FID (and L1) of the translation."""
+    l1 = f", L1 {m['l1']:.4f}" if "l1" in m else ""
+    title = f"held-out A→B translations, FID {m['fid']:.3f}{l1}"
+    return labelled_figure(panels, ["input", "output", "target"][: len(panels)], title, nrow=1, scale=2)
 
 
 def translation_markdown(m: dict) -> str:

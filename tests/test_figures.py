@@ -1,0 +1,151 @@
+"""Pictures carry their titles and labels: the evaluate stage's comparisons, and the README's
+figures, which docs/figures.py makes from DVC experiments (end to end, with tiny params)."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY, make_repo, merge, sh, write_params
+from PIL import Image
+
+from pipeline.grid import figure_png, make_grid
+from pipeline.metrics.suite import comparison_figure
+from pipeline.metrics.translation import translation_figure
+
+# over every configuration: seconds per run, glyphs of ASCII only, CycleGAN with two blocks
+QUICK = merge(TINY, {"data": {"glyphs": {"chars": ["ascii"]}}, "model": {"n_blocks": 2}})
+AUGMENT = ["configs/digits-10pct.yaml", "configs/digits-10pct-diffaugment.yaml", "configs/digits-10pct-ada.yaml"]
+GLYPHS = ["configs/glyphs-pix2pix.yaml", "configs/glyphs-cyclegan.yaml"]
+
+
+def test_eval_comparison_shows_real_beside_generated_under_the_fid():
+    real, fake = np.full((8, 1, 4, 4), -1.0, np.float32), np.full((8, 1, 4, 4), 1.0, np.float32)
+    fig = comparison_figure(real, fake, 2.7704)
+    assert fig._suptitle.get_text() == "real held-out vs generated, FID 2.770"
+    assert [ax.get_title() for ax in fig.axes] == ["real held-out", "generated"]
+    for ax, images in zip(fig.axes, (real, fake), strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), make_grid(images, 4)[..., 0])
+
+
+def test_translation_comparison_labels_input_output_and_target_columns():
+    a, out, b = (np.full((3, 1, 8, 8), v, np.float32) for v in (-1.0, 0.0, 1.0))
+    fig = translation_figure([a, out, b], {"fid": 0.3071, "l1": 0.03384})
+    assert [ax.get_title() for ax in fig.axes] == ["input", "output", "target"]
+    assert fig._suptitle.get_text() == "held-out A→B translations, FID 0.307, L1 0.0338"
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), make_grid(out, 1)[..., 0])
+    unpaired = translation_figure([a, out], {"fid": 1.0})  # no ground truth: no target, no L1
+    assert [ax.get_title() for ax in unpaired.axes] == ["input", "output"] and "L1" not in unpaired._suptitle.get_text()
+
+
+def test_the_script_lists_its_figures_and_refuses_unknown_ones():
+    listed = sh([sys.executable, "docs/figures.py", "--list"], REPO).stdout
+    assert "digits10_augment: " + ", ".join(AUGMENT) in listed
+    assert "glyph_translation: " + ", ".join(GLYPHS) in listed
+    bad = sh([sys.executable, "docs/figures.py", "digits_sample"], REPO, check=False)
+    assert bad.returncode == 2 and "name the figures to make: all, or any of digits_samples, configs" in bad.stderr
+
+
+def load_script(root: Path):
+    spec = importlib.util.spec_from_file_location("figures", root / "docs" / "figures.py")
+    module = sys.modules["figures"] = importlib.util.module_from_spec(spec)  # where its dataclass looks
+    spec.loader.exec_module(module)
+    return module
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, prefect_api):
+    """Two figures made by the script in a fresh copy of the project with the shipped params,
+    the tiny overlay laid over their five configurations (five DVC experiments)."""
+    root = make_repo(tmp_path_factory.mktemp("figures"), {})
+    overlay = write_params(tmp_path_factory.mktemp("overlay") / "quick.yaml", QUICK)
+    res = sh([sys.executable, "docs/figures.py", "digits10_augment", "glyph_translation", "--overlay", str(overlay),
+              "--out", "out"], root)  # fmt: skip
+    return root, overlay, res.stdout
+
+
+@pytest.fixture(scope="module")
+def runs(made, tmp_path_factory):
+    root, overlay, _ = made
+    figures = load_script(root)
+    return figures, figures.Experiments(overlay).load(AUGMENT + GLYPHS, tmp_path_factory.mktemp("models"))
+
+
+def exp_fids(root: Path) -> dict[str, float]:
+    """Each experiment's FID as `dvc exp show` reports it."""
+    rows = json.loads(sh([sys.executable, "-m", "dvc", "exp", "show", "--json"], root).stdout)
+    exps = [exp for row in rows for exp in row.get("experiments") or []]
+    return {exp["name"]: exp["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["fid"] for exp in exps}
+
+
+@pytest.mark.integration
+def test_the_augmentation_figure_has_a_row_per_configuration_ada_included(made, runs):
+    root, _, stdout = made
+    figures, found = runs
+    assert stdout.count("dvc exp run --temp --name") == 5 and "wrote out/digits10_augment.png" in stdout
+    fig = figures.digits10_augment([found[c] for c in AUGMENT])
+    fid, names = exp_fids(root), [Path(c).stem for c in AUGMENT]
+    rows = [f"{n} ({kind})\nFID {fid[n + '-quick']:.3f}" for n, kind in zip(names, ["no augmentation", "DiffAugment",
+                                                                                   "ADA"], strict=True)]  # fmt: skip
+    assert [ax.get_ylabel() for ax in fig.axes] == rows
+    assert fig._suptitle.get_text() == "10% of the digits, without and with augmentation"
+    # the PNG written is this figure: the samples of the three exported models, from the same seed
+    np.testing.assert_array_equal(pixels((root / "out/digits10_augment.png").read_bytes()), pixels(figure_png(fig)))
+
+
+@pytest.mark.integration
+def test_the_glyph_figure_has_input_both_translators_and_target_rows(made, runs):
+    root, _, _ = made
+    figures, found = runs
+    fig = figures.glyph_translation([found[c] for c in GLYPHS])
+    labels, fid = [ax.get_ylabel() for ax in fig.axes], exp_fids(root)
+    assert labels[0] == "input (DejaVuSans)" and labels[3] == "target (DejaVuSerif)"
+    for label, config in zip(labels[1:3], GLYPHS, strict=True):
+        name = Path(config).stem
+        assert label.startswith(f"{name}\nFID {fid[name + '-quick']:.3f}, L1 0.")
+    np.testing.assert_array_equal(pixels((root / "out/glyph_translation.png").read_bytes()), pixels(figure_png(fig)))
+
+
+@pytest.mark.integration
+def test_the_other_figures_draw_their_panels_from_runs(runs):
+    figures, found = runs
+    plain, diffaugment, ada = (found[c] for c in AUGMENT)
+    side = figures.configs([plain, diffaugment, ada])
+    assert [ax.get_title() for ax in side.axes] == [r.label() for r in (plain, diffaugment, ada)]
+    assert len(figures.digits_samples([ada]).axes[0].images) == 1
+    fashion = figures.fashion_comparison([plain])
+    assert [ax.get_title() for ax in fashion.axes] == ["real held-out", "generated"]
+    real = fashion.axes[0].images[0].get_array()
+    assert real.shape == make_grid(np.zeros((32, 1, 16, 16), np.uint8), 4)[..., 0].shape
+
+
+@pytest.mark.integration
+def test_a_second_run_reuses_the_experiments_until_params_or_code_change(made, runs, tmp_path):
+    root, overlay, _ = made
+    figures, _ = runs
+    before = (root / "out/digits10_augment.png").read_bytes()
+    again = sh([sys.executable, "docs/figures.py", "digits10_augment", "--overlay", str(overlay), "--out", "out"], root)
+    assert "dvc exp run" not in again.stdout and "experiment digits-10pct-ada-quick (" in again.stdout
+    assert (root / "out/digits10_augment.png").read_bytes() == before
+    experiments = figures.Experiments(overlay)
+    assert experiments.find(AUGMENT[2]) is not None
+    longer = write_params(tmp_path / "quick.yaml", merge(QUICK, {"train": {"steps": 18}}))  # the same names
+    assert figures.Experiments(longer).find(AUGMENT[2]) is None
+    code = root / "pipeline" / "losses.py"
+    source = code.read_text()
+    try:
+        code.write_text(source + "\n# changed\n")
+        assert experiments.find(AUGMENT[2]) is None  # a dependency of the stages changed
+    finally:
+        code.write_text(source)
+    assert experiments.find(AUGMENT[2]) is not None
+    assert not (root / "models" / "generator.pt").exists()  # every run was in a temporary copy, none in the workspace
