@@ -81,3 +81,28 @@ def test_evaluator_learns_digits_and_exposes_its_feature_width(prepared_digits, 
     train_evaluator(cfg, load_split(prepared_digits, "train"), load_split(prepared_digits, "val"),
                     tmp_path / "again" / "evaluator.pt", progress=False)  # fmt: skip
     assert (tmp_path / "again" / "evaluator.pt").read_bytes() == (tmp_path / "ev.pt").read_bytes()
+
+
+def test_the_suite_reports_precision_recall_and_fid_as_a_multiple_of_the_real_floor(prepared_digits, tmp_path):
+    from pipeline.metrics.suite import evaluate, generation_markdown
+    from pipeline.training.runner import TrainPaths, train
+
+    params = tiny_params(model={"conditional": True})
+    train_evaluator(params.evaluate.evaluator, load_split(prepared_digits, "train"),
+                    load_split(prepared_digits, "val"), tmp_path / "ev.pt", progress=False)  # fmt: skip
+    paths = TrainPaths(prepared=prepared_digits, checkpoints=tmp_path / "ckpt", generator=tmp_path / "g.pt",
+                       live_dir=tmp_path / "live", samples=tmp_path / "s.png")  # fmt: skip
+    train(params, paths, progress=False)
+    m = evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None)
+    assert m["fid_vs_floor"] == round(m["fid"] / m["fid_real_floor"], 2) and m["fid_vs_floor"] > 1
+    for name in ("precision", "recall", "density", "coverage"):
+        assert 0 <= m[name] <= (10 if name == "density" else 1)  # density can exceed 1
+    # real held-out images lie on the real manifold; 12 steps of training do not get there
+    assert m["precision_real_floor"] > 0.6 and m["recall_real_floor"] > 0.6
+    assert m["precision"] < m["precision_real_floor"]
+    assert "fid_position" not in m and 0 <= m["class_accuracy"] <= 1 and len(m["class_accuracy_per_class"]) == 10
+    md = generation_markdown(m)
+    assert md.startswith(f"FID {m['fid']:.3f} is {m['fid_vs_floor']}x the real-data floor")
+    assert f"precision {m['precision']:.2f}" in md and f"recall {m['recall']:.2f}" in md
+    assert "| **trained generator** |" in md and "| untrained generator (ceiling) |" in md
+    assert evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None) == m

@@ -1,17 +1,20 @@
-"""The `evaluate` stage's metric suite: FID/KID of the trained generator, with anchors.
+"""The `evaluate` stage's metric suite: FID/KID, precision/recall/density/coverage, with anchors.
 
 A bare FID in a custom feature space means nothing to a reader, so every number comes
 with two anchors measured the same way, on the same number of images:
   floor   - real held-out images (val split) vs the training split: the best a perfect
             generator could expect;
   ceiling - an untrained generator of the same architecture and seed: the worst.
-`fid_position` = (fid - floor) / (ceiling - floor): 0 is as good as real data, 1 is as
-bad as random weights. The reference set for all three is the whole training split.
+The headline is FID as a multiple of the floor (`fid_vs_floor`; 1 = as good as real data)
+with precision (how many samples look real) and recall (how much of the real variety they
+reach), each beside what real held-out images score. The FID/KID reference is the whole
+training split; precision and recall use as many training images as there are samples.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,12 +23,17 @@ from torch import nn
 from pipeline import layout
 from pipeline.config import ModelConfig, Params
 from pipeline.data.dataset import load_split, to_float
-from pipeline.grid import save_panels
-from pipeline.metrics.distance import fid_kid
+from pipeline.grid import labelled_figure, save_figure
+from pipeline.metrics.distance import fid_kid, prdc
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.models import build_generator
 from pipeline.models.artifact import load_generator
 from pipeline.runtime import seed_everything, set_threads
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+MANIFOLD = ("precision", "recall", "density", "coverage")
 
 
 @torch.no_grad()
@@ -73,68 +81,88 @@ def evaluate(
     ref = embed(net, train.images, ecfg.batch_size)
     rng = np.random.default_rng(params.seed)
     val_idx = rng.choice(len(val.labels), size=n, replace=n > len(val.labels))
-    floor = fid_kid(
-        ref,
-        embed(net, val.images[np.sort(val_idx)], ecfg.batch_size),
-        ecfg.kid_subset_size,
-        ecfg.kid_subsets,
-        params.seed,
-    )
+    # precision/recall compare k-NN manifolds of sets of one size: as many training images as samples
+    ref_subset = ref[np.sort(rng.choice(len(ref), size=min(n, len(ref)), replace=False))]
 
+    def score(images, manifolds: bool = True) -> dict:
+        features = embed(net, images, ecfg.batch_size)
+        scores = fid_kid(ref, features, ecfg.kid_subset_size, ecfg.kid_subsets, params.seed)
+        return scores | (prdc(ref_subset, features) if manifolds else {})
+
+    floor = score(val.images[np.sort(val_idx)])
     fakes, fake_labels = generate(g, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)
-    model = fid_kid(ref, embed(net, fakes, ecfg.batch_size), ecfg.kid_subset_size, ecfg.kid_subsets, params.seed)
-
+    model = score(fakes)
     torch.manual_seed(params.seed)  # the untrained G is the one training started from
     untrained = build_generator(ModelConfig(**gspec["model"]), gspec["image_size"], gspec["channels"], num_classes)
-    noise, _ = generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)
-    ceiling = fid_kid(ref, embed(net, noise, ecfg.batch_size), ecfg.kid_subset_size, ecfg.kid_subsets, params.seed)
+    ceiling = score(generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)[0], False)
 
-    span = ceiling["fid"] - floor["fid"]
-    result: dict = {
-        "fid": round(model["fid"], 4),
-        "kid": round(model["kid_mean"], 6),
-        "kid_std": round(model["kid_std"], 6),
-        "fid_real_floor": round(floor["fid"], 4),
-        "fid_untrained_ceiling": round(ceiling["fid"], 4),
-        "kid_real_floor": round(floor["kid_mean"], 6),
-        "kid_untrained_ceiling": round(ceiling["kid_mean"], 6),
-        "fid_position": round((model["fid"] - floor["fid"]) / span, 4) if span > 0 else None,
+    result = _result(model, floor, ceiling) | {
         "num_samples": n,
         "num_reference": len(train.labels),
         "feature_extractor": f"evaluator ({espec['task']} CNN, {espec['features']}-d features)",
     }
     if num_classes and espec["task"] == "classes":
-        pred = (
-            net(fakes).argmax(1)
-            if len(fakes) <= 4096
-            else torch.cat([net(fakes[i : i + 1024]).argmax(1) for i in range(0, len(fakes), 1024)])
-        )
-        hit = (pred == fake_labels).float()
-        names = gspec["class_names"]
-        result["class_accuracy"] = round(float(hit.mean()), 4)
-        result["class_accuracy_per_class"] = {
-            names[c]: round(float(hit[fake_labels == c].mean()), 4) for c in range(num_classes)
-        }
+        result |= _class_accuracy(net, fakes, fake_labels, gspec["class_names"])
     if comparison_png:
         k = min(32, n)
         real = to_float(np.asarray(val.images[np.sort(val_idx)[:k]])).numpy()
-        save_panels([real, fakes[:k].numpy()], comparison_png, nrow=4, scale=3)  # real | generated
+        save_figure(comparison_figure(real, fakes[:k].numpy(), result["fid"]), comparison_png)
     return result
 
 
+def _result(model: dict, floor: dict, ceiling: dict) -> dict:
+    r4, r6 = (lambda x: round(x, 4)), (lambda x: round(x, 6))
+    return {
+        "fid": r4(model["fid"]),
+        "kid": r6(model["kid_mean"]),
+        "kid_std": r6(model["kid_std"]),
+        "fid_real_floor": r4(floor["fid"]),
+        "fid_untrained_ceiling": r4(ceiling["fid"]),
+        "kid_real_floor": r6(floor["kid_mean"]),
+        "kid_untrained_ceiling": r6(ceiling["kid_mean"]),
+        "fid_vs_floor": round(r4(model["fid"]) / r4(floor["fid"]), 2) if r4(floor["fid"]) > 0 else None,
+        **{name: r4(model[name]) for name in MANIFOLD},
+        **{f"{name}_real_floor": r4(floor[name]) for name in MANIFOLD},
+    }
+
+
+def _class_accuracy(net: nn.Module, fakes: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
+    """The share of conditional samples the evaluator classifies as the class they were asked for."""
+    pred = torch.cat([net(fakes[i : i + 1024]).argmax(1) for i in range(0, len(fakes), 1024)])
+    hit = (pred == labels).float()
+    return {
+        "class_accuracy": round(float(hit.mean()), 4),
+        "class_accuracy_per_class": {names[c]: round(float(hit[labels == c].mean()), 4) for c in range(len(names))},
+    }
+
+
+def comparison_figure(real: np.ndarray, generated: np.ndarray, fid: float) -> Figure:
+    """reports/eval_comparison.png: real held-out images beside generated ones, titled with the FID."""
+    title = f"real held-out vs generated, FID {fid:.3f}"
+    return labelled_figure([real, generated], ["real held-out", "generated"], title, nrow=4, scale=3)
+
+
+def headline(m: dict) -> str:
+    """The result in words: FID as a multiple of what real data scores, precision and recall."""
+    return (f"FID {m['fid']:.3f} is {m['fid_vs_floor']}x the real-data floor ({m['fid_real_floor']:.3f}); "
+            f"precision {m['precision']:.2f} (share of samples that look real; real data: "
+            f"{m['precision_real_floor']:.2f}), recall {m['recall']:.2f} (share of the real variety reached; "
+            f"real data: {m['recall_real_floor']:.2f})")  # fmt: skip
+
+
 def generation_markdown(m: dict) -> str:
-    """The FID/KID table with its two anchors, as a reader should see it."""
-    return "\n".join(
-        [
-            f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "
-            "training images.",
-            "",
-            "| | FID | KID |",
-            "|---|---|---|",
-            f"| real held-out images (floor) | {m['fid_real_floor']:.3f} | {m['kid_real_floor']:.5f} |",
-            f"| **trained generator** | **{m['fid']:.3f}** | **{m['kid']:.5f}** |",
-            f"| untrained generator (ceiling) | {m['fid_untrained_ceiling']:.3f} | {m['kid_untrained_ceiling']:.5f} |",
-            "",
-            f"fid_position = {m['fid_position']} (0 = as good as real data, 1 = as bad as random weights)",
-        ]
-    )
+    """The headline, then the FID/KID table with its two anchors, as a reader should see it."""
+    rows = [("real held-out images (floor)", "_real_floor", ""), ("**trained generator**", "", "**"),
+            ("untrained generator (ceiling)", "_untrained_ceiling", "")]  # fmt: skip
+    table = [
+        f"| {label} | {b}{m['fid' + sfx]:.3f}{b} | {b}{m['kid' + sfx]:.5f}{b} | "
+        + " | ".join(f"{b}{m[k + sfx]:.3f}{b}" if k + sfx in m else "–" for k in MANIFOLD)
+        + " |"
+        for label, sfx, b in rows
+    ]
+    return "\n".join([
+        headline(m) + ".", "",
+        f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "
+        "training images (precision and recall: vs as many training images, k = 5 nearest neighbours).", "",
+        "| | FID | KID | precision | recall | density | coverage |", "|---|---|---|---|---|---|---|", *table,
+    ])  # fmt: skip
