@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.artifacts import atomic_path
 from pipeline.config import ConfigError
 from pipeline.errors import UserError
 
@@ -65,12 +67,14 @@ def _write_error(path: Path, err: OSError) -> UserError:
 
 
 def _run_pipeline(dvc_args: list[str]) -> int:
-    from flows.pipeline import pipeline_flow, summary_markdown
-    from flows.server import local_prefect_api
+    from flows.pipeline import experiment_name, pipeline_flow, summary_markdown
+    from flows.server import describe, local_prefect_api
+    from flows.stage import run_labelled
 
     with local_prefect_api() as url:
-        print(f"Prefect API: {url}", file=sys.stderr)
-        state = pipeline_flow(dvc_args=dvc_args, return_state=True)
+        print(describe(url), file=sys.stderr)
+        state = run_labelled(pipeline_flow, {"dvc_args": dvc_args}, "pipeline", layout.PARAMS,
+                             experiment_name(dvc_args), return_type="state")  # fmt: skip
     if not state.is_completed():
         print(f"ganpipe {'exp' if dvc_args[0] == 'exp' else 'repro'}: {state.message}", file=sys.stderr)
         return 1
@@ -100,11 +104,55 @@ def _cmd_exp(args: argparse.Namespace) -> int:
     overlay = read_yaml(args.config, "give the overlay's path, e.g. configs/wgan-gp.yaml") or {}
     if not isinstance(overlay, dict):
         raise ConfigError(f"{args.config}: must be a mapping of params groups")
+    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    if not {"-f", "--force"} & set(args.dvc_args) and _experiment_exists(name):  # DVC's own refusal reads as a failure
+        rerun = f"ganpipe exp {args.config}" + (f" --name {name}" if args.name else "")
+        raise UserError(f"experiment {name!r} already exists on this commit (dvc exp show); run it again under another "
+                        f"name (ganpipe exp {args.config} --name {name}-2) or replace it ({rerun} -f)")  # fmt: skip
+    _committed_params()
     base = load_params(layout.PARAMS).model_dump(mode="json")
     parse_params(merge_overlay(base, overlay), args.config)  # validate the combination before running
-    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
     sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
     return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
+
+
+def _experiment_exists(name: str) -> bool:
+    """Whether HEAD already has an experiment `name`, the check `dvc exp run --name` makes."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.repo.experiments.refs import ExpRefInfo
+    from scmrepo.exceptions import SCMError
+
+    try:
+        with Repo() as repo:
+            return bool(repo.scm.get_ref(str(ExpRefInfo(repo.scm.get_rev(), name))))
+    except (DvcException, SCMError):  # not a DVC repository, no commit yet: `dvc exp run` says so itself
+        return False
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, check=False)
+
+
+def _committed_params() -> None:
+    """Lay overlays on the committed params.yaml. `dvc exp run` leaves the last experiment's params
+    in the workspace, and the next `-S` would be laid on them: an experiment's params there are
+    put back to the commit's (the experiment keeps them: `dvc exp apply`); an edit of the user's
+    is refused, never overwritten."""
+    committed = _git("show", f"HEAD:{layout.PARAMS.as_posix()}")
+    if committed.returncode != 0 or committed.stdout == layout.PARAMS.read_bytes():
+        return  # no commit or no committed params (DVC says so itself), or nothing changed
+    head = _git("rev-parse", "HEAD").stdout.decode().strip()
+    refs = _git("for-each-ref", "--format=%(refname)", f"refs/exps/{head[:2]}/{head[2:]}/").stdout.decode().split()
+    left_by = [r.rsplit("/", 1)[1] for r in refs
+               if _git("show", f"{r}:{layout.PARAMS.as_posix()}").stdout == layout.PARAMS.read_bytes()]  # fmt: skip
+    if not left_by:
+        raise UserError(f"{layout.PARAMS}: has changes that are not committed; an overlay is laid on the committed "
+                        f"params: commit them (or `git checkout {layout.PARAMS}`) and run again")  # fmt: skip
+    with atomic_path(layout.PARAMS) as tmp:
+        tmp.write_bytes(committed.stdout)
+    print(f"{layout.PARAMS}: held experiment {left_by[0]!r}'s params; put back the committed ones "
+          f"(`dvc exp apply {left_by[0]}` brings them back)", file=sys.stderr)
 
 
 def merge_overlay(base: dict, over: dict) -> dict:
@@ -165,7 +213,6 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from pipeline.artifacts import atomic_path
     from pipeline.inference import MAX_PIXELS, ImageRejected, OnnxTranslator, open_image
 
     max_pixels = args.max_pixels or MAX_PIXELS  # the default is resolved here: parsing must not import onnxruntime
@@ -284,7 +331,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
             "schedules need a running Prefect server: start `prefect server start` and "
             "export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-    print(f"serving deployment ganpipe-retrain/{args.name} (cron {args.cron!r}); Ctrl-C stops it", file=sys.stderr)
+    print(f"serving deployment ganpipe-retrain/{args.name} (cron {args.cron!r}); Ctrl-C or SIGTERM stops it, "
+          "cancelling a run in progress and pausing the schedule until the next `ganpipe schedule`",
+          file=sys.stderr)  # fmt: skip
     serve_retraining(args.cron, ".", args.registry, args.margin, args.name)
     return 0
 
@@ -292,12 +341,42 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.serve.app import ServeConfig, serve
 
-    given = {"max_pixels": args.max_pixels, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue}
+    given = {"max_pixels": args.max_pixels, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue,
+             "model_name": args.model_name}  # fmt: skip
     # a flag left out (None) keeps ServeConfig's default: one place to change it
     cfg = ServeConfig(model=Path(args.model) if args.model else None, registry=Path(args.registry),
                       direction=args.direction, max_n=args.max_n, max_upload_bytes=args.max_upload_bytes,
                       device=args.device, **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     serve(cfg, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_export_triton(args: argparse.Namespace) -> int:
+    from pipeline.triton import MODEL_NAME, write_repository
+
+    if not MODEL_NAME.match(args.name):
+        raise UserError(f"--name {args.name!r}: letters, digits, '_', '.' and '-' only, not starting with a symbol")
+    version, extra = 1, {}
+    if args.version:
+        from pipeline.registry import Registry
+
+        if args.model:
+            raise UserError("--model and --version are alternatives: an exported file, or a registry version")
+        reg = Registry(args.registry)
+        info = reg.info(None if args.version == "champion" else args.version)
+        models = [reg.root / info["version"] / f for f in info["files"]]
+        version, extra = int(info["version"][1:]), {"ganpipe.registry_version": info["version"]}
+    else:
+        defaults = [layout.ONNX_GENERATOR, *layout.ONNX_TRANSLATORS.values()]
+        models = [Path(m) for m in args.model] if args.model else [p for p in defaults if p.is_file()]
+        if not models:
+            raise UserError(f"{layout.EXPORTS}: no exported model; run the export stage or pass --model")
+    written = write_repository(models, args.out, name=args.name, version=version, force=args.force,
+                               max_batch_size=args.max_batch_size, gpu=args.gpu, queue_delay_us=args.queue_delay_us,
+                               parameters=extra)  # fmt: skip
+    for folder in written:
+        print(f"wrote {folder} (version {version})")
+    print(f"serve with: tritonserver --model-repository={args.out}")
     return 0
 
 
@@ -443,7 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=int_arg(0), default=None,
                     help="requests waiting for one of those; beyond, 503 + Retry-After (default 16)")  # fmt: skip
     sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
+    sv.add_argument("--model-name", default=None,
+                    help="the model's name under /v2/models/ (Open Inference Protocol; default ganpipe)")  # fmt: skip
     sv.set_defaults(fn=_cmd_serve)
+
+    tt = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for exported models",
+                        epilog="One model folder per ONNX file: <out>/<name>/config.pbtxt and "
+                               "<out>/<name>/<version>/model.onnx; a translator's is <name>_<direction>.")  # fmt: skip
+    tt.add_argument("--out", required=True, help="the model repository folder (other models in it are kept)")
+    tt.add_argument("--model", action="append",
+                    help="exported ONNX file (repeatable; default: every file of the export stage)")  # fmt: skip
+    tt.add_argument("--version", help="a registry version instead (v0003, or champion); its number is Triton's")
+    tt.add_argument("--registry", default="registry", help="registry folder, with --version")
+    tt.add_argument("--name", default="generator", help="Triton model name")
+    tt.add_argument("--max-batch-size", type=int_arg(1), default=None,
+                    help="largest batch Triton forms (default: 64 for a generator, 8 for a translator)")  # fmt: skip
+    tt.add_argument("--queue-delay-us", type=int_arg(0), default=100, help="dynamic batching's longest wait, in µs")
+    tt.add_argument("--gpu", action="store_true", help="run the instances on GPUs (KIND_GPU) instead of CPU")
+    tt.add_argument("--force", action="store_true", help="replace a model folder that already exists")
+    tt.set_defaults(fn=_cmd_export_triton)
     return parser
 
 

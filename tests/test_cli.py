@@ -51,6 +51,54 @@ def test_exp_refuses_an_invalid_overlay_before_running_anything(tmp_path):
     assert "Prefect API" not in res.stderr  # refused before a server was started
 
 
+def test_the_existing_experiment_check_leaves_a_missing_repository_or_commit_to_dvc(tmp_path, monkeypatch):
+    from flows.cli import _experiment_exists
+
+    monkeypatch.chdir(tmp_path)
+    assert _experiment_exists("x") is False  # not a DVC repository: `dvc exp run` says so itself
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
+    assert _experiment_exists("x") is False  # no commit yet: the same
+
+
+def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiments(tmp_path, prefect_api):
+    """`dvc exp run` leaves an experiment's params in params.yaml; the next overlay must not inherit them."""
+    import shutil
+
+    import yaml
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.yaml\n"
+                                       "    params: [seed, train.steps]\n    outs: [out.yaml]\n")  # fmt: skip
+    (tmp_path / "steps.yaml").write_text("train:\n  steps: 7\n")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    committed = (tmp_path / "params.yaml").read_bytes()
+    subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-q", "-S", "seed=5", "--name", "first"], cwd=tmp_path,
+                   check=True, capture_output=True)  # fmt: skip
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["seed"] == 5  # what DVC leaves behind
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api}
+    run = [sys.executable, "-m", "flows.cli", "exp", "steps.yaml"]
+    res = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "held experiment 'first'" in res.stderr
+    refs = {r.rsplit("/", 1)[1]: r for r in git("for-each-ref", "--format=%(refname)", "refs/exps").split()}
+    second = yaml.safe_load(git("show", f"{refs['steps']}:params.yaml"))
+    assert (second["seed"], second["train"]["steps"]) == (0, 7)  # the commit's seed, the overlay's steps
+    # an edit of the user's is refused, untouched, and nothing runs
+    (tmp_path / "params.yaml").write_bytes(committed.replace(b"seed: 0", b"seed: 9"))
+    res = subprocess.run([*run, "--name", "third"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "params.yaml: has changes that are not committed" in res.stderr
+    assert b"seed: 9" in (tmp_path / "params.yaml").read_bytes() and "third" not in git("for-each-ref", "refs/exps")
+
+
 def test_unknown_options_are_errors_except_where_they_go_to_dvc():
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--bogus"])

@@ -56,18 +56,20 @@ def test_repro_runs_every_stage_as_a_prefect_flow(first_run):
     assert runs == STAGES  # one flow run per stage, in pipeline order, on the shared server
 
 
-def test_evaluate_flow_publishes_the_metrics_table_as_a_prefect_artifact(first_run, prefect_api):
+def test_evaluate_flow_publishes_the_metrics_table_as_a_prefect_artifact(repo, first_run, prefect_api):
     import httpx
 
     found = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ganpipe-eval"]}}})
-    tables = [a["data"] for a in found.json()]
-    assert tables and "untrained generator (ceiling)" in tables[-1] and "real held-out images (floor)" in tables[-1]
+    fid = json.loads((repo / "metrics/eval.json").read_text())["fid"]  # the server holds other tests' runs too
+    ours = [a["data"] for a in found.json() if f"| **{fid:.3f}** |" in a["data"]]
+    assert ours and "untrained generator (ceiling)" in ours[-1] and "real held-out images (floor)" in ours[-1]
 
 
 def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
     for rel in ["data/prepared/train_images.npy", "data/prepared/manifest.json", "data/prepared/stats.json",
-                "reports/data_report.json", "reports/data_report.md", "models/evaluator.pt", "metrics/evaluator.json",
-                "models/generator.pt", "reports/samples.png", "dvclive/metrics.json",
+                "reports/data_report.json", "reports/data_report.md", "reports/data_report_thumbs.png",
+                "models/evaluator.pt", "metrics/evaluator.json", "models/generator.pt", "reports/samples.png",
+                "dvclive/metrics.json",
                 "reports/eval_comparison.png", "metrics/eval.json", "exports/generator.onnx",
                 "exports/model_card.json", "metrics/export.json", "dvc.lock"]:  # fmt: skip
         assert (repo / rel).is_file(), rel
@@ -230,7 +232,7 @@ def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(
     """DVC deletes a stage's outputs before running it unless they persist: a prepare that fails
     under `dvc repro` must leave the last good dataset and both reports as they were."""
     sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo)
-    kept = ["reports/data_report.json", "reports/data_report.md",
+    kept = ["reports/data_report.json", "reports/data_report.md", "reports/data_report_thumbs.png",
             *(p.relative_to(repo).as_posix() for p in sorted((repo / "data/prepared").iterdir()))]  # fmt: skip
     before = {rel: (repo / rel).read_bytes() for rel in kept}
     broken = tmp_path / "broken"
@@ -248,7 +250,7 @@ def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(
         params["data"] = original
         write_params(repo / "params.yaml", params)
     assert {rel: (repo / rel).read_bytes() for rel in kept} == before
-    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == sorted(Path(k).name for k in kept[2:])
+    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == sorted(Path(k).name for k in kept[3:])
     assert "up to date" in sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
 
 
@@ -272,3 +274,79 @@ def test_a_failing_dvc_repro_fails_the_task_that_ran_it(repo, first_run, prefect
             return max((r for r in runs if r.name.startswith("run_dvc")), key=lambda r: r.created).state.type.value
 
     assert asyncio.run(newest_run_dvc_state()) == "FAILED"
+
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+
+
+def commit_run(root: Path) -> None:
+    """Commit the workspace as a whole run (what an earlier failed run removed comes back from DVC's cache)."""
+    sh([sys.executable, "-m", "dvc", "checkout"], root)
+    sh(["git", "add", "-A"], root)
+    sh([*GIT, "commit", "-qm", "a run", "--allow-empty"], root)
+
+
+def test_models_are_dvc_artifacts_fetched_by_name(repo, first_run, tmp_path):
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        declared = dvc_repo.artifacts.read()["dvc.yaml"]
+    assert {name: (a.path, a.type, a.labels) for name, a in declared.items()} == {
+        "generator": ("models/generator.pt", "model", ["gan", "pytorch"]),
+        "generator-onnx": ("exports", "model", ["gan", "onnx"]),
+    }
+    assert all(a.desc for a in declared.values())
+    commit_run(repo)
+    for name in declared:  # a version is an annotated tag name@vX.Y.Z; DVC reads the file from the repository's cache
+        sh([*GIT, "tag", "-a", f"{name}@v1.0.0", "-m", "v1"], repo)
+        sh([sys.executable, "-m", "dvc", "artifacts", "get", str(repo), name, "-o", str(tmp_path / name)], tmp_path)
+    assert (tmp_path / "generator").read_bytes() == (repo / "models/generator.pt").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "generator-onnx").iterdir()) == ["generator.onnx", "model_card.json"]
+
+
+def test_a_promotion_leaves_git_status_clean(repo, first_run):
+    commit_run(repo)
+    sh([sys.executable, "-m", "flows.cli", "registry", "promote"], repo)
+    assert (repo / "registry/champion").is_file()
+    assert sh(["git", "status", "--porcelain"], repo).stdout == ""  # registry/ is ignored, not untracked noise
+
+
+def test_a_bad_value_given_to_raw_dvc_exp_run_removes_nothing_git_tracks(repo, first_run):
+    """DVC removes a stage's outputs before its command can validate params.yaml, unless they persist:
+    whichever stage runs first, the git-tracked reports and metrics must survive a bad -S value."""
+    commit_run(repo)
+    for key in ("data.image_size", "seed", "train.steps", "evaluate.num_samples", "export.opset"):
+        try:
+            res = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", f"{key}=abc"], repo, check=False)
+            assert res.returncode != 0
+            assert f"\n  {key}: Input should be a valid integer" in res.stdout + res.stderr  # the stage names the key
+            assert sh(["git", "status", "--porcelain"], repo).stdout == " M params.yaml\n", key  # DVC's -S edit only
+        finally:
+            sh(["git", "checkout", "params.yaml"], repo)
+            sh([sys.executable, "-m", "dvc", "checkout"], repo)  # what DVC removed from its own cache comes back
+    assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], repo).stdout
+
+
+def test_plots_diff_in_a_fresh_clone_finds_every_plot_of_the_committed_run(repo, first_run, tmp_path):
+    commit_run(repo)
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)  # no DVC cache, no remote
+    res = sh([sys.executable, "-m", "dvc", "plots", "diff", "HEAD", "-o", str(tmp_path / "plots")], clone)
+    assert "failed to load" not in res.stdout + res.stderr
+    samples = {p.name.split("_")[0] for p in (tmp_path / "plots/static").glob("*_dvclive_plots_images_samples_*.png")}
+    assert samples == {"HEAD", "workspace"}  # the sample grids of both revisions, next to the curves
+
+
+def test_rerunning_an_experiment_name_says_so_in_one_line(repo, first_run, tmp_path):
+    commit_run(repo)
+    config = tmp_path / "tolerant.yaml"
+    config.write_text("export:\n  parity_tolerance: 0.001\n")  # reruns export only
+    run = [sys.executable, "-m", "flows.cli", "exp", str(config)]
+    assert "Running stage 'export'" in sh(run, repo).stdout
+    again = sh(run, repo, check=False)
+    assert again.returncode == 2 and "Running stage" not in again.stdout
+    assert again.stderr.splitlines() == [
+        f"ganpipe exp: error: experiment 'tolerant' already exists on this commit (dvc exp show); run it again under "
+        f"another name (ganpipe exp {config} --name tolerant-2) or replace it (ganpipe exp {config} -f)"
+    ]
+    assert "Ran experiment(s): tolerant" in sh([*run, "-f"], repo).stdout  # -f goes through to dvc exp run
