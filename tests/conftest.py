@@ -16,6 +16,10 @@ from pipeline.config import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: one thread each, in this process and every child
+    os.environ.setdefault("GANPIPE_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Small enough to train in seconds on 2 CPU cores, big enough to exercise every code path.
 TINY = {
     "data": {"image_size": 16},
