@@ -139,13 +139,13 @@ def _committed_params() -> None:
     in the workspace, and the next `-S` would be laid on them: an experiment's params there are
     put back to the commit's (the experiment keeps them: `dvc exp apply`); an edit of the user's
     is refused, never overwritten."""
-    committed = _git("show", f"HEAD:{layout.PARAMS.as_posix()}")
-    if committed.returncode != 0 or committed.stdout == layout.PARAMS.read_bytes():
+    committed, current = _git("show", f"HEAD:{layout.PARAMS.as_posix()}"), layout.PARAMS.read_bytes()
+    if committed.returncode != 0 or committed.stdout == current:
         return  # no commit or no committed params (DVC says so itself), or nothing changed
     head = _git("rev-parse", "HEAD").stdout.decode().strip()
     refs = _git("for-each-ref", "--format=%(refname)", f"refs/exps/{head[:2]}/{head[2:]}/").stdout.decode().split()
     left_by = [r.rsplit("/", 1)[1] for r in refs
-               if _git("show", f"{r}:{layout.PARAMS.as_posix()}").stdout == layout.PARAMS.read_bytes()]  # fmt: skip
+               if _git("show", f"{r}:{layout.PARAMS.as_posix()}").stdout == current]  # fmt: skip
     if not left_by:
         raise UserError(f"{layout.PARAMS}: has changes that are not committed; an overlay is laid on the committed "
                         f"params: commit them (or `git checkout {layout.PARAMS}`) and run again")  # fmt: skip
