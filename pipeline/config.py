@@ -102,12 +102,20 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    arch: Literal["dcgan", "resnet", "cyclegan", "pix2pix"] = "dcgan"
+    arch: Literal["dcgan", "resnet", "stylegan2", "cyclegan", "pix2pix"] = "dcgan"
     conditional: bool = False
     conditioning: Literal["projection", "acgan"] = "projection"
     latent_dim: int = Field(64, ge=1, le=4096)
-    g_channels: int = Field(64, ge=4, description="dcgan: G's last hidden width, doubling inwards; resnet: G's width")
-    d_channels: int = Field(64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width")
+    g_channels: int = Field(
+        64,
+        ge=4,
+        description="dcgan: G's last hidden width, doubling inwards; resnet: G's width; "
+        "stylegan2: G's width at the image size, doubled at each halving (at most 8x)",
+    )
+    d_channels: int = Field(
+        64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width; stylegan2: as g_channels"
+    )
+    mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: layers of the mapping network z -> w")
     d_norm: Literal["batch", "none"] = "batch"
     spectral_norm: bool = False
     n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")
@@ -139,7 +147,22 @@ class TrainConfig(_Section):
     lr_decay_start: float = Field(
         1.0, gt=0, le=1, description="fraction of steps after which the lrs decay linearly to 0; 1 = constant"
     )
+    style_mixing: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="stylegan2: probability that a batch feeds a second z's w to the layers from a random cutoff on",
+    )
+    pl_weight: float = Field(2.0, ge=0, description="stylegan2: path-length regularisation weight; 0 = off")
+    pl_every: int = Field(
+        4, ge=1, description="stylegan2: lazy path-length regularisation every N G steps, scaled by N"
+    )
+    pl_batch_shrink: int = Field(2, ge=1, description="stylegan2: path-length batch = micro-batch / this")
+    pl_decay: float = Field(0.01, gt=0, le=1, description="stylegan2: rate of the running mean of path lengths")
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    ema_kimg: float | None = Field(
+        None, gt=0, description="EMA half-life in thousands of images (StyleGAN's form); set, it replaces ema_decay"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: bool = Field(False, description="torch.compile G and D (CUDA)")
@@ -212,7 +235,15 @@ class Params(_Section):
             raise ValueError("two-domain data (glyphs, unpaired, paired) is for task: translate")
         if self.augment.ada and not self.augment.diffaugment:
             raise ValueError("augment.ada adapts the probability of the DiffAugment policies: set augment.diffaugment")
-        if self.train.loss == "wgan-gp" and self.model.d_norm == "batch":
+        batch_norm = self.model.d_norm == "batch" and self.model.arch != "stylegan2"  # its D has no batch norm
+        if self.model.arch == "stylegan2":
+            if self.model.spectral_norm:
+                raise ValueError("model.spectral_norm does not apply to stylegan2 (its layers use the equalised "
+                                 "learning rate): set model.spectral_norm: false")  # fmt: skip
+            if self.train.loss == "wgan-gp":
+                raise ValueError("train.loss wgan-gp penalises each sample's gradient; stylegan2's D mixes samples "
+                                 "(minibatch standard deviation): use nonsaturating, hinge or lsgan")  # fmt: skip
+        if self.train.loss == "wgan-gp" and batch_norm:
             raise ValueError(
                 "train.loss wgan-gp penalises each sample's gradient; batch norm in D mixes samples: "
                 "set model.d_norm: none"
@@ -222,10 +253,7 @@ class Params(_Section):
                 f"train.batch_size ({self.train.batch_size}) is the total batch: it must divide evenly into "
                 f"train.nproc_per_node x train.accumulate = {self.train.nproc_per_node * self.train.accumulate} parts"
             )
-        if (
-            self.train.batch_size // (self.train.nproc_per_node * self.train.accumulate) < 2
-            and self.model.d_norm == "batch"
-        ):
+        if self.train.batch_size // (self.train.nproc_per_node * self.train.accumulate) < 2 and batch_norm:
             raise ValueError("batch norm needs at least 2 images per micro-batch: raise train.batch_size")
         return self
 

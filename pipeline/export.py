@@ -1,7 +1,8 @@
 """`export` stage: the EMA generator -> ONNX, checked against the ONNX contract and PyTorch.
 
-Contract (docs/architecture.md, "The ONNX contract"): input `z` float32 [N, latent_dim] (+ `labels` int64 [N] for
-conditional models), output `images` float32 [N, C, H, W] in [-1, 1], dynamic N,
+Contract (docs/architecture.md, "The ONNX contract"): input `z` float32 [N, latent_dim] (+ `labels`
+int64 [N] for conditional models; + the optional `truncation_psi` float32 [1] or [N], default 1,
+for generators with truncation), output `images` float32 [N, C, H, W] in [-1, 1], dynamic N,
 ganpipe.* metadata_props. The exported file is checked with the full ONNX checker, then
 run by ONNX Runtime at batch 1 and 16 against the PyTorch EMA generator; the largest
 absolute difference and both latencies go to metrics/export.json.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 from torch import nn
 
 from pipeline import layout
@@ -36,24 +38,35 @@ class ExportError(UserError, RuntimeError):
     """The exported model breaks the contract or disagrees with PyTorch."""
 
 
+PARITY_PSI = (1.0, 0.5)  # truncation values parity is checked at, when the generator takes one
+PSI = "truncation_psi"
+
+
 class GenerateGraph(nn.Module):
-    """The exported signature: (z[, labels]) -> images. Noise is an input, never sampled
-    inside forward, so the ONNX graph is a pure function and parity is exact."""
+    """The exported signature: (z[, labels][, truncation_psi]) -> images. Noise is an input,
+    never sampled inside forward, so the ONNX graph is a pure function and parity is exact."""
 
     def __init__(self, g: nn.Module, conditional: bool):
         super().__init__()
         self.g, self.conditional = g, conditional
+        self.truncation = bool(getattr(g, "truncation", False))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.g(z, labels if self.conditional else None)
+    def forward(self, z: torch.Tensor, second: torch.Tensor | None = None, third: torch.Tensor | None = None):
+        """(z), (z, labels), (z, truncation_psi) or (z, labels, truncation_psi), by the model."""
+        labels = second if self.conditional else None
+        if self.truncation:
+            return self.g(z, labels, truncation_psi=third if self.conditional else second)
+        return self.g(z, labels)
+
+    def input_names(self) -> list[str]:
+        return ["z"] + (["labels"] if self.conditional else []) + ([PSI] if self.truncation else [])
 
 
-def _inputs(spec: dict, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+def _inputs(spec: dict, n: int, seed: int, psi: float | None = None) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, spec["model"]["latent_dim"], generator=gen)
-    if spec["num_classes"]:
-        return z, torch.randint(spec["num_classes"], (n,), generator=gen)
-    return (z,)
+    out = (z, torch.randint(spec["num_classes"], (n,), generator=gen)) if spec["num_classes"] else (z,)
+    return out if psi is None else (*out, torch.tensor([psi]))
 
 
 def _median_ms(fn, repeats: int = 20) -> float:
@@ -81,9 +94,11 @@ def export_generator(
     g, spec = load_generator(generator_path)
     conditional = bool(spec["num_classes"])
     graph = GenerateGraph(g, conditional).eval()
-    names = ["z", "labels"] if conditional else ["z"]
+    names = graph.input_names()
     batch = torch.export.Dim("batch", min=1, max=65536)
-    dynamic = {"z": {0: batch}, "labels": {0: batch}} if conditional else {"z": {0: batch}}
+    # truncation_psi is traced as [1]; to_onnx makes its length free
+    shapes = [{0: batch}] + ([{0: batch}] if conditional else []) + ([None] if graph.truncation else [])
+    dynamic = dict(zip(["z", "second", "third"], shapes, strict=False))
     metadata = {
         "ganpipe.task": "generate",
         "ganpipe.latent_dim": str(spec["model"]["latent_dim"]),
@@ -94,10 +109,13 @@ def export_generator(
         "ganpipe.arch": spec["model"]["arch"],
         "ganpipe.git_rev": git_revision(),
         "ganpipe.params_hash": params_hash,
+        "ganpipe.inputs": json.dumps(names),
     }
     onnx_path = Path(onnx_path)
     with atomic_path(onnx_path) as tmp:
-        to_onnx(graph, _inputs(spec, 2, 0), tmp, names, ["images"], dynamic, metadata, opset)
+        example = _inputs(spec, 2, 0, psi=1.0 if graph.truncation else None)
+        defaults = {PSI: np.ones(1, np.float32)} if graph.truncation else {}
+        to_onnx(graph, example, tmp, names, ["images"], dynamic, metadata, opset, defaults)
         metrics = check_parity(graph, tmp, spec, tolerance)
         if not metrics["parity_passed"]:
             raise ExportError(
@@ -119,9 +137,12 @@ def to_onnx(
     dynamic_shapes: dict,
     metadata: dict[str, str],
     opset: int,
+    defaults: dict[str, np.ndarray] | None = None,
 ) -> None:
     """The dynamo exporter with the settings every ganpipe export uses (weights inside the
-    file, pinned opset), then the metadata props and the full ONNX checker."""
+    file, pinned opset), then the metadata props and the full ONNX checker. `defaults` makes
+    inputs optional: each gets an initializer of its name (the value used when it is not fed)
+    and a free length (one value for the batch, or one per sample)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter's deprecation chatter, not about our model
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -138,6 +159,10 @@ def to_onnx(
         )
     model = program.model_proto
     _drop_stack_traces(model)
+    for name, value in (defaults or {}).items():
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        (graph_input,) = [i for i in model.graph.input if i.name == name]
+        graph_input.type.tensor_type.shape.dim[0].dim_param = f"{name}_length"
     for key, value in metadata.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.save_model(model, str(path))
@@ -154,20 +179,27 @@ def _drop_stack_traces(model: onnx.ModelProto) -> None:
         node.metadata_props.extend(kept)
 
 
-def check_parity(graph: nn.Module, onnx_file: Path, spec: dict, tolerance: float) -> dict:
-    """Max |ORT - torch| over batch sizes 1 and 16, plus median latency of each at batch 16."""
+def check_parity(graph: GenerateGraph, onnx_file: Path, spec: dict, tolerance: float) -> dict:
+    """Max |ORT - torch| over batch sizes 1 and 16 (and, with truncation, over two psi values and
+    with psi not fed), plus median latency of each at batch 16."""
     session = create_session(onnx_file)
-    in_names = [i.name for i in session.get_inputs()]
+    in_names = graph.input_names()
     diffs: dict[str, float] = {}
     for n in PARITY_BATCHES:
-        inputs = _inputs(spec, n, seed=n)
-        with torch.no_grad():
-            expected = graph(*inputs).numpy()
-        got = session.run(["images"], {k: v.numpy() for k, v in zip(in_names, inputs, strict=True)})[0]
-        if got.shape != expected.shape:
-            raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape} at batch {n}")
-        diffs[f"batch_{n}"] = float(np.abs(got - expected).max())
-    inputs = _inputs(spec, 16, seed=0)
+        for psi in PARITY_PSI if graph.truncation else (None,):
+            inputs = _inputs(spec, n, seed=n, psi=psi)
+            with torch.no_grad():
+                expected = graph(*inputs).numpy()
+            feed = {k: v.numpy() for k, v in zip(in_names, inputs, strict=True)}
+            runs = {f"batch_{n}" + ("" if psi is None else f"_psi_{psi:g}"): feed}
+            if psi == 1.0:  # the default of the optional input
+                runs[f"batch_{n}_psi_default"] = {k: v for k, v in feed.items() if k != PSI}
+            for key, run_feed in runs.items():
+                got = session.run(["images"], run_feed)[0]
+                if got.shape != expected.shape:
+                    raise ExportError(f"ONNX output shape {got.shape} != PyTorch {expected.shape} at {key}")
+                diffs[key] = float(np.abs(got - expected).max())
+    inputs = _inputs(spec, 16, seed=0, psi=1.0 if graph.truncation else None)
     feed = {k: v.numpy() for k, v in zip(in_names, inputs, strict=True)}
     with torch.no_grad():
         torch_ms = _median_ms(lambda: graph(*inputs))
@@ -202,6 +234,10 @@ def model_card(spec: dict, metadata: dict, metrics: dict, onnx_path: Path) -> di
         inputs.append(
             {"name": "labels", "dtype": "int64", "shape": ["N"], "meaning": f"class index into {spec['class_names']}"}
         )
+    if PSI in json.loads(metadata.get("ganpipe.inputs", "[]")):
+        inputs.append({"name": PSI, "dtype": "float32", "shape": ["1 or N"], "optional": True, "default": 1.0,
+                       "meaning": "truncation: w = w_avg + psi * (w - w_avg); 1 = none, below 1 = closer to the "
+                                  "average image (more typical, less varied)"})  # fmt: skip
     return {
         "file": onnx_path.name,
         "task": "generate",

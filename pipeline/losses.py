@@ -6,6 +6,7 @@ One registry (LOSSES): a new objective is added in one place. Each entry is a pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -85,3 +86,21 @@ def identity_loss(real: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
     """CycleGAN's identity term: mean |G(y) - y| for y already in G's target domain. The
     loop weights it by lambda_identity * lambda_cycle, as the reference does."""
     return (same - real).abs().mean()
+
+
+def path_lengths(synthesis: Callable[[torch.Tensor], torch.Tensor], ws: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """StyleGAN2's path lengths: ||J_w^T y|| per sample, with J_w the Jacobian of the image with
+    respect to the ws [N, L, D] and y random images scaled by 1/sqrt(pixels), averaged over
+    the L layers' w (Karras et al., 2020, section 3.2). Differentiable (create_graph)."""
+    images = synthesis(ws)
+    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+    noise = noise / math.sqrt(images.shape[2] * images.shape[3])
+    (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
+    return grad.float().square().sum(2).mean(1).sqrt()
+
+
+def path_length_penalty(lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(||J_w^T y|| - a)^2 with `a` the running mean of path lengths: pushes every direction of w
+    to change the image by the same amount."""
+    return (lengths - target).square().mean()

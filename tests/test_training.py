@@ -161,8 +161,24 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
             },
             "train": {"data_fraction": 0.5},
         },
+        {"model": {"arch": "stylegan2", "mapping_layers": 2}, "train": {"r1_gamma": 0.1, "r1_every": 4, "pl_every": 2}},
+        {
+            "model": {"arch": "stylegan2", "mapping_layers": 2, "conditional": True},
+            "train": {"loss": "hinge", "style_mixing": 0.5, "ema_kimg": 0.5},
+            "augment": {"diffaugment": "color,translation", "ada": True, "ada_interval": 2, "ada_kimg": 0.05},
+        },
     ],
-    ids=["hinge-sn", "lsgan-r1", "wgan-gp", "resnet-cond", "acgan", "diffaugment", "ada-hflip-subset"],
+    ids=[
+        "hinge-sn",
+        "lsgan-r1",
+        "wgan-gp",
+        "resnet-cond",
+        "acgan",
+        "diffaugment",
+        "ada-hflip-subset",
+        "stylegan2-r1-pl",
+        "stylegan2-cond-ada",
+    ],
 )
 def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_digits, tmp_path, over):
     full = paths(tmp_path / "full", prepared_digits)
@@ -231,7 +247,9 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared
     assert_same_weights(weights(ref.generator), weights(work / "models" / "generator.pt"))
 
 
-def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths(prepared_digits, tmp_path):
+@pytest.mark.parametrize("over", [{}, {"model": {"arch": "stylegan2", "mapping_layers": 2}, "train": {"pl_every": 2}}],
+                         ids=["dcgan", "stylegan2"])  # fmt: skip
+def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths(prepared_digits, tmp_path, over):
     """DDP over 2 CPU processes (gloo) vs one process accumulating the same 2 shards."""
     import os
     import subprocess
@@ -242,7 +260,8 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     work = tmp_path / "ddp"
     (work / "data").mkdir(parents=True)
     (work / "data" / "prepared").symlink_to(prepared_digits)
-    write_params(work / "params.yaml", merge(TINY, {"train": {"nproc_per_node": 2, "steps": 8, "checkpoint_every": 8}}))
+    ddp = {"train": {"nproc_per_node": 2, "steps": 8, "checkpoint_every": 8}}
+    write_params(work / "params.yaml", merge(merge(TINY, over), ddp))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GANPIPE_THREADS": "1"}
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -252,14 +271,14 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 processes in sync" in res.stdout
     single = paths(tmp_path / "single", prepared_digits)
-    train(tiny_params(train={"accumulate": 2, "steps": 8, "checkpoint_every": 8}), single, progress=False)
+    train(merge_params(over, {"train": {"accumulate": 2, "steps": 8, "checkpoint_every": 8}}), single, progress=False)
     ddp_ckpt = torch.load(work / "models/checkpoints/ckpt_0000008.pt", weights_only=True)
     one_ckpt = torch.load(single.checkpoints / "ckpt_0000008.pt", weights_only=True)
     ddp, one = ddp_ckpt["objective"], one_ckpt["objective"]
     for net in ("G", "D", "G_ema"):
         for name, value in one[net].items():
-            if "running" in name or "num_batches" in name:
-                continue  # BN statistics: DDP keeps rank 0's, accumulation sees both shards
+            if "running" in name or "num_batches" in name or name.endswith("w_avg"):
+                continue  # BN statistics and StyleGAN2's average w: DDP keeps rank 0's, accumulation sees both shards
             torch.testing.assert_close(ddp[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
 
 

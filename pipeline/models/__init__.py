@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pipeline.config import ModelConfig
-from pipeline.models import dcgan, resnet, translation
+from pipeline.models import dcgan, resnet, stylegan2, translation
 from pipeline.models.layers import ConditionalBatchNorm2d
 
 
@@ -46,6 +46,12 @@ def init_resnet(module: nn.Module) -> None:
     _init(module, nn.init.xavier_uniform_)
 
 
+def init_stylegan2(module: nn.Module) -> None:
+    """StyleGAN2's equalised layers initialise themselves (N(0, 1), scaled at run time); only
+    the shared discriminator head's plain layers are set here (Xavier-uniform)."""
+    _init(module, nn.init.xavier_uniform_)
+
+
 def _adversarial_g(make: Callable) -> Callable:
     def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
         return make(cfg.latent_dim, image_size, channels, cfg.g_channels, num_classes if cfg.conditional else 0)
@@ -59,6 +65,16 @@ def _adversarial_d(make: Callable) -> Callable:
                     conditioning=cfg.conditioning, spectral=cfg.spectral_norm, norm=cfg.d_norm)  # fmt: skip
 
     return build
+
+
+def _stylegan2_g(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return stylegan2.Generator(cfg.latent_dim, image_size, channels, cfg.g_channels,
+                               num_classes if cfg.conditional else 0, cfg.mapping_layers)  # fmt: skip
+
+
+def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return stylegan2.Discriminator(image_size, channels, cfg.d_channels, num_classes if cfg.conditional else 0,
+                                   cfg.conditioning)  # fmt: skip
 
 
 def _resnet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
@@ -87,6 +103,7 @@ class Family:
 ARCHS = {
     "dcgan": Family(_adversarial_g(dcgan.Generator), _adversarial_d(dcgan.Discriminator), init_dcgan),
     "resnet": Family(_adversarial_g(resnet.Generator), _adversarial_d(resnet.Discriminator), init_resnet),
+    "stylegan2": Family(_stylegan2_g, _stylegan2_d, init_stylegan2),
     "cyclegan": Family(_resnet_translator, _patch_discriminator, translation.init_translation, ("AB", "BA")),
     "pix2pix": Family(_unet_translator, _patch_discriminator, translation.init_translation, ("AB",)),
 }

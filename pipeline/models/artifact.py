@@ -17,11 +17,20 @@ from pipeline.config import ModelConfig, Params
 from pipeline.errors import MissingInput
 from pipeline.models import build_generator, directions
 
+# Model keys that shape one architecture only: the spec of another architecture leaves them out,
+# so adding an architecture does not change the artifacts of the others.
+ARCH_ONLY_KEYS = {"mapping_layers": "stylegan2"}
+
+
+def model_spec(params: Params) -> dict:
+    arch = params.model.arch
+    return params.model.model_dump(mode="json", exclude={k for k, a in ARCH_ONLY_KEYS.items() if a != arch})
+
 
 def generator_spec(params: Params, image_size: int, channels: int, classes: list[str]) -> dict:
     """What it takes to rebuild G from generator.pt without params.yaml."""
     return {
-        "model": params.model.model_dump(mode="json"),
+        "model": model_spec(params),
         "image_size": image_size,
         "channels": channels,
         "num_classes": len(classes) if params.model.conditional else 0,
@@ -32,7 +41,7 @@ def generator_spec(params: Params, image_size: int, channels: int, classes: list
 def translator_spec(params: Params, image_size: int, channels: int, size_multiple: int, min_size: int) -> dict:
     return {
         "task": "translate",
-        "model": params.model.model_dump(mode="json"),
+        "model": model_spec(params),
         "image_size": image_size,
         "channels": channels,
         "directions": directions(params.model.arch),

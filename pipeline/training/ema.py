@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def decay_per_step(ema_decay: float, ema_kimg: float | None, batch_size: int) -> float:
+    """The EMA's decay per step: `ema_kimg`, a half-life in thousands of images (StyleGAN's form),
+    when given, else `ema_decay` as it is."""
+    return 0.5 ** (batch_size / (ema_kimg * 1000)) if ema_kimg else ema_decay
+
+
 def make_ema(g: nn.Module) -> nn.Module:
     ema = copy.deepcopy(g).eval()
     for p in ema.parameters():

@@ -18,6 +18,7 @@ from pipeline.training.distributed import World
 from pipeline.training.objectives.cyclegan import CycleGanObjective
 from pipeline.training.objectives.gan import GanObjective
 from pipeline.training.objectives.pix2pix import Pix2PixObjective
+from pipeline.training.objectives.stylegan2 import StyleGan2Objective
 
 
 class Objective(Protocol):
@@ -54,13 +55,16 @@ class Objective(Protocol):
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "gan": GanObjective,
+    "stylegan2": StyleGan2Objective,
     "cyclegan": CycleGanObjective,
     "pix2pix": Pix2PixObjective,
 }
 
 
 def objective_name(params: Params) -> str:
-    return params.model.arch if params.task == "translate" else "gan"
+    if params.task == "translate":
+        return params.model.arch
+    return "stylegan2" if params.model.arch == "stylegan2" else "gan"
 
 
 def make_objective(params: Params, prepared: Path, device: torch.device, precision: torch.dtype,

@@ -27,7 +27,7 @@ from pipeline.models import build_discriminator, build_generator
 from pipeline.models.artifact import generator_spec
 from pipeline.runtime import autocast
 from pipeline.training.distributed import World, gather, mean, no_sync, wrap
-from pipeline.training.ema import make_ema, update_ema
+from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm
 
 NUM_FIXED_SAMPLES = 64
@@ -74,6 +74,7 @@ class GanObjective:
         if device.type == "cuda":
             self.G, self.D = self.G.to(memory_format=torch.channels_last), self.D.to(memory_format=torch.channels_last)
         self.G_ema = make_ema(self.G)
+        self.ema_decay = decay_per_step(cfg.ema_decay, cfg.ema_kimg, cfg.batch_size)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
@@ -104,6 +105,18 @@ class GanObjective:
         self.reuse_fakes = shards == 1
         self.G.train()
         self.D.train()
+
+    # -- hooks a subclass (a variant of this objective) overrides --------------------------------
+    def _generate(self, g: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, s: int) -> torch.Tensor:
+        """Shard s's fakes from G (or its DDP wrapper)."""
+        return g(z, y)
+
+    def _g_regulariser(self, step: int, z: torch.Tensor, y: torch.Tensor | None, s: int) -> torch.Tensor | None:
+        """A term added to shard s's G loss (none here)."""
+        return None
+
+    def _after_g_step(self, step: int) -> None:
+        """Called once per step after G's optimiser step."""
 
     # -- one step ------------------------------------------------------------------------------
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -155,10 +168,10 @@ class GanObjective:
                     real = random_hflip(real, self.shard_rng[s])
                 with autocast(device, self.precision):
                     if self.reuse_fakes:
-                        fake = G_train(part(z, s), part(y_fake, s))
+                        fake = self._generate(G_train, part(z, s), part(y_fake, s), s)
                     else:
                         with torch.no_grad():
-                            fake = G(part(z, s), part(y_fake, s))
+                            fake = self._generate(G, part(z, s), part(y_fake, s), s)
                 with no_sync(D_train, sync=k == len(self.mine) - 1):
                     loss_d, self.real_logits, self.fake_logits = self._d_loss(
                         real, y_real if self.num_classes else None, fake.detach(), part(y_fake, s),
@@ -178,17 +191,21 @@ class GanObjective:
         for k, s in enumerate(self.mine):
             with no_sync(G_train, sync=k == len(self.mine) - 1):
                 with autocast(device, self.precision):
-                    fake_g = fake if self.reuse_fakes else G_train(part(z, s), part(y_fake, s))
+                    fake_g = fake if self.reuse_fakes else self._generate(G_train, part(z, s), part(y_fake, s), s)
                     logits, cls = D(self.augment(fake_g, self.shard_rng[s]), part(y_fake, s))
                 loss_g = self.g_loss_fn(logits.float())
                 if self.acgan:
                     loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
+                extra = self._g_regulariser(step, part(z, s), part(y_fake, s), s)
+                if extra is not None:
+                    loss_g = loss_g + extra
                 self.scaler.scale(loss_g / cfg.accumulate).backward()
             loss_g_sum += loss_g.detach() / cfg.accumulate
         self.grad_g = grad_norm(G) if log_now else 0.0
         self._optimiser_step(self.opt_g)
         D.requires_grad_(True)
-        update_ema(self.G_ema, G, step, cfg.ema_decay)
+        self._after_g_step(step)
+        update_ema(self.G_ema, G, step, self.ema_decay)
         if self.ada is not None:
             self.ada.maybe_update(step + 1, lambda t: mean(t.to(device), self.world).cpu())
         self.loss_d_sum, self.loss_g_sum = loss_d_sum, loss_g_sum

@@ -26,7 +26,7 @@ from pipeline.models import build_generator, directions
 from pipeline.models.artifact import translator_spec
 from pipeline.runtime import autocast
 from pipeline.training.distributed import World
-from pipeline.training.ema import make_ema, update_ema
+from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm
 
 NUM_FIXED = 8  # val inputs shown in every sample grid
@@ -94,6 +94,7 @@ class TranslationObjective:
         self.G = {d: build_generator(mcfg, image_size, channels).to(device) for d in directions(mcfg.arch)}
         self.D = self._discriminators(mcfg, image_size, channels)
         self.G_ema = {d: make_ema(g) for d, g in self.G.items()}
+        self.ema_decay = decay_per_step(cfg.ema_decay, cfg.ema_kimg, cfg.batch_size)
         self.opt_g = torch.optim.Adam([p for g in self.G.values() for p in g.parameters()], lr=cfg.lr_g,
                                       betas=cfg.betas)  # fmt: skip
         self.opt_d = torch.optim.Adam([p for d in self.D.values() for p in d.parameters()], lr=cfg.lr_d,
@@ -147,7 +148,7 @@ class TranslationObjective:
         self.sched_g.step()
         self.sched_d.step()
         for d, g in self.G.items():
-            update_ema(self.G_ema[d], g, step, self.cfg.ema_decay)
+            update_ema(self.G_ema[d], g, step, self.ema_decay)
         self.loss_d = loss_d
 
     # -- what the runner reads -------------------------------------------------------------------
