@@ -51,6 +51,20 @@ def fraction_arg(text: str) -> float:
     return value
 
 
+def psi_arg(text: str) -> float:
+    """An argparse type for --psi: a finite number, refused at parse time otherwise (nan, inf, words)."""
+    from pipeline.inference import MAX_PSI
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not abs(value) <= MAX_PSI:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number from -{MAX_PSI:g} to {MAX_PSI:g} (1: no "
+                                         f"truncation, 0: the average image), got {text}")  # fmt: skip
+    return value
+
+
 def _output_file(path: Path | str, flag: str) -> Path:
     """Refuse an existing folder as an output file up front, before any work (the atomic writer
     would refuse it too, but only after the images were made)."""
@@ -189,13 +203,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     out = _output_file(args.out, "--out")
     model = OnnxGenerator(args.model, device=args.device)
+    if args.psi is not None and not model.info.truncation:  # before anything is generated
+        raise UserError(f"--psi: {args.model}: this model (arch {model.info.arch}) has no truncation input; "
+                        "--psi applies to generators such as stylegan2")  # fmt: skip
     nrow = args.nrow or max(1, math.ceil(math.sqrt(args.n)))  # as make_grid lays it out
     side = model.info.image_size + 2
     width, height = (nrow * side + 2) * args.scale, (math.ceil(args.n / nrow) * side + 2) * args.scale
     if width * height > MAX_GRID_PIXELS:  # refused before anything is generated, not after gigabytes
         raise UserError(f"-n {args.n}, --nrow {nrow}, --scale {args.scale}: the grid would be {width}x{height} = "
                         f"{width * height} pixels > {MAX_GRID_PIXELS}; lower them")  # fmt: skip
-    images = model.generate(args.n, seed=args.seed, labels=args.label)
+    images = model.generate(args.n, seed=args.seed, labels=args.label, truncation_psi=args.psi)
     try:
         save_grid(images, out, nrow=args.nrow, scale=args.scale)
     except OSError as err:
@@ -467,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--nrow", type=int_arg(1), default=None, help="images per row (default: square)")
     gen.add_argument("--scale", type=int_arg(1), default=2, help="integer upscaling of the PNG")
     gen.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
+    gen.add_argument("--psi", type=psi_arg, default=None, metavar="FLOAT",
+                     help="truncation (models that take it, e.g. stylegan2): 1 = none, lower = each sample pulled "
+                          "towards the average image (more typical, less varied), 0 = that one image for every "
+                          "seed; default: none")  # fmt: skip
     gen.set_defaults(fn=_cmd_generate)
 
     tr = sub.add_parser("translate", help="translate an image or a folder of images with an exported translator",

@@ -10,6 +10,7 @@ logger muted during the attempt, and the providers actually obtained are reporte
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -30,6 +31,10 @@ CUDA = "CUDAExecutionProvider"
 # Decoders an input image may reach: plain raster formats only (Pillow hands EPS to Ghostscript, for one).
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 MAX_PIXELS = 1024 * 1024  # a 64-channel layer of a 1024x1024 translation is already 256 MB
+PSI = "truncation_psi"  # the optional input of generators with truncation (stylegan2)
+# |psi| beyond this is refused: 1 is no truncation, 0 the average image, and past about 2 the images are already far
+# off the training distribution; far larger values overflow w in float32 (psi 3e38 gives NaN images).
+MAX_PSI = 100.0
 
 
 class ModelError(UserError, ValueError):
@@ -128,6 +133,36 @@ class ModelInfo:
     channels: int
     arch: str
     metadata: dict[str, str]
+    inputs: list[str]  # what the graph takes, optional ones included (ONNX Runtime's get_inputs() leaves those out)
+
+    @property
+    def truncation(self) -> bool:
+        """True when the generator takes the optional `truncation_psi` input."""
+        return PSI in self.inputs
+
+
+def _input_names(session: ort.InferenceSession, meta: dict[str, str], path: Path | str) -> list[str]:
+    """`ganpipe.inputs`, checked against the graph; files exported before it existed take z (and labels)."""
+    if "ganpipe.inputs" not in meta:
+        return [a.name for a in session.get_inputs()]
+    try:
+        names = json.loads(meta["ganpipe.inputs"])
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("'ganpipe.inputs'")
+    takes = [a.name for a in [*session.get_inputs(), *session.get_overridable_initializers()]]
+    required = [a.name for a in session.get_inputs()]
+    if not set(required) <= set(names) <= set(takes):
+        raise ModelError(f"{path}: ganpipe.inputs {names} does not match the graph's inputs {required} "
+                         f"(optional: {sorted(set(takes) - set(required))})")  # fmt: skip
+    return names
+
+
+def optional_inputs(session: ort.InferenceSession, info: ModelInfo) -> list:
+    """The inputs a run may leave out: initializers it may override (ONNX Runtime's get_inputs()
+    leaves them out), as `ganpipe.inputs` lists them (the other initializers are weights)."""
+    return [a for a in session.get_overridable_initializers() if a.name in info.inputs]
 
 
 def model_info(session: ort.InferenceSession, path: Path | str = "model") -> ModelInfo:
@@ -143,7 +178,10 @@ def model_info(session: ort.InferenceSession, path: Path | str = "model") -> Mod
             channels=int(meta["ganpipe.channels"]),
             arch=meta.get("ganpipe.arch", "?"),
             metadata=meta,
+            inputs=_input_names(session, meta, path),
         )
+    except ModelError:
+        raise
     except (KeyError, ValueError) as err:
         raise ModelError(f"{path}: not a ganpipe export (metadata {err} missing or malformed)") from None
 
@@ -196,10 +234,31 @@ class OnnxGenerator:
             idx.append(i)
         return np.resize(np.array(idx, dtype=np.int64), n)
 
-    def generate(self, n: int, seed: int = 0, labels: list[str | int] | None = None, batch_size: int = 256):
-        """[n, C, H, W] float32 images in [-1, 1]."""
+    def resolve_psi(self, psi: float | None) -> np.ndarray | None:
+        """The `truncation_psi` input for one value for the whole batch, or None to leave it out (psi 1, no
+        truncation). Refused: any psi for a model without that input, and values not finite or beyond MAX_PSI."""
+        if psi is None:
+            return None
+        if not self.info.truncation:
+            raise ModelError(f"{self.path}: this model (arch {self.info.arch}) has no truncation input; "
+                             "truncation_psi applies to generators such as stylegan2")  # fmt: skip
+        try:
+            value = float(psi) if isinstance(psi, int | float | np.number) and not isinstance(psi, bool) else None
+        except OverflowError:  # an int of more than 308 digits
+            value = math.inf
+        if value is None or not math.isfinite(value) or abs(value) > MAX_PSI:
+            shown = repr(psi) if len(repr(psi)) <= 40 else f"{repr(psi)[:20]}..."
+            raise ModelError(f"truncation_psi must be a finite number from -{MAX_PSI:g} to {MAX_PSI:g} "
+                             f"(1: no truncation, 0: the average image), got {shown}")  # fmt: skip
+        return np.array([value], dtype=np.float32)
+
+    def generate(self, n: int, seed: int = 0, labels: list[str | int] | None = None, batch_size: int = 256,
+                 truncation_psi: float | None = None):  # fmt: skip
+        """[n, C, H, W] float32 images in [-1, 1]. `truncation_psi` (models that take it): 1 or None is no
+        truncation, below 1 pulls every sample towards the average image, 0 gives that image for any z."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        psi = self.resolve_psi(truncation_psi)
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, self.info.latent_dim), dtype=np.float32)
         y = self.resolve_labels(n, labels)
@@ -208,6 +267,8 @@ class OnnxGenerator:
             feed = {"z": z[i : i + batch_size]}
             if y is not None:
                 feed["labels"] = y[i : i + batch_size]
+            if psi is not None:
+                feed[PSI] = psi
             out.append(self.session.run(["images"], feed)[0])
         return np.concatenate(out)
 

@@ -8,7 +8,10 @@ A generator becomes one model (`generator`), a translator one per direction (`ge
 `generator_BA`). The configuration is read off the file as ONNX Runtime loads it, which is what
 Triton's onnxruntime backend checks it against: names, types, and the dims after the batch
 dimension, -1 where the model is dynamic (a translator's H and W). An input that is only the
-batch dimension (`labels` [N]) is declared as dims [1] reshaped to [], as Triton requires.
+batch dimension (`labels` [N]) is declared as dims [1] reshaped to [], as Triton requires. An
+optional input (`truncation_psi` of a stylegan2 generator: an initializer ONNX Runtime lets a
+request override, listed in `ganpipe.inputs`) is declared `optional: true`, one value per sample
+(a client sends [N, 1]); a request without it gets the file's default (1: no truncation).
 
 Each model folder is built under a temporary name beside its target and renamed into place once
 complete; an existing one is replaced only with `force`. Other models in the repository are kept.
@@ -25,7 +28,7 @@ from google.protobuf import text_encoding
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import UserError
-from pipeline.inference import ModelError, create_session, model_info
+from pipeline.inference import ModelError, create_session, model_info, optional_inputs
 
 TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}  # what ganpipe's exports use
 DEFAULT_MAX_BATCH = {"generate": 64, "translate": 8}  # a translator's batch holds whole images of any size
@@ -40,8 +43,9 @@ def _quote(text: str) -> str:
     return '"' + text_encoding.CEscape(text, as_utf8=True) + '"'
 
 
-def _tensors(kind: str, args: list, path: Path) -> str:
-    """The `input [...]` or `output [...]` block: non-batch dims, -1 where the model is dynamic."""
+def _tensors(kind: str, args: list, path: Path, optional: frozenset[str] = frozenset()) -> str:
+    """The `input [...]` or `output [...]` block: non-batch dims, -1 where the model is dynamic; the
+    inputs named in `optional` marked so (Triton then runs requests that leave them out)."""
     entries = []
     for arg in args:
         if arg.type not in TYPES:
@@ -51,7 +55,8 @@ def _tensors(kind: str, args: list, path: Path) -> str:
                               "dimension first; Triton cannot batch it")  # fmt: skip
         dims = [d if isinstance(d, int) else -1 for d in arg.shape[1:]]
         shape = f"dims: [ {', '.join(map(str, dims))} ]" if dims else "dims: [ 1 ] reshape: { shape: [ ] }"
-        entries.append(f"  {{ name: {_quote(arg.name)} data_type: {TYPES[arg.type]} {shape} }}")
+        flag = " optional: true" if arg.name in optional else ""
+        entries.append(f"  {{ name: {_quote(arg.name)} data_type: {TYPES[arg.type]} {shape}{flag} }}")
     return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
 
 
@@ -71,9 +76,10 @@ def model_config(path: Path, name: str = "generator", max_batch_size: int | None
     batch = max_batch_size or DEFAULT_MAX_BATCH[info.task]
     preferred = ", ".join(map(str, sorted({max(1, batch // 2), batch})))
     meta = {k: v for k, v in info.metadata.items() if k.startswith("ganpipe.")} | (parameters or {})
+    optional = optional_inputs(session, info)
     text = (
         f'name: {_quote(name)}\nplatform: "onnxruntime_onnx"\nbackend: "onnxruntime"\nmax_batch_size: {batch}\n'
-        + _tensors("input", session.get_inputs(), path)
+        + _tensors("input", [*session.get_inputs(), *optional], path, frozenset(a.name for a in optional))
         + _tensors("output", session.get_outputs(), path)
         + f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
         f"max_queue_delay_microseconds: {queue_delay_us} }}\n"

@@ -145,6 +145,7 @@ def tiny_models(tmp_path_factory):
     return root
 
 
+PSI_RANGE = "from -100 to 100 (1: no truncation, 0: the average image)"
 RANGE_CASES = [
     (["generate", "--nrow", "-1"], "argument --nrow: must be at least 1, got -1"),
     (["generate", "--nrow", "0"], "argument --nrow: must be at least 1, got 0"),
@@ -152,6 +153,10 @@ RANGE_CASES = [
     (["generate", "--scale", "0"], "argument --scale: must be at least 1, got 0"),
     (["generate", "-n", "0"], "argument -n: must be at least 1, got 0"),
     (["generate", "-n", "many"], "argument -n: must be a whole number, got 'many'"),
+    (["generate", "--psi", "nan"], f"argument --psi: must be a finite number {PSI_RANGE}, got nan"),
+    (["generate", "--psi=-inf"], f"argument --psi: must be a finite number {PSI_RANGE}, got -inf"),
+    (["generate", "--psi", "1e9"], f"argument --psi: must be a finite number {PSI_RANGE}, got 1e9"),
+    (["generate", "--psi", "half"], "argument --psi: must be a number, got 'half'"),
     (["translate", "a", "b", "--max-pixels", "0"], "argument --max-pixels: must be at least 1, got 0"),
     (["serve", "--port", "99999"], "argument --port: must be between 0 and 65535, got 99999"),
     (["serve", "--port", "-1"], "argument --port: must be between 0 and 65535, got -1"),
@@ -255,6 +260,16 @@ def test_an_output_that_is_a_folder_is_refused_not_deleted(tiny_models, tmp_path
     err = capsys.readouterr().err
     assert f"skipped {src / 'a.png'}: its output {out / 'a.png'} is a folder" in err and "Traceback" not in err
     assert (out / "a.png" / "precious.txt").read_text() == "keep me" and (out / "b.png").is_file()
+
+
+def test_psi_on_a_model_without_truncation_is_one_line_before_generating(tiny_models, tmp_path, capsys):
+    gen = str(tiny_models / "generator.onnx")  # no ganpipe.inputs, as files exported before truncation
+    assert main(["generate", "--model", gen, "--psi", "0.7", "--out", str(tmp_path / "g.png")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"ganpipe generate: error: --psi: {gen}: this model (arch tiny) has no truncation "
+                                 "input; --psi applies to generators such as stylegan2\n")  # fmt: skip
+    assert not (tmp_path / "g.png").exists()
+    assert main(["generate", "--model", gen, "--out", str(tmp_path / "g.png")]) == 0  # without --psi: as before
 
 
 def test_a_huge_grid_is_refused_before_generating(tiny_models, tmp_path):

@@ -128,6 +128,7 @@ def test_health_model_metadata_and_page(gen_url):
     meta = httpx.get(f"{gen_url}/v1/model").json()
     assert meta["task"] == "generate" and meta["class_names"] == ["cat", "dog", "owl"]
     assert meta["metadata"]["ganpipe.latent_dim"] == "8" and meta["limits"]["max_n"] == 32
+    assert meta["inputs"] == ["z", "labels"] and meta["truncation"] is False  # dcgan: no truncation_psi
     page = httpx.get(f"{gen_url}/")
     assert page.status_code == 200 and "<script" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # self-contained: nothing from a CDN
@@ -154,6 +155,8 @@ def test_generate_png_is_deterministic_per_seed_and_honours_labels(gen_url):
         (json.dumps({"n": 0}).encode(), 422, "invalid request"),
         (json.dumps({"n": 33}).encode(), 422, "invalid request"),
         (json.dumps({"n": 2, "labels": ["unicorn"]}).encode(), 400, "bad labels"),
+        (json.dumps({"n": 2, "truncation_psi": 0.5}).encode(), 400, "bad truncation_psi"),  # a dcgan: no truncation
+        (b'{"n": 2, "truncation_psi": NaN}', 422, "invalid request"),
         (json.dumps({"n": 2, "colour": "red"}).encode(), 422, "invalid request"),
         (json.dumps({"n": 2, "format": "gif"}).encode(), 422, "invalid request"),
         (json.dumps({"n": 2, "seed": -1}).encode(), 422, "invalid request"),
@@ -162,8 +165,8 @@ def test_generate_png_is_deterministic_per_seed_and_honours_labels(gen_url):
         (("text/plain", b'{"n": 2}'), 415, "unsupported content type"),
     ],
     ids=str.split(
-        "malformed wrong-type n-zero n-too-big unknown-label unknown-field bad-format negative-seed "
-        "not-an-object body-too-large wrong-content-type"
+        "malformed wrong-type n-zero n-too-big unknown-label psi-without-truncation psi-nan unknown-field bad-format "
+        "negative-seed not-an-object body-too-large wrong-content-type"
     ),
 )
 def test_bad_generate_requests_get_4xx_json_and_the_service_keeps_serving(gen_url, body, status, error):

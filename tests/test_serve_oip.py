@@ -122,6 +122,10 @@ Z = latent(2, 0).tolist()
     [
         ({"inputs": [z_input(Z)]}, ["missing input", "'labels'"]),
         ({"inputs": [z_input(Z), LABELS, {**LABELS, "name": "y"}]}, ["unknown input", "'y'"]),
+        (
+            {"inputs": [z_input(Z), LABELS, {"name": "truncation_psi", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            ["unknown input", "'truncation_psi'", "['z', 'labels']"],  # a dcgan takes no truncation_psi
+        ),
         ({"inputs": [z_input(Z), LABELS, LABELS]}, ["given twice", "'labels'"]),
         ({"inputs": [z_input(Z, (2, 7)), LABELS]}, ["wrong shape", "input 'z'", "[-1, 8]", "[2, 7]"]),
         ({"inputs": [z_input(Z, (16,)), LABELS]}, ["wrong shape", "input 'z'"]),
@@ -144,9 +148,9 @@ Z = latent(2, 0).tolist()
         ({"inputs": []}, ["invalid request", "inputs"]),
     ],
     ids=str.split(
-        "missing-input unknown-input repeated-input wrong-dims wrong-rank wrong-datatype label-out-of-range "
-        "batch-mismatch too-few-values ragged strings nan float-labels no-data batch-over-max-n unknown-output "
-        "binary-size-without-bytes shape-not-a-list no-inputs"
+        "missing-input unknown-input psi-without-truncation repeated-input wrong-dims wrong-rank wrong-datatype "
+        "label-out-of-range batch-mismatch too-few-values ragged strings nan float-labels no-data batch-over-max-n "
+        "unknown-output binary-size-without-bytes shape-not-a-list no-inputs"
     ),
 )
 def test_bad_inference_requests_get_400_with_one_line_naming_the_problem(gen_url, body, words):

@@ -14,8 +14,10 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from test_serve import grew, models, request_counts, running  # noqa: F401 (the models fixture is used by name)
+from test_truncation import psi_model  # noqa: F401 (a fixture: a stylegan2 generator, which takes truncation_psi)
 
 from pipeline.serve.app import ServeConfig
 
@@ -60,6 +62,7 @@ def test_page_generates_a_grid_for_a_chosen_class_and_seed(browser, models):  # 
         assert "conditional.onnx" in browser.find_element(By.ID, "meta").text
         options = [o.text for o in Select(browser.find_element(By.ID, "class")).options]
         assert options == ["cat", "dog", "owl", "all classes (a row each)"]
+        assert "hidden" in browser.find_element(By.ID, "psi-label").get_attribute("class")  # a dcgan: no truncation
         Select(browser.find_element(By.ID, "class")).select_by_visible_text("owl")
         seed = browser.find_element(By.ID, "seed")
         seed.clear()
@@ -160,6 +163,33 @@ def test_page_all_classes_random_seed_download_and_no_stale_image(browser, model
         assert "hidden" in browser.find_element(By.ID, "download").get_attribute("class")
         [failed] = severe_console_errors(browser)  # the 422 and nothing else
         assert failed.startswith(f"{url}/v1/generate - Failed to load resource") and "status of 422" in failed
+
+
+def test_page_psi_slider_truncates_the_images_of_a_model_that_takes_it(browser, psi_model):  # noqa: F811
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.get_log("browser")  # what earlier tests left there
+    with running(ServeConfig(model=psi_model, max_n=8)) as url:
+        browser.get(url + "/")
+        WebDriverWait(browser, 30).until(lambda d: not d.find_element(By.ID, "generate").get_attribute("class"))
+        assert browser.find_element(By.ID, "psi-label").is_displayed()
+        slider = browser.find_element(By.ID, "psi")
+        assert [slider.get_attribute(a) for a in ("min", "max", "step", "value")] == ["0", "1", "0.05", "1"]
+        assert browser.find_element(By.ID, "psi-value").text == "1.00"
+        set_field(browser, "n", "4")
+        set_field(browser, "seed", "6")
+        browser.find_element(By.ID, "go").click()  # psi 1: the images without truncation
+        wait_for_output(browser)
+        plain = {"n": 4, "seed": 6, "labels": ["cat"]}
+        untruncated = shown_png(browser)
+        assert untruncated == httpx.post(f"{url}/v1/generate", json=plain).content
+        slider.send_keys(*[Keys.ARROW_LEFT] * 10)  # as a person moves it: 10 steps of 0.05
+        assert browser.find_element(By.ID, "psi-value").text == "0.50"
+        browser.find_element(By.ID, "go").click()
+        WebDriverWait(browser, 30).until(lambda d: wait_for_output(d) and shown_png(d) != untruncated)
+        assert shown_png(browser) == httpx.post(f"{url}/v1/generate", json={**plain, "truncation_psi": 0.5}).content
+        assert browser.find_element(By.ID, "caption").text.endswith("seed 6, ψ 0.5")
+        browser.save_screenshot(str(ARTIFACTS / "serve_page_psi.png"))
+        assert browser.find_element(By.ID, "error").text == "" and severe_console_errors(browser) == []
 
 
 def test_docs_render_the_api_with_nothing_loaded_from_another_host(browser, models):  # noqa: F811

@@ -53,10 +53,14 @@ def session(path) -> ort.InferenceSession:
 
 def assert_matches_model(cfg: mc.ModelConfig, model_file) -> None:
     """What Triton's onnxruntime backend checks: each declared tensor exists with the same type, the
-    model's first dim is dynamic (it batches), and the declared dims are the model's other dims."""
+    model's first dim is dynamic (it batches), and the declared dims are the model's other dims. The
+    inputs a request may leave out (initializers listed in ganpipe.inputs) are declared, and optional."""
     sess = session(model_file)
     assert cfg.max_batch_size > 0
-    for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
+    listed = json.loads(sess.get_modelmeta().custom_metadata_map.get("ganpipe.inputs", "[]"))
+    optional = [a for a in sess.get_overridable_initializers() if a.name in listed]
+    assert [t.name for t in cfg.input if t.optional] == [a.name for a in optional]
+    for declared, actual in ((cfg.input, [*sess.get_inputs(), *optional]), (cfg.output, sess.get_outputs())):
         assert sorted(t.name for t in declared) == sorted(a.name for a in actual)
         by_name = {a.name: a for a in actual}
         for t in declared:
@@ -107,6 +111,7 @@ def test_generator_repository_is_a_triton_config_of_its_onnx_file(exports, tmp_p
     cfg = load_config(folder)
     assert cfg.name == "generator" and cfg.backend == "onnxruntime" and cfg.platform == "onnxruntime_onnx"
     assert cfg.max_batch_size == 64 and [t.name for t in cfg.input] == ["z"] and list(cfg.input[0].dims) == [8]
+    assert not cfg.input[0].optional  # only inputs a model may go without are optional (truncation_psi)
     assert_matches_model(cfg, folder / "1" / "model.onnx")
     batching = cfg.dynamic_batching
     assert batching.preferred_batch_size and max(batching.preferred_batch_size) <= cfg.max_batch_size

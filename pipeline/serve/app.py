@@ -4,7 +4,8 @@ FastAPI and uvicorn are already installed through Prefect. Endpoints:
   GET  /              a self-contained page to try the model (no CDN)
   GET  /healthz       liveness, and which model is loaded (never needs the token)
   GET  /v1/model      the model's ganpipe.* metadata, its registry version, the service's limits
-  POST /v1/generate   JSON {n, seed | seeds, labels, format: png|npy|json, nrow} -> PNG grid (or the array)
+  POST /v1/generate   JSON {n, seed | seeds, labels, truncation_psi, format: png|npy|json, nrow} -> PNG grid
+                      (or the array)
   POST /v1/translate  an image as the request body (Content-Type image/*) or a multipart `file` -> PNG
   /v2/...             the Open Inference Protocol (KServe, Triton) over the same model: see oip.py
   GET  /docs          Swagger UI, from files served by the service itself (no CDN)
@@ -55,7 +56,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -65,6 +66,7 @@ from pipeline.errors import UserError
 from pipeline.grid import make_grid, png_bytes
 from pipeline.inference import (
     IMAGE_FORMATS,
+    MAX_PSI,
     ImageRejected,
     ModelError,
     OnnxGenerator,
@@ -123,6 +125,12 @@ JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
 # bounds inside Annotated: given to Field, pydantic writes them into an anyOf (`| None`) as "ge"/"le", not JSON Schema
 Seed = Annotated[StrictInt, Field(ge=0, le=2**63 - 1), BeforeValidator(_whole_number)]
 SEEDS = "one image per seed, each the image that seed alone gives; n and seed are then not used"
+# NaN and infinity (which Python's JSON parser reads) are refused here, as 422 naming the field
+Psi = Annotated[StrictFloat, Field(ge=-MAX_PSI, le=MAX_PSI, allow_inf_nan=False)]
+PSI_HELP = (
+    "truncation, for models that take it (GET /v1/model: truncation): 1 or null = none, lower = each image "
+    "pulled towards the average image (more typical, less varied), 0 = that one image for every seed"
+)
 
 
 class GenerateRequest(BaseModel):
@@ -131,6 +139,7 @@ class GenerateRequest(BaseModel):
     seed: JsonInt = Field(0, ge=0, le=2**63 - 1)
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=64)] | None = Field(None, description=SEEDS)
     labels: list[StrictStr | JsonInt] | None = Field(None, description="class names or indices, cycled")
+    truncation_psi: Psi | None = Field(None, description=PSI_HELP)
     format: Literal["png", "npy", "json"] = "png"
     nrow: Annotated[StrictInt, Field(ge=1, le=64), BeforeValidator(_whole_number)] | None = None  # bounds: see Seed
 
@@ -166,6 +175,15 @@ def _labels_schema(model: OnnxGenerator | OnnxTranslator) -> dict:
     item = {"anyOf": [{"type": "string", "enum": names}, {"type": "integer", "minimum": 0, "maximum": count - 1}]}
     return {"anyOf": [{"type": "array", "items": item}, {"type": "null"}], "default": None,
             "description": "class names or indices, cycled over the n images"}  # fmt: skip
+
+
+def _truncation_schema(model: OnnxGenerator | OnnxTranslator) -> dict:
+    """What `truncation_psi` the served model takes: only null for a model without that input
+    (the service refuses a number with 400), else a bounded number."""
+    if not isinstance(model, OnnxGenerator) or not model.info.truncation:
+        return {"type": "null", "default": None, "description": "this model has no truncation: leave it out or null"}
+    return {"anyOf": [{"type": "number", "minimum": -MAX_PSI, "maximum": MAX_PSI}, {"type": "null"}],
+            "default": None, "description": PSI_HELP}  # fmt: skip
 
 
 def _release_freed_memory() -> None:
@@ -394,7 +412,8 @@ def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolde
         model, info = served.model, served.model.info
         out = {"file": served.path.name, "version": served.version, "task": info.task, "arch": info.arch,
                "image_size": info.image_size, "channels": info.channels, "latent_dim": info.latent_dim,
-               "num_classes": info.num_classes, "class_names": info.class_names, "providers": model.providers,
+               "num_classes": info.num_classes, "class_names": info.class_names, "inputs": info.inputs,
+               "truncation": info.truncation, "providers": model.providers,
                "loaded_at": served.loaded_at, "metadata": info.metadata,
                "limits": {"max_n": cfg.max_n, "max_upload_bytes": cfg.max_upload_bytes,
                           "max_pixels": cfg.max_pixels, "max_concurrency": cfg.max_concurrency,
@@ -405,8 +424,8 @@ def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolde
 
 
 def _openapi_with_labels(app: FastAPI, holder: ModelHolder, request_model: type[GenerateRequest], token: bytes | None):
-    """The app's `openapi`: FastAPI's schema, with `labels` as the model being served takes them
-    (a new champion may have other classes, so it is rebuilt after a swap)."""
+    """The app's `openapi`: FastAPI's schema, with `labels` and `truncation_psi` as the model being served
+    takes them (a new champion may have other classes, or no truncation, so it is rebuilt after a swap)."""
     cache: dict[str, Any] = {}
 
     def openapi() -> dict:
@@ -418,6 +437,7 @@ def _openapi_with_labels(app: FastAPI, holder: ModelHolder, request_model: type[
             body = request_model.model_json_schema()
             if served is not None:
                 body["properties"]["labels"] = _labels_schema(served.model)
+                body["properties"]["truncation_psi"] = _truncation_schema(served.model)
             schema["paths"]["/v1/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"] = body
             if token is not None:
                 bearer = {"bearer": {"type": "http", "scheme": "bearer"}}
@@ -458,13 +478,18 @@ def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, re
                 labels = model.resolve_labels(len(req.seeds) if req.seeds else req.n, req.labels)
             except ModelError as err:
                 raise ApiError(400, "bad labels", str(err)) from None
+            psi = req.truncation_psi
+            if psi is not None and not model.info.truncation:
+                raise ApiError(400, "bad truncation_psi", f"truncation_psi: the served model (arch {model.info.arch}) "
+                                                          "has no truncation input; leave it out or null")  # fmt: skip
 
             def work() -> tuple[bytes, str]:
                 if req.seeds:  # image i: what n=1, seed=seeds[i] and its label give
-                    images = np.concatenate([model.generate(1, seed, None if labels is None else [int(labels[i])])
+                    images = np.concatenate([model.generate(1, seed, None if labels is None else [int(labels[i])],
+                                                            truncation_psi=psi)
                                              for i, seed in enumerate(req.seeds)])  # fmt: skip
                 else:
-                    images = model.generate(req.n, req.seed, req.labels)
+                    images = model.generate(req.n, req.seed, req.labels, truncation_psi=psi)
                 if req.format == "npy":
                     buf = io.BytesIO()
                     np.save(buf, images)

@@ -39,7 +39,8 @@ class OipError(BaseModel):
 
 
 WHY = {
-    400: "the body cannot be read: malformed JSON, not an image, unknown labels",
+    400: "the body cannot be read: malformed JSON, not an image, unknown labels, truncation_psi for a model without "
+    "truncation",
     401: "a bearer token is required (the service was started with one) and was missing or wrong",
     404: "no model of that name is served",
     409: "the served model is for the other endpoint",

@@ -9,8 +9,11 @@ serve` serves, named ServeConfig.model_name:
   POST /v2/models/{name}/infer tensors in, the model's output tensors out
 
 The tensors are the ONNX model's own: a generator takes `z` FP32 [N, latent_dim] (and `labels`
-INT64 [N] if conditional) and gives `images` FP32 [N, C, H, W]; a translator takes `images` and
-gives `translated`. Tensor data is JSON (flat or nested, row-major) or, with Triton's binary tensor
+INT64 [N] if conditional) and gives `images` FP32 [N, C, H, W]; a generator with truncation
+(stylegan2) also takes the optional `truncation_psi` FP32 [1] (the whole batch) or [N] (one per
+sample), 1 (no truncation) when left out. The model metadata lists it among the inputs (the
+protocol's metadata has no way to mark a tensor optional). A translator takes `images` and gives
+`translated`. Tensor data is JSON (flat or nested, row-major) or, with Triton's binary tensor
 extension (tritonclient's default), little-endian bytes after the JSON, whose length the header
 Inference-Header-Content-Length gives. The limits, token and admission of /v1 apply here too;
 errors are {"error": "one line"}.
@@ -29,7 +32,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.inference import ModelError, OnnxGenerator, OnnxTranslator
+from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
 from pipeline.serve.common import ApiError, OipError, error_responses, parse_json, read_body
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -144,12 +147,15 @@ def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[st
 
 def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg) -> dict[str, np.ndarray]:
     """The request's inputs, checked against the model's and the service's limits."""
-    args = {a.name: a for a in model.session.get_inputs()}
+    required = [a.name for a in model.session.get_inputs()]
+    args = {a.name: a for a in [*model.session.get_inputs(), *optional_inputs(model.session, model.info)]}
+    optional = [n for n in args if n not in required]
+    takes = f"{required}" + (f" and optionally {optional}" if optional else "")
     names = [t.name for t in req.inputs]
-    for name in [*args, *names]:
+    for name in [*required, *names]:
         if name not in names or name not in args or names.count(name) > 1:
             problem = "missing" if name not in names else "unknown" if name not in args else "given twice"
-            raise ApiError(400, f"{problem} input", f"{name!r}; the model takes {list(args)}")
+            raise ApiError(400, f"{problem} input", f"{name!r}; the model takes {takes}")
     feed, offset, dims = {}, 0, {}
     for tensor in req.inputs:
         feed[tensor.name], offset = _array(tensor, args[tensor.name], binary, offset, dims)
@@ -164,6 +170,14 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
         return feed
     if len(feed["z"]) > cfg.max_n:
         raise ApiError(400, "batch too large", f"input 'z': a batch of {len(feed['z'])} > this service's {cfg.max_n}")
+    if PSI in feed:  # ONNX Runtime would fail on another length, and w overflows far beyond MAX_PSI
+        psi, n = feed[PSI], len(feed["z"])
+        if len(psi) not in (1, n):
+            raise ApiError(400, "wrong shape", f"input {PSI!r} takes 1 value (the whole batch) or {n} (one per "
+                                               f"sample, as input 'z'), got {len(psi)}")  # fmt: skip
+        if (np.abs(psi) > MAX_PSI).any():
+            raise ApiError(400, "bad data", f"input {PSI!r}: values from -{MAX_PSI:g} to {MAX_PSI:g} (1: no "
+                                            "truncation, 0: the average image)")  # fmt: skip
     count = model.info.num_classes
     if "labels" in feed and ((feed["labels"] < 0) | (feed["labels"] >= count)).any():
         raise ApiError(400, "bad labels", f"input 'labels': class indices are 0-{count - 1} ({model.info.class_names})")
@@ -250,7 +264,7 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
         served = model_of(request)
         session = served.model.session
         return {"name": cfg.model_name, "versions": [served.name], "platform": "onnxruntime_onnx",
-                "inputs": [_metadata(a) for a in session.get_inputs()],
+                "inputs": [_metadata(a) for a in [*session.get_inputs(), *optional_inputs(session, served.model.info)]],
                 "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
 
     @app.get("/v2/models/{name}/ready", openapi_extra=path_name, responses=errors(404, 503))
