@@ -126,6 +126,17 @@ def digits10_augment(runs: list[Run]) -> Figure:
     return labelled_figure([samples(r, 32) for r in runs], labels, title, 16, stacked=True, scale=2)
 
 
+def stylegan2_digits(runs: list[Run]) -> Figure:
+    """The same 16 seeds at three truncation values: psi pulls every w towards the average w."""
+    (run,) = runs
+    g = run.model(layout.ONNX_GENERATOR)
+    psis = (1.0, 0.7, 0.5)
+    rows = [g.generate(16, seed=SEED, truncation_psi=psi) for psi in psis]
+    labels = [run.label(", ψ 1 (no truncation)"), *(f"ψ {psi:g}" for psi in psis[1:])]  # FID: untruncated
+    title = "StyleGAN2 on the digits: the same z at three truncation values ψ"
+    return labelled_figure(rows, labels, title, 16, stacked=True, scale=2)
+
+
 # figure -> (the configurations it shows, in order; how it is drawn)
 FIGURES: dict[str, tuple[list[str], Callable[[list[Run]], Figure]]] = {
     "digits_samples": ([DEFAULT], digits_samples),
@@ -136,6 +147,7 @@ FIGURES: dict[str, tuple[list[str], Callable[[list[Run]], Figure]]] = {
         ["configs/digits-10pct.yaml", "configs/digits-10pct-diffaugment.yaml", "configs/digits-10pct-ada.yaml"],
         digits10_augment,
     ),
+    "stylegan2_digits": (["configs/stylegan2-digits.yaml"], stylegan2_digits),
 }
 
 
