@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, TINY, make_repo, merge, sh, write_params
 from PIL import Image
 
+from pipeline import layout
 from pipeline.grid import figure_png, make_grid
 from pipeline.metrics.suite import comparison_figure
 from pipeline.metrics.translation import translation_figure
@@ -64,12 +65,11 @@ def pixels(png: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory, prefect_api):
-    """Two figures made by the script in a fresh copy of the project with the shipped params,
-    the tiny overlay laid over their five configurations (five DVC experiments)."""
+    """A figure made by the script in a fresh copy of the project with the shipped params, the
+    tiny overlay laid over its three configurations (three DVC experiments)."""
     root = make_repo(tmp_path_factory.mktemp("figures"), {})
     overlay = write_params(tmp_path_factory.mktemp("overlay") / "quick.yaml", QUICK)
-    res = sh([sys.executable, "docs/figures.py", "digits10_augment", "glyph_translation", "--overlay", str(overlay),
-              "--out", "out"], root)  # fmt: skip
+    res = sh([sys.executable, "docs/figures.py", "digits10_augment", "--overlay", str(overlay), "--out", "out"], root)
     return root, overlay, res.stdout
 
 
@@ -77,7 +77,19 @@ def made(tmp_path_factory, prefect_api):
 def runs(made, tmp_path_factory):
     root, overlay, _ = made
     figures = load_script(root)
-    return figures, figures.Experiments(overlay).load(AUGMENT + GLYPHS, tmp_path_factory.mktemp("models"))
+    return figures, figures.Experiments(overlay).load(AUGMENT, tmp_path_factory.mktemp("models"))
+
+
+def local_run(figures, config: str, params: dict, metrics: dict, files: dict[str, Path], workdir: Path):
+    """A figures.Run over files on disk instead of an experiment's commit: `files` maps a
+    folder of the project (data/prepared, exports) to where its files are."""
+
+    class LocalRun(figures.Run):
+        def read(self, path: Path | str) -> bytes:
+            folder, name = str(Path(path).parent), Path(path).name
+            return (files[folder] / name).read_bytes()
+
+    return LocalRun(config, "local", params, metrics, workdir)
 
 
 def exp_fids(root: Path) -> dict[str, float]:
@@ -102,17 +114,30 @@ def test_the_augmentation_figure_has_a_row_per_configuration_ada_included(made, 
     np.testing.assert_array_equal(pixels((root / "out/digits10_augment.png").read_bytes()), pixels(figure_png(fig)))
 
 
-@pytest.mark.integration
-def test_the_glyph_figure_has_input_both_translators_and_target_rows(made, runs):
-    root, _, _ = made
-    figures, found = runs
-    fig = figures.glyph_translation([found[c] for c in GLYPHS])
-    labels, fid = [ax.get_ylabel() for ax in fig.axes], exp_fids(root)
-    assert labels[0] == "input (DejaVuSans)" and labels[3] == "target (DejaVuSerif)"
-    for label, config in zip(labels[1:3], GLYPHS, strict=True):
-        name = Path(config).stem
-        assert label.startswith(f"{name}\nFID {fid[name + '-quick']:.3f}, L1 0.")
-    np.testing.assert_array_equal(pixels((root / "out/glyph_translation.png").read_bytes()), pixels(figure_png(fig)))
+def test_the_glyph_figure_has_input_both_translators_and_target_rows(tmp_path_factory):
+    from test_translate import export_trained, glyph_data, translate_params
+
+    from pipeline.config import parse_params
+
+    prepared = glyph_data(tmp_path_factory)
+    figures, found = load_script(REPO), []
+    for config, arch, scores in zip(GLYPHS, ["pix2pix", "cyclegan"], [(1.5, 0.05), (2.25, 0.0625)], strict=True):
+        root, _ = export_trained(tmp_path_factory, prepared, arch)
+        params = parse_params(translate_params(arch)).model_dump(mode="json")
+        files = {"data/prepared": prepared, "exports": root / "exports"}
+        found.append(local_run(figures, config, params, dict(zip(["fid", "l1"], scores, strict=True)), files,
+                               tmp_path_factory.mktemp("work")))  # fmt: skip
+    fig = figures.glyph_translation(found)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert labels == ["input (DejaVuSans)", "glyphs-pix2pix\nFID 1.500, L1 0.0500",
+                      "glyphs-cyclegan\nFID 2.250, L1 0.0625", "target (DejaVuSerif)"]  # fmt: skip
+    # the rows: held-out inputs, each translator's output of them, their targets
+    val_a, val_b = (np.load(prepared / f"val_{d}.npy") for d in "AB")
+    pick = np.unique(np.linspace(0, len(val_a) - 1, 20).round().astype(int))
+    inputs = val_a[pick].astype(np.float32) / 127.5 - 1
+    rows = [inputs, *(r.model(layout.ONNX_TRANSLATORS["AB"]).translate(inputs) for r in found), val_b[pick]]
+    for ax, row in zip(fig.axes, rows, strict=True):
+        np.testing.assert_array_equal(ax.images[0].get_array(), make_grid(row, len(pick))[..., 0])
 
 
 @pytest.mark.integration

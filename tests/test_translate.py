@@ -3,6 +3,7 @@ against the identity baseline, ONNX export with parity at two spatial sizes, and
 `ganpipe translate` on a folder with a bad file in it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,12 +30,17 @@ def translate_params(arch: str, **train) -> dict:
     return merge(TINY, over)
 
 
-@pytest.fixture(scope="module")
-def glyphs16(tmp_path_factory):
+def glyph_data(tmp_path_factory) -> Path:
+    """The tiny glyph pair prepared at 16x16 (A: sans, B: serif)."""
     root = tmp_path_factory.mktemp("glyphs16")
     params = parse_params(translate_params("pix2pix"))
     prepare(params.data, root / "prepared", root / "report.json")
     return root / "prepared"
+
+
+@pytest.fixture(scope="module")
+def glyphs16(tmp_path_factory):
+    return glyph_data(tmp_path_factory)
 
 
 def paths_in(tmp_path, prepared) -> TrainPaths:
