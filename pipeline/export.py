@@ -27,7 +27,7 @@ from torch import nn
 from pipeline import layout
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import UserError
-from pipeline.inference import create_session
+from pipeline.inference import PSI, create_session
 from pipeline.models.artifact import load_generator, load_translators
 from pipeline.provenance import git_revision
 
@@ -39,7 +39,6 @@ class ExportError(UserError, RuntimeError):
 
 
 PARITY_PSI = (1.0, 0.5)  # truncation values parity is checked at, when the generator takes one
-PSI = "truncation_psi"
 
 
 class GenerateGraph(nn.Module):
