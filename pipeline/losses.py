@@ -64,7 +64,7 @@ def gradient_penalty(
     d: Callable, real: torch.Tensor, fake: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator
 ) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017): (||grad D(x_hat)|| - 1)^2 on random interpolates."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator).to(real.device, real.dtype)
+    alpha = torch.rand(real.shape[0], 1, 1, 1, generator=generator, device=generator.device).to(real.device, real.dtype)
     x_hat = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(d(x_hat, labels)[0].sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
@@ -94,7 +94,7 @@ def path_lengths(synthesis: Callable[[torch.Tensor], torch.Tensor], ws: torch.Te
     respect to the ws [N, L, D] and y random images scaled by 1/sqrt(pixels), averaged over
     the L layers' w (Karras et al., 2020, section 3.2). Differentiable (create_graph)."""
     images = synthesis(ws)
-    noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+    noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device, images.dtype)
     noise = noise / math.sqrt(images.shape[2] * images.shape[3])
     (grad,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
     return grad.float().square().sum(2).mean(1).sqrt()

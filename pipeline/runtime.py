@@ -44,6 +44,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None = None) -> contextl
     return torch.autocast("cuda", dtype=dtype)
 
 
+def seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A seeded RNG that draws where the training tensors live: on the GPU when training there
+    (no host-to-device copy, no sync per draw), on the CPU otherwise. Its state goes into
+    checkpoints, so a resumed run continues the same stream on the same kind of device."""
+    return torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(seed)
+
+
+def adam(params, lr: float, betas, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step on CUDA (PyTorch's for-each implementation on the CPU,
+    which keeps CPU runs byte-identical to earlier releases)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=device.type == "cuda" or None)
+
+
 def seed_everything(seed: int) -> None:
     """Seed every global RNG a stage might touch (Python, NumPy, torch CPU and CUDA)."""
     random.seed(seed)

@@ -39,7 +39,7 @@ class DiffAugment:
         return x
 
     def _rand(self, *shape: int, device: torch.device) -> torch.Tensor:
-        return torch.rand(*shape, generator=self.generator).to(device)
+        return torch.rand(*shape, generator=self.generator, device=self.generator.device).to(device)
 
     def _color(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
@@ -53,8 +53,8 @@ class DiffAugment:
     def _translation(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         sh, sw = int(h * self.translation_ratio + 0.5), int(w * self.translation_ratio + 0.5)
-        ty = torch.randint(-sh, sh + 1, (n, 1, 1), generator=self.generator).to(x.device)
-        tx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=self.generator).to(x.device)
+        ty = torch.randint(-sh, sh + 1, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)
+        tx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)
         b, gy, gx = torch.meshgrid(
             torch.arange(n, device=x.device),
             torch.arange(h, device=x.device),
@@ -69,8 +69,8 @@ class DiffAugment:
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         ch, cw = int(h * self.cutout_ratio + 0.5), int(w * self.cutout_ratio + 0.5)
-        oy = torch.randint(0, h, (n, 1, 1), generator=self.generator).to(x.device)  # square centre
-        ox = torch.randint(0, w, (n, 1, 1), generator=self.generator).to(x.device)
+        oy = torch.randint(0, h, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)  # square centre
+        ox = torch.randint(0, w, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)
         inside = ((ys - oy).abs() * 2 < ch) & ((xs - ox).abs() * 2 < cw)
@@ -92,7 +92,8 @@ class AdaptiveProbability:
         self.p, self.sign_sum, self.count, self.last_rt = 0.0, 0.0, 0, 0.0
 
     def observe(self, real_logits: torch.Tensor) -> None:
-        self.sign_sum += float(torch.sign(real_logits.detach().float()).sum())
+        # summed where the logits live (in float64, as a Python float would): no sync per step
+        self.sign_sum = self.sign_sum + torch.sign(real_logits.detach().float()).sum().double()
         self.count += real_logits.numel()
 
     def maybe_update(self, step: int, reduce=None) -> None:
@@ -100,7 +101,7 @@ class AdaptiveProbability:
         so every process keeps the same p."""
         if step % self.interval or not self.count:
             return
-        totals = torch.tensor([self.sign_sum, float(self.count)], dtype=torch.float64)
+        totals = torch.tensor([float(self.sign_sum), float(self.count)], dtype=torch.float64)
         if reduce is not None:
             totals = reduce(totals)
         self.last_rt = float(totals[0] / totals[1])
@@ -109,7 +110,7 @@ class AdaptiveProbability:
         self.sign_sum, self.count = 0.0, 0
 
     def state_dict(self) -> dict:
-        return {"p": self.p, "sign_sum": self.sign_sum, "count": self.count, "last_rt": self.last_rt}
+        return {"p": self.p, "sign_sum": float(self.sign_sum), "count": self.count, "last_rt": self.last_rt}
 
     def load_state_dict(self, state: dict) -> None:
         self.p, self.sign_sum = state["p"], state["sign_sum"]
@@ -118,7 +119,7 @@ class AdaptiveProbability:
 
 def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Classic augmentation of real images: each flipped left-right with probability 1/2."""
-    flip = (torch.rand(x.shape[0], 1, 1, 1, generator=generator) < 0.5).to(x.device)
+    flip = (torch.rand(x.shape[0], 1, 1, 1, generator=generator, device=generator.device) < 0.5).to(x.device)
     return torch.where(flip, x.flip(3), x)
 
 

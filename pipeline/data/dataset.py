@@ -10,6 +10,7 @@ import torch
 
 from pipeline.artifacts import read_json
 from pipeline.errors import MissingInput
+from pipeline.runtime import seeded_generator
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class BatchSampler:
         self.images = to_float(split.images).to(device)
         self.labels = torch.as_tensor(split.labels).to(device)
         self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = seeded_generator(seed, device)
         self.device = device
 
     def __len__(self) -> int:
@@ -87,7 +88,7 @@ class BatchSampler:
 
     def draw(self) -> torch.Tensor:
         """Indices of the next (global) batch. Every process draws the same ones."""
-        return torch.randint(len(self), (self.batch_size,), generator=self.generator)
+        return torch.randint(len(self), (self.batch_size,), generator=self.generator, device=self.generator.device)
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         idx = idx.to(self.device)

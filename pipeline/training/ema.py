@@ -26,7 +26,10 @@ def update_ema(ema: nn.Module, g: nn.Module, step: int, decay: float) -> None:
     """ema = beta * ema + (1 - beta) * g, with beta ramped up early so the first, poor
     weights do not dominate for thousands of steps; buffers (BatchNorm statistics) are copied."""
     beta = min(decay, (1.0 + step) / (10.0 + step))
-    for pe, pg in zip(ema.parameters(), g.parameters(), strict=True):
-        pe.lerp_(pg.detach(), 1.0 - beta)
-    for be, bg in zip(ema.buffers(), g.buffers(), strict=True):
-        be.copy_(bg)
+    ema_params, g_params = list(ema.parameters()), [p.detach() for p in g.parameters()]
+    if len(ema_params) != len(g_params):
+        raise ValueError("EMA and model have different parameters")
+    torch._foreach_lerp_(ema_params, g_params, 1.0 - beta)  # a few kernels instead of one per tensor
+    ema_buffers, g_buffers = list(ema.buffers()), list(g.buffers())
+    if ema_buffers:
+        torch._foreach_copy_(ema_buffers, g_buffers)

@@ -58,10 +58,11 @@ class TrainResult:
     world_size: int = 1
 
 
-def fingerprint(params: Params, prepared: Path, length_matters: bool = False) -> str:
+def fingerprint(params: Params, prepared: Path, length_matters: bool = False, device_type: str = "cpu") -> str:
     """Hash of everything that shapes the weights except the run length (unless the objective's
-    schedule depends on it) and logging cadence: params, the prepared data and the training code
-    (this module's import closure)."""
+    schedule depends on it) and logging cadence: params, the prepared data, the training code
+    (this module's import closure) and the kind of device the random streams live on (a CUDA
+    generator's state cannot continue a CPU one's)."""
     volatile = {"sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
     if not length_matters:
         volatile.add("steps")
@@ -72,6 +73,7 @@ def fingerprint(params: Params, prepared: Path, length_matters: bool = False) ->
         "augment": params.augment.model_dump(mode="json"),
         "train": {k: v for k, v in params.train.model_dump(mode="json").items() if k not in volatile},
         "data": hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest(),
+        "rng_device": device_type,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,7 +128,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     device, world = _device_and_world(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     objective = make_objective(params, paths.prepared, device, precision, world)
-    fp = fingerprint(params, paths.prepared, objective.length_matters)
+    fp = fingerprint(params, paths.prepared, objective.length_matters, device.type)
     start = _resume(objective, paths, fp, cfg.steps, world)
 
     live = open_live(paths.live_dir, start) if world.is_main else None

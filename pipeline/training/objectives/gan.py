@@ -25,7 +25,7 @@ from pipeline.grid import make_grid, save_grid
 from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
 from pipeline.models import build_discriminator, build_generator
 from pipeline.models.artifact import generator_spec
-from pipeline.runtime import autocast
+from pipeline.runtime import adam, autocast, seeded_generator
 from pipeline.training.distributed import World, gather, mean, no_sync, wrap
 from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm
@@ -62,7 +62,7 @@ class GanObjective:
 
     def __init__(self, params: Params, prepared: Path, device: torch.device, precision: torch.dtype, world: World):
         cfg, mcfg = params.train, params.model
-        self.cfg, self.device, self.precision, self.world = cfg, device, precision, world
+        self.cfg, self.device, self.precision, self.world, self.seed = cfg, device, precision, world, params.seed
         data = stable_subset(prepared, "train", load_split(prepared, "train"), cfg.data_fraction)
         _, channels, image_size, _ = data.images.shape
         self.num_classes = num_classes = data.num_classes if mcfg.conditional else 0
@@ -71,12 +71,12 @@ class GanObjective:
 
         self.G = build_generator(mcfg, image_size, channels, num_classes).to(device)
         self.D = build_discriminator(mcfg, image_size, channels, num_classes).to(device)
-        if device.type == "cuda":
+        if device.type == "cuda" and not cfg.compile:  # inductor fails on channels-last convolution backward
             self.G, self.D = self.G.to(memory_format=torch.channels_last), self.D.to(memory_format=torch.channels_last)
         self.G_ema = make_ema(self.G)
         self.ema_decay = decay_per_step(cfg.ema_decay, cfg.ema_kimg, cfg.batch_size)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+        self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg.betas, device)
+        self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg.betas, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
         self.acgan = bool(num_classes) and mcfg.conditioning == "acgan"
@@ -88,9 +88,11 @@ class GanObjective:
         shards = world.size * cfg.accumulate
         self.micro = cfg.batch_size // shards
         self.mine = [world.rank * cfg.accumulate + i for i in range(cfg.accumulate)]
-        self.shard_rng = {s: torch.Generator().manual_seed(params.seed * 1000 + 777 + s) for s in range(shards)}
+        # Every draw of a step (batch indices, z, fake labels, augmentation) comes from generators
+        # on the training device: no host copy or sync per step on a GPU.
+        self.shard_rng = {s: seeded_generator(params.seed * 1000 + 777 + s, device) for s in range(shards)}
         self.batches = BatchSampler(data, cfg.batch_size, seed=params.seed + 1, device=device)
-        self.noise = torch.Generator().manual_seed(params.seed + 2)  # z and fake labels, on CPU for portability
+        self.noise = seeded_generator(params.seed + 2, device)  # z and fake labels
         self.z_fixed, self.y_fixed = fixed_inputs(mcfg.latent_dim, num_classes, params.seed)
         self.real_diversity = diversity(to_float(data.images[: len(self.z_fixed)]))
 
@@ -122,9 +124,9 @@ class GanObjective:
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         cfg = self.cfg
         idx = self.batches.draw()
-        z = torch.randn(cfg.batch_size, self.latent_dim, generator=self.noise).to(self.device)
-        y = torch.randint(self.num_classes, (cfg.batch_size,), generator=self.noise).to(self.device) \
-            if self.num_classes else None  # fmt: skip
+        z = torch.randn(cfg.batch_size, self.latent_dim, generator=self.noise, device=self.noise.device).to(self.device)
+        y = torch.randint(self.num_classes, (cfg.batch_size,), generator=self.noise, device=self.noise.device) \
+            .to(self.device) if self.num_classes else None  # fmt: skip
         return idx, z, y
 
     def _part(self, t: torch.Tensor | None, s: int) -> torch.Tensor | None:
@@ -241,9 +243,18 @@ class GanObjective:
         grid = make_grid(images, nrow=8)
         return (grid[..., 0] if grid.shape[-1] == 1 else grid), {"train/sample_diversity": ratio}, warnings
 
+    def gather_states(self, rngs: dict[int, torch.Generator]) -> list[torch.Tensor]:
+        """The states of per-shard generators, every shard's from whichever process holds it."""
+        return [st for rank_states in gather({s: rngs[s].get_state() for s in self.mine}, self.world)
+                for st in rank_states.values()]  # fmt: skip
+
+    @staticmethod
+    def set_states(rngs: dict[int, torch.Generator], states: list[torch.Tensor]) -> None:
+        for s, st in enumerate(states):
+            rngs[s].set_state(st)
+
     def state_dict(self) -> dict:
-        shard_states = [st for rank_states in gather({s: self.shard_rng[s].get_state() for s in self.mine}, self.world)
-                        for st in rank_states.values()]  # fmt: skip
+        shard_states = self.gather_states(self.shard_rng)
         return {
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "scaler": self.scaler.state_dict(),
@@ -257,8 +268,7 @@ class GanObjective:
             getattr(self, name).load_state_dict(state[name])
         self.batches.generator.set_state(state["rng"]["batches"])
         self.noise.set_state(state["rng"]["noise"])
-        for s, st in enumerate(state["rng"]["shards"]):
-            self.shard_rng[s].set_state(st)
+        self.set_states(self.shard_rng, state["rng"]["shards"])
         if self.ada is not None:
             self.ada.load_state_dict(state["ada"])
 

@@ -22,13 +22,18 @@ class StyleGan2Objective(GanObjective):
         super().__init__(*args, **kwargs)
         self.pl_mean = torch.zeros((), device=self.device)  # running mean of path lengths
         self._pl_lengths: list[torch.Tensor] = []
+        # Style mixing's coin and cutoff steer Python control flow: on a GPU they come from CPU
+        # generators of their own, so drawing them never waits for the GPU. On the CPU they are
+        # the shard generators themselves.
+        self.host_rng = self.shard_rng if self.device.type != "cuda" else \
+            {s: torch.Generator().manual_seed(self.seed * 1000 + 555 + s) for s in self.shard_rng}  # fmt: skip
 
     def _generate(self, g: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, s: int) -> torch.Tensor:
-        rng = self.shard_rng[s]
+        rng, host = self.shard_rng[s], self.host_rng[s]
         mix = None
-        if self.cfg.style_mixing and float(torch.rand((), generator=rng)) < self.cfg.style_mixing:
-            cutoff = int(torch.randint(1, self.G.num_ws, (), generator=rng))
-            mix = (torch.randn(z.shape, generator=rng).to(z.device, z.dtype), cutoff)
+        if self.cfg.style_mixing and float(torch.rand((), generator=host)) < self.cfg.style_mixing:
+            cutoff = int(torch.randint(1, self.G.num_ws, (), generator=host))
+            mix = (torch.randn(z.shape, generator=rng, device=rng.device).to(z.device, z.dtype), cutoff)
         return g(z, y, mix=mix, noise_rng=rng)
 
     def _g_regulariser(self, step: int, z: torch.Tensor, y: torch.Tensor | None, s: int) -> torch.Tensor | None:
@@ -52,8 +57,13 @@ class StyleGan2Objective(GanObjective):
         return {**super().scalars(loss_d, loss_g), "train/pl_mean": float(self.pl_mean)}
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "pl_mean": self.pl_mean.cpu()}
+        state = {**super().state_dict(), "pl_mean": self.pl_mean.cpu()}
+        if self.host_rng is not self.shard_rng:
+            state["rng"]["host"] = self.gather_states(self.host_rng)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.pl_mean = state["pl_mean"].to(self.device)
+        if self.host_rng is not self.shard_rng:
+            self.set_states(self.host_rng, state["rng"]["host"])

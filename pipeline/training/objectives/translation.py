@@ -24,7 +24,7 @@ from pipeline.grid import make_grid, save_panels
 from pipeline.losses import LOSSES
 from pipeline.models import build_generator, directions
 from pipeline.models.artifact import translator_spec
-from pipeline.runtime import autocast
+from pipeline.runtime import adam, autocast
 from pipeline.training.distributed import World
 from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm
@@ -95,10 +95,8 @@ class TranslationObjective:
         self.D = self._discriminators(mcfg, image_size, channels)
         self.G_ema = {d: make_ema(g) for d, g in self.G.items()}
         self.ema_decay = decay_per_step(cfg.ema_decay, cfg.ema_kimg, cfg.batch_size)
-        self.opt_g = torch.optim.Adam([p for g in self.G.values() for p in g.parameters()], lr=cfg.lr_g,
-                                      betas=cfg.betas)  # fmt: skip
-        self.opt_d = torch.optim.Adam([p for d in self.D.values() for p in d.parameters()], lr=cfg.lr_d,
-                                      betas=cfg.betas)  # fmt: skip
+        self.opt_g = adam([p for g in self.G.values() for p in g.parameters()], cfg.lr_g, cfg.betas, device)
+        self.opt_d = adam([p for d in self.D.values() for p in d.parameters()], cfg.lr_d, cfg.betas, device)
         # the decay is spread over train.steps: a checkpoint of a run of another length is not resumed
         self.length_matters = cfg.lr_decay_start < 1
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(cfg.steps, cfg.lr_decay_start))
@@ -111,6 +109,10 @@ class TranslationObjective:
         self.spec = translator_spec(params, image_size, channels, ab.size_multiple, ab.min_size)
         for m in [*self.G.values(), *self.D.values()]:
             m.train()
+            if cfg.compile:  # in place: state_dict keys stay those of the plain module
+                m.compile()
+            elif device.type == "cuda":  # inductor fails on channels-last convolution backward
+                m.to(memory_format=torch.channels_last)
 
     def _discriminators(self, mcfg: ModelConfig, image_size: int, channels: int) -> dict[str, torch.nn.Module]:
         raise NotImplementedError
