@@ -1,19 +1,27 @@
-"""The benchmark suite: speed numbers live here, not in timed tests.
+"""The benchmark suite: speed numbers live here, never in timed tests.
 
-    python bench/run.py            # all benchmarks, results as JSON on stdout
-    python bench/run.py loader     # one of: loader, train_step, onnx, ingest
+    python bench/run.py                 # everything: reports/bench.json, and docs/benchmarks.md updated
+    python bench/run.py --quick         # a fast pass proving the suite works (CI); docs left alone
+    python bench/run.py train scaling   # some benchmarks only (docs left alone unless --docs)
+    python bench/run.py --render reports/bench.json   # rewrite docs/benchmarks.md's section from a result file
+    ganpipe bench [same arguments]
 
-Each benchmark runs on the default data (prepared on the fly into a temporary folder if
-data/prepared/ is absent) and reports a median over repeats. Record results in
-docs/benchmarks.md together with the machine they were measured on.
+Every figure is the median of repeats with min and max; comparisons (engine vs textbook loop,
+ONNX Runtime vs PyTorch) are measured side by side in one run. The results file describes the
+machine; docs/benchmarks.md keeps one section per kind of machine (CPU, CUDA), each rewritten
+from its latest full run. Runs without DVC, DVCLive or Prefect: what needs them is reported as
+skipped.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import platform
-import statistics
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -21,142 +29,173 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for p in (str(ROOT), str(BENCH)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
 
-from pipeline.config import Params, parse_params  # noqa: E402
-from pipeline.data.dataset import BatchSampler, load_split  # noqa: E402
+import common  # noqa: E402
+import training  # noqa: E402
+
+from pipeline.config import Params  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
+from pipeline.runtime import resolve_device, set_threads  # noqa: E402
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+IMAGES = ROOT / "docs" / "images"
 
 
-def prepared_dir(tmp: Path) -> Path:
-    default = ROOT / "data" / "prepared"
-    if (default / "manifest.json").is_file():
-        return default
-    prepare(Params().data, tmp / "prepared", tmp / "report.json")
-    return tmp / "prepared"
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(name)
 
 
-def median_rate(fn, items_per_call: int, repeats: int = 5, calls: int = 50) -> float:
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rates.append(items_per_call * calls / (time.perf_counter() - t))
-    return statistics.median(rates)
+def _scaling_markdown(result: dict, image: str | None = None) -> str:
+    return training.markdown_scaling(result, image)
 
 
-def bench_loader(prepared: Path) -> dict:
-    """Images per second delivered by the training batch sampler (32x32, batch 64, CPU)."""
-    sampler = BatchSampler(load_split(prepared, "train"), 64, seed=0, device=torch.device("cpu"))
-    return {"images_per_s": round(median_rate(sampler.next, 64, calls=500))}
+# name -> (run(ctx) -> dict, markdown(result) -> str)
+BENCHMARKS = {
+    "train": (training.run_compare, training.markdown_compare),
+    "scaling": (training.run_scaling, _scaling_markdown),
+    "serving": (lambda ctx: _module("serving").run(ctx), lambda r: _module("serving").markdown(r)),
+    "evaluation": (lambda ctx: _module("evaluation").run(ctx), lambda r: _module("evaluation").markdown(r)),
+    "orchestration": (lambda ctx: _module("orchestration").run(ctx), lambda r: _module("orchestration").markdown(r)),
+    "data": (lambda ctx: _module("data").run(ctx), lambda r: _module("data").markdown(r)),
+}
 
 
-def bench_train_step(prepared: Path) -> dict:
-    """Optimiser steps per second of the default DCGAN (batch 64) on this machine's CPU."""
-    from pipeline.training.runner import TrainPaths, train
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+        cpu = found[1].strip() if found else platform.processor() or "unknown"
+    except OSError:
+        pass
+    out = {
+        "kind": "cuda" if torch.cuda.is_available() else "cpu",
+        "cpu": cpu,
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    try:
+        import onnxruntime
 
+        out["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        out.update({"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30), "cuda": torch.version.cuda,
+                    "cudnn": torch.backends.cudnn.version()})  # fmt: skip
+    return out
+
+
+def describe(m: dict) -> str:
+    cpu = f"{m['cpu_cores']} CPU cores ({m['cpu']}), {m['torch_threads']} torch threads"
+    gpu = f"{m['gpu']} ({m['gpu_memory_gib']} GiB), CUDA {m['cuda']}, cuDNN {m['cudnn']}; " if "gpu" in m else ""
+    return f"{gpu}{cpu}; Python {m['python']}, torch {m['torch']}, ONNX Runtime {m.get('onnxruntime', '–')}"
+
+
+def run(names: list[str], quick: bool, device: str) -> dict:
+    set_threads()
+    dev = resolve_device(device)
+    results, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        steps = 60
-        params = parse_params({"train": {"steps": steps, "sample_every": 10_000, "checkpoint_every": 10_000}})
-        paths = TrainPaths(prepared=prepared, checkpoints=t / "c", generator=t / "g.pt", live_dir=t / "l",
-                           samples=t / "s.png")  # fmt: skip
-        start = time.perf_counter()
-        train(params, paths, progress=False)
-        seconds = time.perf_counter() - start
-    return {"steps_per_s": round(steps / seconds, 2), "images_per_s": round(64 * steps / seconds)}
+        prepared = ROOT / "data" / "prepared"
+        if not (prepared / "manifest.json").is_file():
+            prepare(Params().data, t / "prepared", t / "report.json")
+            prepared = t / "prepared"
+        ctx = common.Context(quick=quick, device=dev, prepared=prepared, tmp=t)
+        for name in names:
+            start = time.perf_counter()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            results[name] = BENCHMARKS[name][0](ctx)
+            seconds[name] = round(time.perf_counter() - start, 1)
+            print(f"bench: {name} done in {seconds[name]} s", file=sys.stderr, flush=True)
+    return {"machine": machine(), "device": str(dev), "quick": quick,
+            "date": datetime.date.today().isoformat(), "seconds": seconds, "results": results}  # fmt: skip
 
 
-def bench_onnx(prepared: Path) -> dict:
-    """Exported default generator: ONNX Runtime vs PyTorch latency at batch 1 and 64."""
-    from pipeline.config import ModelConfig
-    from pipeline.export import export_generator
-    from pipeline.inference import OnnxGenerator
-    from pipeline.models import build_generator
-
-    with tempfile.TemporaryDirectory() as tmp:
-        t = Path(tmp)
-        cfg = ModelConfig()
-        g = build_generator(cfg, 32, 1).eval()
-        spec = {"model": cfg.model_dump(mode="json"), "image_size": 32, "channels": 1, "num_classes": 0,
-                "class_names": []}  # fmt: skip
-        torch.save({"spec": spec, "state_dict": g.state_dict(), "steps": 0}, t / "g.pt")
-        export_generator(t / "g.pt", t / "g.onnx")
-        onnx_gen = OnnxGenerator(t / "g.onnx")
-        out = {}
-        for n in (1, 64):
-            z = torch.randn(n, cfg.latent_dim)
-            with torch.no_grad():
-                torch_rate = median_rate(lambda z=z: g(z), n, calls=20)
-            onnx_rate = median_rate(lambda n=n: onnx_gen.generate(n), n, calls=20)
-            out[f"batch_{n}"] = {"torch_images_per_s": round(torch_rate), "onnxruntime_images_per_s": round(onnx_rate)}
-        return out
+def section(report: dict, image: str | None) -> str:
+    """The Markdown section of docs/benchmarks.md for the report's kind of machine."""
+    m = report["machine"]
+    title = f"GPU: {m['gpu']}" if m["kind"] == "cuda" else f"CPU: {m['cpu_cores']} cores, no GPU"
+    parts = [f"## {title}", "", f"Measured {report['date']} by `python bench/run.py` on {describe(m)}. "
+             f"Whole suite: {sum(report['seconds'].values()):.0f} s."]  # fmt: skip
+    for name, result in report["results"].items():
+        md = BENCHMARKS[name][1]
+        parts += ["", md(result, image) if name == "scaling" else md(result)]
+    return "\n".join(parts)
 
 
-_INGEST_CHILD = """
-import json, re, resource, sys, time
-from pathlib import Path
-from pipeline.config import DataConfig
-from pipeline.data.prepare import prepare
-cfg = DataConfig(source="folder", path=sys.argv[1], image_size=64, channels=3)
-t = time.perf_counter()
-result = prepare(cfg, sys.argv[2] + "/prepared", sys.argv[2] + "/report.json")
-print(json.dumps({"seconds": time.perf_counter() - t, "counts": result.counts,
-                  # VmHWM, not ru_maxrss: the latter counts the forking parent's pages before exec
-                  "main_peak_rss_mb": int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1])
-                  / 1024,
-                  "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
+def update_docs(report: dict, scaling_png: Path | None) -> None:
+    kind = report["machine"]["kind"]
+    image = None
+    if scaling_png is not None and scaling_png.is_file():
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scaling_png, IMAGES / f"bench_scaling_{kind}.png")
+        image = f"images/bench_scaling_{kind}.png"
+    begin, end = f"<!-- bench:{kind}:begin -->", f"<!-- bench:{kind}:end -->"
+    block = f"{begin}\n{section(report, image)}\n{end}"
+    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOCS.write_text(text)
 
 
-def bench_ingest(_prepared: Path) -> dict:
-    """`prepare` on a folder of N distinct 64x64 RGB PNGs in 10 class folders (N from
-    GANPIPE_BENCH_INGEST_N, default 100,000): wall time, files/s and peak memory of the
-    main process and of the largest decoding worker."""
-    import subprocess
-
-    import numpy as np
-    from PIL import Image
-
-    n = int(os.environ.get("GANPIPE_BENCH_INGEST_N", "100000"))
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "images"
-        rng = np.random.default_rng(0)
-        base = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        for i in range(n):
-            folder = src / f"class{i % 10}"
-            folder.mkdir(parents=True, exist_ok=True)
-            img = base.copy()
-            img[i % 64, (i // 64) % 64] = (i % 256, (i >> 8) % 256, (i >> 16) % 256)  # every image distinct
-            Image.fromarray(img).save(folder / f"{i:06d}.png", compress_level=1)
-        out = subprocess.run(
-            [sys.executable, "-c", _INGEST_CHILD, str(src), tmp], cwd=ROOT, check=True, capture_output=True, text=True
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["files_per_s"] = round(n / result["seconds"])
-    return {"files": n, **{k: round(v, 1) if isinstance(v, float) else v for k, v in result.items()}}
+def scaling_png(report: dict, out: Path) -> Path | None:
+    scaling = report["results"].get("scaling")
+    if not scaling or not scaling.get("points"):
+        return None
+    m = report["machine"]
+    where = m.get("gpu") or f"{m['cpu_cores']} CPU cores"
+    return training.scaling_figure(scaling, f"Engine scaling, default DCGAN recipe ({where})", out)
 
 
-BENCHMARKS = {"loader": bench_loader, "train_step": bench_train_step, "onnx": bench_onnx, "ingest": bench_ingest}
-
-
-def main(names: list[str]) -> None:
-    chosen = names or list(BENCHMARKS)
-    unknown = [n for n in chosen if n not in BENCHMARKS]
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="ganpipe's benchmark suite (see docs/benchmarks.md)")
+    ap.add_argument("names", nargs="*", metavar="benchmark", help=f"some of {', '.join(BENCHMARKS)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes: proves the suite works")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "bench.json", help="the results file")
+    ap.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rewrite this machine's section of docs/benchmarks.md (default: on a full, non-quick run)",
+    )
+    ap.add_argument("--render", type=Path, metavar="RESULTS",
+                    help="only rewrite docs/benchmarks.md from an existing results file")  # fmt: skip
+    a = ap.parse_args(argv)
+    if a.render:
+        report = json.loads(a.render.read_text())
+        update_docs(report, scaling_png(report, a.render.with_name(a.render.stem + "_scaling.png")))
+        print(f"updated {DOCS.relative_to(ROOT)} from {a.render}")
+        return 0
+    unknown = [n for n in a.names if n not in BENCHMARKS]
     if unknown:
-        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepared_dir(Path(tmp))
-        results = {
-            "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-                        "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-            **{name: BENCHMARKS[name](prepared) for name in chosen},
-        }  # fmt: skip
-    print(json.dumps(results, indent=2))
+        ap.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    names = a.names or list(BENCHMARKS)
+    report = run(names, a.quick, a.device)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = a.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
+    tmp_out.replace(a.out)
+    png = scaling_png(report, a.out.with_name(a.out.stem + "_scaling.png"))
+    print(json.dumps(report, indent=2))
+    if a.docs or (a.docs is None and not a.quick and not a.names):
+        update_docs(report, png)
+        print(f"updated {DOCS.relative_to(ROOT)}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for name, raw in models.items():
             params = parse_params(raw)
             paths = TrainPaths(prepared=t / "prepared", checkpoints=t / name / "ckpt", generator=t / name / "g.pt",
-                               live_dir=t / name / "live", samples=t / name / "samples.png")  # fmt: skip
+                               live_dir=None, samples=t / name / "samples.png")  # fmt: skip
             start = time.perf_counter()
             train(params, paths, progress=False)
             seconds = time.perf_counter() - start

@@ -100,6 +100,15 @@ def _cmd_repro(args: argparse.Namespace) -> int:
     return _run_pipeline(["repro", *args.dvc_args])
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmark suite lives beside the package (bench/), in the repository: run it there."""
+    script = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+    if not script.is_file():
+        raise UserError(f"the benchmark suite is not here ({script} is missing): run `ganpipe bench` from a clone "
+                        "of the repository (pip install -e .)")  # fmt: skip
+    return subprocess.run([sys.executable, str(script), *args.dvc_args]).returncode
+
+
 def overrides(overlay: dict, prefix: str = "") -> list[str]:
     """Flatten a params overlay into `dvc exp run -S key=value` arguments (values as JSON,
     which DVC's override grammar reads back as the same types)."""
@@ -459,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
     exp.add_argument("--name", help="experiment name (default: the file's stem)")
     exp.set_defaults(fn=_cmd_exp, passes_through=True)
+
+    bench = sub.add_parser("bench", help="the benchmark suite: reports/bench.json and docs/benchmarks.md",
+                           epilog="Arguments go to bench/run.py: --quick, --device, --out, benchmark names; "
+                                  "`python bench/run.py --help` lists them.")  # fmt: skip
+    bench.set_defaults(fn=_cmd_bench, passes_through=True)
 
     for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from flows.cli import merge_overlay
-from flows.stage import tool_env
 from pipeline.config import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +70,8 @@ def prepared_digits(tmp_path_factory) -> Path:
 
 
 def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    from flows.stage import tool_env  # imported here: tests of the library alone run without Prefect
+
     res = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=900)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")

@@ -45,7 +45,7 @@ class TrainPaths:
     prepared: Path = layout.PREPARED
     checkpoints: Path = layout.CHECKPOINTS
     generator: Path = layout.GENERATOR
-    live_dir: Path = layout.DVCLIVE
+    live_dir: Path | None = layout.DVCLIVE  # None: no DVCLive logs (benchmarks, machines without DVCLive)
     samples: Path = layout.SAMPLES
 
 
@@ -90,7 +90,7 @@ def _device_and_world(requested: str) -> tuple[torch.device, World]:
 def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world: World) -> int:
     """Load the newest matching checkpoint into the objective; the step it was taken at (0: none)."""
     state = load_latest(paths.checkpoints, fp, max_step=steps, remove_stale=world.is_main)
-    if state is not None and state["step"] == steps and not has_logs(paths.live_dir):
+    if state is not None and state["step"] == steps and paths.live_dir is not None and not has_logs(paths.live_dir):
         log.warning("training logs in %s are missing; retraining from scratch to rebuild them", paths.live_dir)
         state = None
     if state is None:
@@ -131,7 +131,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     fp = fingerprint(params, paths.prepared, objective.length_matters, device.type)
     start = _resume(objective, paths, fp, cfg.steps, world)
 
-    live = open_live(paths.live_dir, start) if world.is_main else None
+    live = open_live(paths.live_dir, start) if world.is_main and paths.live_dir is not None else None
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     t_said = t0

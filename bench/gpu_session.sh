@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU checks, as one script for a machine with a CUDA GPU and PyTorch (DVC, DVCLive and
+# Prefect are not needed). Results go to $OUT (default reports/gpu/):
+#   tests.log        pytest tests/test_engine_devices.py: no host sync per step, resume, compile (CUDA)
+#   bench.json       python bench/run.py train scaling serving evaluation (render it into
+#                    docs/benchmarks.md with: python bench/run.py --render bench.json)
+#   profile.json     where a step's time goes, engine and textbook loop (bench/step_profile.py)
+#   stylegan2.log    StyleGAN2 against DCGAN at 64 px (bench/stylegan2.py), FASHION=dir of the IDX files
+# Each part has its own time limit, so one that hangs does not cost the others.
+set -u
+OUT=${OUT:-reports/gpu}
+PARTS=${PARTS:-bench profile tests stylegan2}  # which parts to run
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+part() {  # part NAME SECONDS COMMAND...: run, keep the log, report how it ended
+    local name=$1 limit=$2
+    shift 2
+    case " $PARTS " in *" $name "*) ;; *) return ;; esac
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name: exit $? after $((SECONDS - t0)) s"
+    tail -n 4 "$OUT/$name.log"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+part bench "${BENCH_S:-330}" python3 bench/run.py train scaling serving evaluation --no-docs --out "$OUT/bench.json"
+part profile 60 sh -c "python3 bench/step_profile.py --size 64 --batch 64 > '$OUT/profile.json'"
+part tests "${TESTS_S:-200}" python3 -m pytest tests/test_engine_devices.py -q -p no:cacheprovider -n 4 -k cuda -rA
+if [ -n "${FASHION:-}" ]; then
+    part stylegan2 "${SG2_S:-240}" python3 bench/stylegan2.py --source idx --path "$FASHION" --size 64 \
+        --steps "${SG2_STEPS:-2000}" --batch 64
+fi
+grep -h "CUDA resume" "$OUT/tests.log" | head -2
+tail -n 12 "$OUT/stylegan2.log" 2>/dev/null

@@ -1,0 +1,149 @@
+"""The engine on every device this machine has: CPU always, CUDA where a GPU is present (the
+same tests then prove the GPU path: `pytest tests/test_engine_devices.py` on a GPU machine).
+
+- a step never waits for the device (no host sync outside logging steps),
+- a resumed run continues the same random streams (bit for bit on the CPU; on CUDA the
+  streams exactly and the weights within what cuDNN's non-deterministic kernels leave),
+- `train.compile: true` trains the same model as eager mode, for every architecture on CUDA
+  (the default DCGAN on the CPU, where compiling costs about half a minute).
+
+DVCLive is not needed: these runs log nothing (live_dir None), so they also run on machines
+with only PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, merge, tiny_params
+from test_translate import glyph_data, translate_params
+
+from pipeline.config import parse_params
+from pipeline.runtime import resolve_precision
+from pipeline.training.distributed import World
+from pipeline.training.objectives import make_objective
+from pipeline.training.runner import TrainPaths, train
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+CUDA_RESUME_TOLERANCE = 1e-3  # max |difference| of any weight after 6 resumed steps (cuDNN's kernels)
+
+GAN_CASES = {
+    "dcgan": {},
+    "resnet-acgan": {"model": {"arch": "resnet", "conditional": True, "conditioning": "acgan"}},
+    "augment-r1": {"augment": {"diffaugment": "color,translation,cutout", "hflip": True},
+                   "train": {"r1_gamma": 1.0, "r1_every": 2}},  # fmt: skip
+    "stylegan2": {"model": {"arch": "stylegan2", "mapping_layers": 2},
+                  "train": {"style_mixing": 0.9, "pl_weight": 2.0, "pl_every": 2, "r1_gamma": 0.1, "r1_every": 2}},
+}  # fmt: skip
+
+
+def run_paths(root: Path, prepared: Path) -> TrainPaths:
+    return TrainPaths(prepared=prepared, checkpoints=root / "ckpt", generator=root / "generator.pt", live_dir=None,
+                      samples=root / "samples.png")  # fmt: skip
+
+
+def on(device: str, over: dict) -> dict:
+    return merge(over, {"train": {"device": device}})
+
+
+def flat(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        elif isinstance(v, torch.Tensor):
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", list(GAN_CASES))
+def test_a_training_step_never_waits_for_the_device(prepared_digits, device, case):
+    params = tiny_params(**on(device, GAN_CASES[case]))
+    dev = torch.device(device)
+    objective = make_objective(params, prepared_digits, dev, resolve_precision("auto", dev), World())
+    # every per-step random draw comes from a generator on the training device
+    generators = [objective.noise, objective.batches.generator, *objective.shard_rng.values()]
+    assert {g.device.type for g in generators} == {device}
+    objective.step(0, log_now=False)  # first step: cuDNN autotuning and lazy initialisation may sync
+    if device == "cuda":
+        torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation now raises
+    try:
+        for step in range(1, 4):
+            objective.step(step, log_now=False)
+    finally:
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    loss_d, loss_g = objective.losses()  # the runner's sync, at logging steps only
+    assert torch.isfinite(torch.tensor([loss_d, loss_g])).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", ["dcgan", "stylegan2"])
+def test_resume_continues_the_same_random_streams(prepared_digits, tmp_path, device, case):
+    over = on(device, GAN_CASES[case])
+    full = run_paths(tmp_path / "full", prepared_digits)
+    train(tiny_params(**over), full, progress=False)
+    part = run_paths(tmp_path / "part", prepared_digits)
+    train(tiny_params(**merge(over, {"train": {"steps": 6}})), part, progress=False)
+    assert train(tiny_params(**over), part, progress=False).resumed_from == 6
+    a = torch.load(full.checkpoints / "ckpt_0000012.pt", weights_only=True)["objective"]
+    b = torch.load(part.checkpoints / "ckpt_0000012.pt", weights_only=True)["objective"]
+    # the random streams continue exactly, on every device
+    for name, state in flat(a["rng"]).items():
+        assert torch.equal(state, flat(b["rng"])[name]), name
+    diffs = {k: float((v.float() - flat(b["G"])[k].float()).abs().max()) for k, v in flat(a["G"]).items()}
+    worst = max(diffs.values())
+    if device == "cpu":
+        assert worst == 0.0, diffs
+    else:
+        print(f"CUDA resume: largest weight difference after 6 resumed steps {worst:.2e}")
+        assert worst <= CUDA_RESUME_TOLERANCE, diffs
+
+
+def _compile_cases() -> list:
+    cases = [pytest.param("cpu", "dcgan", id="cpu-dcgan")]
+    if torch.cuda.is_available():
+        cases += [pytest.param("cuda", c, id=f"cuda-{c}") for c in ["dcgan", "resnet-acgan", "stylegan2", "pix2pix",
+                                                                     "cyclegan"]]  # fmt: skip
+    return cases
+
+
+@pytest.mark.parametrize(("device", "case"), _compile_cases())
+def test_compile_trains_the_same_model_as_eager_mode(prepared_digits, tmp_path_factory, device, case):
+    if case in ("pix2pix", "cyclegan"):
+        prepared = glyph_data(tmp_path_factory)
+        raw = merge(translate_params(case), {"train": {"device": device}})
+    else:
+        prepared = prepared_digits
+        raw = merge(TINY, merge(on(device, GAN_CASES[case]), {"train": {"precision": "fp32"}}))
+    raw = merge(raw, {"train": {"steps": 3, "checkpoint_every": 3, "sample_every": 3, "log_every": 3}})
+    root = tmp_path_factory.mktemp(f"compile-{device}-{case}")
+    states = {}
+    for compiled in (False, True):
+        paths = run_paths(root / str(compiled), prepared)
+        train(parse_params(merge(raw, {"train": {"compile": compiled}})), paths, progress=False)
+        states[compiled] = flat(torch.load(paths.checkpoints / "ckpt_0000003.pt", weights_only=True)["objective"]["G"])
+    torch.manual_seed(0)
+    initial = flat(_initial_g(raw, prepared, device))
+    # Compiled kernels round differently, so the weights are not bit-identical; but the two runs
+    # must be far closer to each other than either is to where it started.
+    moved = sum(float((states[False][k].float() - initial[k].float().to(states[False][k].device)).norm() ** 2)
+                for k in initial) ** 0.5  # fmt: skip
+    apart = sum(float((states[False][k].float() - states[True][k].float()).norm() ** 2) for k in initial) ** 0.5
+    assert moved > 0
+    assert apart < 0.5 * moved, f"compiled run is {apart:.3g} from eager, which moved {moved:.3g} from the start"
+
+
+def _initial_g(raw: dict, prepared: Path, device: str) -> dict:
+    """G's weights before the first step, as the objective builds them from the same seed."""
+    from pipeline.runtime import seed_everything
+
+    params = parse_params(merge(raw, {"train": {"compile": False}}))
+    seed_everything(params.seed)
+    dev = torch.device(device)
+    objective = make_objective(params, prepared, dev, resolve_precision(params.train.precision, dev), World())
+    g = objective.G
+    return {d: m.state_dict() for d, m in g.items()} if isinstance(g, dict) else g.state_dict()
