@@ -24,7 +24,7 @@ from pipeline.config import DataConfig
 from pipeline.data.prepare import prepare
 cfg = DataConfig(source="folder", path=sys.argv[1], image_size=64, channels=3)
 t = time.perf_counter()
-result = prepare(cfg, sys.argv[2] + "/prepared", sys.argv[2] + "/report.json", progress=False)
+result = prepare(cfg, sys.argv[2] + "/prepared", sys.argv[2] + "/report.json")
 print(json.dumps({"seconds": time.perf_counter() - t, "counts": result.counts,
                   # VmHWM, not ru_maxrss: the latter counts the forking parent's pages before exec
                   "main_peak_rss_mb": int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text())[1])

@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=c
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 part bench "${BENCH_S:-330}" python3 bench/run.py train scaling serving evaluation --no-docs --out "$OUT/bench.json"
 part profile 60 sh -c "python3 bench/step_profile.py --size 64 --batch 64 > '$OUT/profile.json'"
-part tests "${TESTS_S:-200}" python3 -m pytest tests/test_engine_devices.py -q -p no:cacheprovider -n 4 -k cuda -rA
+part tests "${TESTS_S:-200}" python3 -m pytest tests/test_engine_devices.py -q -p no:cacheprovider -n 4 --dist load -k cuda -rA
 if [ -n "${FASHION:-}" ]; then
     part stylegan2 "${SG2_S:-240}" python3 bench/stylegan2.py --source idx --path "$FASHION" --size 64 \
         --steps "${SG2_STEPS:-2000}" --batch 64

@@ -43,7 +43,6 @@ from pipeline.data.prepare import prepare  # noqa: E402
 from pipeline.runtime import resolve_device, set_threads  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
-IMAGES = ROOT / "docs" / "images"
 
 
 def _module(name: str):
@@ -134,21 +133,25 @@ def section(report: dict, image: str | None) -> str:
     return "\n".join(parts)
 
 
-def update_docs(report: dict, scaling_png: Path | None) -> None:
+def update_docs(report: dict, scaling_png: Path | None, docs: Path = DOCS) -> None:
+    """Rewrite the section of `docs` (between its bench:<kind> markers; appended when absent)
+    for the report's kind of machine; its scaling plot goes to docs' images/ folder."""
     kind = report["machine"]["kind"]
     image = None
     if scaling_png is not None and scaling_png.is_file():
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(scaling_png, IMAGES / f"bench_scaling_{kind}.png")
+        (docs.parent / "images").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(scaling_png, docs.parent / "images" / f"bench_scaling_{kind}.png")
         image = f"images/bench_scaling_{kind}.png"
     begin, end = f"<!-- bench:{kind}:begin -->", f"<!-- bench:{kind}:end -->"
     block = f"{begin}\n{section(report, image)}\n{end}"
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
+    text = docs.read_text() if docs.is_file() else "# Benchmarks\n"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOCS.write_text(text)
+    tmp = docs.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(docs)
 
 
 def scaling_png(report: dict, out: Path) -> Path | None:

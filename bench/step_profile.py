@@ -51,8 +51,14 @@ def profile_loop(loop, device: torch.device, steps: int, top: int) -> dict:
         "host_op_ms_per_step": round(host_us / 1e3, 3),
         "device_kernel_ms_per_step": round(device_us / 1e3, 3),
         "kernels_per_step": round(kernels, 1),
-        "top_host_ops": [{"op": e.key, "calls_per_step": round(e.count / steps, 1),
-                          "host_us_per_step": round(e.self_cpu_time_total / steps, 1)} for e in ops],
+        "top_host_ops": [
+            {
+                "op": e.key,
+                "calls_per_step": round(e.count / steps, 1),
+                "host_us_per_step": round(e.self_cpu_time_total / steps, 1),
+            }
+            for e in ops
+        ],
     }
 
 

@@ -19,7 +19,6 @@ from prefect.states import Failed, State
 from flows.stage import child_env, run_labels, stage_task
 from pipeline import layout
 from pipeline.artifacts import read_metrics
-from pipeline.tasks import report
 
 
 @stage_task
@@ -69,6 +68,10 @@ def collect_metrics() -> dict:
 
 
 def summary_markdown(metrics: dict) -> str:
+    # imported here: pipeline.tasks pulls in torch, torchmetrics and onnx (about 5 s on 2 cores),
+    # which `ganpipe repro` would otherwise pay before DVC even starts
+    from pipeline.tasks import report
+
     parts = []
     if "eval" in metrics:
         parts.append(report(metrics["eval"]))

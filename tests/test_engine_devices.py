@@ -13,6 +13,7 @@ with only PyTorch.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -32,11 +33,15 @@ CUDA_RESUME_TOLERANCE = 1e-3  # max |difference| of any weight after 6 resumed s
 GAN_CASES = {
     "dcgan": {},
     "resnet-acgan": {"model": {"arch": "resnet", "conditional": True, "conditioning": "acgan"}},
-    "augment-r1": {"augment": {"diffaugment": "color,translation,cutout", "hflip": True},
-                   "train": {"r1_gamma": 1.0, "r1_every": 2}},  # fmt: skip
-    "stylegan2": {"model": {"arch": "stylegan2", "mapping_layers": 2},
-                  "train": {"style_mixing": 0.9, "pl_weight": 2.0, "pl_every": 2, "r1_gamma": 0.1, "r1_every": 2}},
-}  # fmt: skip
+    "augment-r1": {
+        "augment": {"diffaugment": "color,translation,cutout", "hflip": True},
+        "train": {"r1_gamma": 1.0, "r1_every": 2},
+    },
+    "stylegan2": {
+        "model": {"arch": "stylegan2", "mapping_layers": 2},
+        "train": {"style_mixing": 0.9, "pl_weight": 2.0, "pl_every": 2, "r1_gamma": 0.1, "r1_every": 2},
+    },
+}
 
 
 def run_paths(root: Path, prepared: Path) -> TrainPaths:
@@ -104,7 +109,8 @@ def test_resume_continues_the_same_random_streams(prepared_digits, tmp_path, dev
 
 
 def _compile_cases() -> list:
-    cases = [pytest.param("cpu", "dcgan", id="cpu-dcgan")]
+    on_cpu = os.environ.get("GANPIPE_TEST_COMPILE_CPU", "dcgan").split(",")  # compiling costs ~40 s each here
+    cases = [pytest.param("cpu", c, id=f"cpu-{c}") for c in on_cpu]
     if torch.cuda.is_available():
         cases += [pytest.param("cuda", c, id=f"cuda-{c}") for c in ["dcgan", "resnet-acgan", "stylegan2", "pix2pix",
                                                                      "cyclegan"]]  # fmt: skip
@@ -113,12 +119,16 @@ def _compile_cases() -> list:
 
 @pytest.mark.parametrize(("device", "case"), _compile_cases())
 def test_compile_trains_the_same_model_as_eager_mode(prepared_digits, tmp_path_factory, device, case):
+    # fp32: bf16 rounding differs between compiled and eager kernels far more, and Adam's first
+    # steps (about lr * sign(gradient)) amplify it for gradients near zero.
+    fp32 = {"train": {"device": device, "precision": "fp32"}}
     if case in ("pix2pix", "cyclegan"):
         prepared = glyph_data(tmp_path_factory)
-        raw = merge(translate_params(case), {"train": {"device": device}})
+        # no dropout: compiled code draws its masks from inductor's own RNG, not eager's
+        raw = merge(translate_params(case), merge(fp32, {"model": {"dropout": False}}))
     else:
         prepared = prepared_digits
-        raw = merge(TINY, merge(on(device, GAN_CASES[case]), {"train": {"precision": "fp32"}}))
+        raw = merge(TINY, merge(GAN_CASES[case], fp32))
     raw = merge(raw, {"train": {"steps": 3, "checkpoint_every": 3, "sample_every": 3, "log_every": 3}})
     root = tmp_path_factory.mktemp(f"compile-{device}-{case}")
     states = {}
