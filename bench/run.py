@@ -127,6 +127,8 @@ def section(report: dict, image: str | None) -> str:
     title = f"GPU: {m['gpu']}" if m["kind"] == "cuda" else f"CPU: {m['cpu_cores']} cores, no GPU"
     parts = [f"## {title}", "", f"Measured {report['date']} by `python bench/run.py` on {describe(m)}. "
              f"Whole suite: {sum(report['seconds'].values()):.0f} s."]  # fmt: skip
+    if report.get("note"):  # what a results file says about how it was put together (added by hand)
+        parts += ["", f"*Note: {report['note']}.*"]
     for name, result in report["results"].items():
         md = BENCHMARKS[name][1]
         parts += ["", md(result, image) if name == "scaling" else md(result)]
@@ -141,6 +143,8 @@ def update_docs(report: dict, scaling_png: Path | None, docs: Path = DOCS) -> No
     if scaling_png is not None and scaling_png.is_file():
         (docs.parent / "images").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(scaling_png, docs.parent / "images" / f"bench_scaling_{kind}.png")
+        image = f"images/bench_scaling_{kind}.png"
+    elif (docs.parent / "images" / f"bench_scaling_{kind}.png").is_file():  # re-rendered without its plot
         image = f"images/bench_scaling_{kind}.png"
     begin, end = f"<!-- bench:{kind}:begin -->", f"<!-- bench:{kind}:end -->"
     block = f"{begin}\n{section(report, image)}\n{end}"
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.render:
         report = json.loads(a.render.read_text())
-        update_docs(report, scaling_png(report, a.render.with_name(a.render.stem + "_scaling.png")))
+        with tempfile.TemporaryDirectory() as tmp:  # the plot is drawn again from the file's numbers
+            update_docs(report, scaling_png(report, Path(tmp) / "scaling.png"))
         print(f"updated {DOCS.relative_to(ROOT)} from {a.render}")
         return 0
     unknown = [n for n in a.names if n not in BENCHMARKS]

@@ -47,12 +47,19 @@ def run(args: argparse.Namespace) -> list[dict]:
     preset.pop("data", None)
     models = {"dcgan": common, "stylegan2": merge_overlay(merge_overlay(common, preset), common)}
     rows = []
+    t0 = time.perf_counter()
+
+    def said(what: str) -> None:  # each phase's time as it ends, so a run cut short shows where it was
+        print(f"[{time.perf_counter() - t0:7.1f} s] {what}", file=sys.stderr, flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         base = parse_params(common)
         prepare(base.data, t / "prepared", t / "report.json")
+        said("data prepared")
         train_evaluator(base.evaluate.evaluator, load_split(t / "prepared", "train"), load_split(t / "prepared", "val"),
                         t / "evaluator.pt", seed=base.seed, progress=False)  # fmt: skip
+        said("evaluator trained")
         for name, raw in models.items():
             params = parse_params(raw)
             paths = TrainPaths(prepared=t / "prepared", checkpoints=t / name / "ckpt", generator=t / name / "g.pt",
@@ -60,11 +67,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             train(params, paths, progress=False)
             seconds = time.perf_counter() - start
+            said(f"{name} trained: {args.steps} steps in {seconds:.1f} s")
             metrics = evaluate(params, paths.generator, t / "evaluator.pt", t / "prepared", comparison_png=None)
             row = {"arch": name, "size": args.size, "steps": args.steps, "batch": args.batch,
                    "train_s": round(seconds, 1), "images_per_s": round(args.steps * args.batch / seconds),
                    "fid": metrics["fid"], "fid_vs_floor": metrics.get("fid_vs_floor"),
                    "precision": metrics.get("precision"), "recall": metrics.get("recall")}  # fmt: skip
+            said(f"{name} evaluated")
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows

@@ -7,8 +7,8 @@ over ganpipe's own G and D modules and the same data tensor on the device; its b
 index gathers drawn on the device, as the engine's are. The engine is
 `pipeline.training.objectives` driven the way `pipeline.training.runner.train` drives it: one
 `step()` per iteration and a host sync for the losses every `train.log_every` steps. Both run
-side by side in one process: each repeat times the textbook loop, then each engine variant,
-for the same number of steps.
+side by side in one process: each repeat times every loop for the same number of steps, the
+order reversed every other repeat so that neither side always runs first.
 
     python bench/training.py point --size 64 --batch 256 --device cuda   # one scaling point (JSON)
 """
@@ -155,14 +155,18 @@ def compare(ctx: Context, size: int, channels: int, batch: int) -> dict:
     seconds = 0.5 if ctx.quick else (1.0 if ctx.device.type == "cuda" else 2.0)
     calls = _calls_for(loops, ctx.device, seconds)
     measured: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(ctx.repeats()):
-        for name, loop in loops.items():
+    for r in range(ctx.repeats(7)):
+        order = list(loops.items())  # alternate the order, so neither side always runs first
+        for name, loop in order if r % 2 == 0 else reversed(order):
             measured[name].append(rate(loop.step, batch, calls, ctx.device))
     row = {"size": size, "channels": channels, "batch": batch, "steps_per_repeat": calls,
            "images_per_s": {name: summary(v, 0) for name, v in measured.items()}}  # fmt: skip
-    text = statistics.median(measured["textbook"])
-    row["ratio_to_textbook"] = {name: round(statistics.median(v) / text, 2) for name, v in measured.items()
-                                if name != "textbook"}  # fmt: skip
+    # each repeat timed every loop back to back: the ratio of a repeat's pair cancels the machine's
+    # drift between repeats, so the ratio reported is the median of the per-repeat ratios
+    paired = {name: [e / t for e, t in zip(v, measured["textbook"], strict=True)] for name, v in measured.items()
+              if name != "textbook"}  # fmt: skip
+    row["ratio_to_textbook"] = {name: round(statistics.median(v), 2) for name, v in paired.items()}
+    row["ratio_to_textbook_range"] = {name: [round(min(v), 2), round(max(v), 2)] for name, v in paired.items()}
     if errors:
         row["errors"] = errors
     del loops
@@ -231,15 +235,15 @@ def scaling_figure(result: dict, title: str, path: Path) -> Path:
                      yerr=[[p["images_per_s"]["median"] - p["images_per_s"]["min"] for p in pts],
                            [p["images_per_s"]["max"] - p["images_per_s"]["median"] for p in pts]])  # fmt: skip
         ax2.plot(b, [p["peak_memory_mb"] for p in pts], marker="o", label=f"{size} px")
-    for ax, ylabel in ((ax1, "training images/s (median, min–max)"), (ax2, f"peak memory, MiB ({result['memory']})")):
+    for ax, ylabel in ((ax1, "training images/s (median, min–max)"), (ax2, "peak memory (MiB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
     ax1.set_title("throughput")
-    ax2.set_title("memory")
-    fig.suptitle(title)
+    ax2.set_title(f"memory ({result['memory']})", fontsize=10)
+    fig.suptitle(f"{title}; {result.get('precision', 'default precision')}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -255,7 +259,9 @@ def markdown_compare(result: dict) -> str:
         "### Training: the engine against a textbook loop",
         "",
         "Images/s (median of the repeats, min–max) of pytorch/examples' DCGAN loop and of ganpipe's engine on the "
-        "same G and D modules and the same data in device memory, measured side by side in one process; the "
+        "same G and D modules and the same data in device memory, measured side by side in one process (the "
+        "order of the loops reversed every other repeat); a ratio is the median (min–max) of the repeats' "
+        "ratios, each of two loops timed back to back. The "
         "engine runs the default recipe (non-saturating loss, EMA of G, `precision: auto`) and syncs for its "
         "losses every 25 steps as the runner does. *textbook tuned* adds bf16 autocast, fused Adam and "
         "channels-last to the plain loop (GPU only).",
@@ -266,7 +272,9 @@ def markdown_compare(result: dict) -> str:
     for r in rows:
         case = f"{r['size']} px × {r['channels']} ch, batch {r['batch']}"
         cells = [fmt(r["images_per_s"].get(n)) for n in names]
-        ratios = [f"**{r['ratio_to_textbook'][n]:.2f}×**" if n in r["ratio_to_textbook"] else
+        spans = r.get("ratio_to_textbook_range", {})
+        ratios = [(f"**{r['ratio_to_textbook'][n]:.2f}×**" + (f" ({spans[n][0]:.2f}–{spans[n][1]:.2f})" if n in spans
+                                                                else "")) if n in r["ratio_to_textbook"] else
                   ("failed" if n in r.get("errors", {}) else "–") for n in names if n != "textbook"]  # fmt: skip
         lines.append(f"| {case} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     errors = {n: e for r in rows for n, e in r.get("errors", {}).items()}

@@ -164,8 +164,10 @@ class TrainConfig(_Section):
         None, gt=0, description="EMA half-life in thousands of images (StyleGAN's form); set, it replaces ema_decay"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    compile: bool = Field(False, description="torch.compile G and D (CUDA)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = fp32 (TF32 tensor cores on CUDA); bf16/fp16 autocast are CUDA-only"
+    )
+    compile: bool = Field(False, description="torch.compile the trained networks (no channels-last then)")
     accumulate: int = Field(1, ge=1, description="micro-batches per step (gradient accumulation)")
     nproc_per_node: int = Field(1, ge=1, description="processes per machine; > 1 launches DDP via torchrun")
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm across processes (CUDA only)")

@@ -69,8 +69,9 @@ class DiffAugment:
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         ch, cw = int(h * self.cutout_ratio + 0.5), int(w * self.cutout_ratio + 0.5)
-        oy = torch.randint(0, h, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)  # square centre
-        ox = torch.randint(0, w, (n, 1, 1), generator=self.generator, device=self.generator.device).to(x.device)
+        g = self.generator
+        oy = torch.randint(0, h, (n, 1, 1), generator=g, device=g.device).to(x.device)  # square centre
+        ox = torch.randint(0, w, (n, 1, 1), generator=g, device=g.device).to(x.device)
         ys = torch.arange(h, device=x.device).view(1, h, 1)
         xs = torch.arange(w, device=x.device).view(1, 1, w)
         inside = ((ys - oy).abs() * 2 < ch) & ((xs - ox).abs() * 2 < cw)

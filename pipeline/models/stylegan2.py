@@ -131,7 +131,8 @@ class StyledConv(nn.Module):
         if noise_rng is None:
             noise = self.noise_const
         else:
-            noise = torch.randn((x.shape[0], 1, *x.shape[2:]), generator=noise_rng, device=noise_rng.device).to(x.device, x.dtype)
+            shape = (x.shape[0], 1, *x.shape[2:])
+            noise = torch.randn(shape, generator=noise_rng, device=noise_rng.device).to(x.device, x.dtype)
         x = x + noise * self.noise_strength
         return lrelu(x + self.bias[None, :, None, None])
 
