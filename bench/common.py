@@ -44,10 +44,15 @@ def rate(fn: Callable[[], object], items_per_call: int, calls: int, device: torc
     return items_per_call * calls / (time.perf_counter() - t)
 
 
-def rates(fn: Callable[[], object], items_per_call: int, calls: int, repeats: int, device: torch.device) -> dict:
-    """summary() of `repeats` rate() measurements after one warm-up call."""
+def rates(fn: Callable[[], object], items_per_call: int, seconds: float, repeats: int, device: torch.device) -> dict:
+    """summary() of `repeats` rate() measurements, each of as many calls as fill about `seconds`,
+    judged by the warm-up call (which also absorbs first-call costs); the call count included."""
+    sync(device)
+    start = time.perf_counter()
     fn()
-    return summary([rate(fn, items_per_call, calls, device) for _ in range(repeats)])
+    sync(device)
+    calls = max(1, min(2000, round(seconds / (time.perf_counter() - start))))
+    return summary([rate(fn, items_per_call, calls, device) for _ in range(repeats)]) | {"calls": calls}
 
 
 def fmt(figure: dict | None, unit: str = "") -> str:

@@ -9,7 +9,6 @@ wall time: from DVC's "Running stage" line to its lock-file update, each line ti
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata
 import importlib.util
 import os
@@ -21,37 +20,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import yaml
 from common import Context, fmt, summary
 
 ROOT = Path(__file__).resolve().parents[1]
-GIT_ID = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
-
-
-def tiny_params() -> dict:
-    """The overlay the tests run the pipeline with (tests/conftest.py's TINY), read without importing pytest."""
-    for node in ast.parse((ROOT / "tests" / "conftest.py").read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "TINY" for t in node.targets):
-            return ast.literal_eval(node.value)
-    raise RuntimeError("tests/conftest.py no longer defines TINY")
-
-
-def make_repo(root: Path, overlay: dict) -> Path:
-    """The working tree (as it would be committed next, without dvc.lock) as a fresh git + DVC
-    repository with `overlay` laid on params.yaml: tests/conftest.py's make_repo."""
-    from flows.cli import merge_overlay
-
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]
-    for f in subprocess.run(listing, cwd=ROOT, capture_output=True, text=True, check=True).stdout.split():
-        if (ROOT / f).is_file() and f != "dvc.lock":
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, root / f)
-    params = merge_overlay(yaml.safe_load((ROOT / "params.yaml").read_text()), overlay)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["init", "-q"], [*GIT_ID, "commit", "-qm", "init", "--allow-empty"], ["add", "-A"],
-                [*GIT_ID, "commit", "-qm", "code"]):  # fmt: skip
-        subprocess.run(["git", *cmd], cwd=root, capture_output=True, check=True)
-    return root
 
 
 def timed_lines(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, list[tuple[float, str]]]:
@@ -118,13 +89,16 @@ def run(ctx: Context) -> dict:
 
     from flows.stage import tool_env
 
+    sys.path.insert(0, str(ROOT / "tests"))
+    from project_copy import TINY, make_repo  # the pipeline tests' repository copy and tiny params
+
     # quick: a one-stage pipeline brought up to date by plain `dvc repro prepare` (the stage runs as under ganpipe),
     # then one no-op `ganpipe repro prepare`; full: the whole pipeline through ganpipe, then repeated no-ops
     targets = ["prepare"] if ctx.quick else []
     repeats = 1 if ctx.quick else ctx.repeats()
     ganpipe = [sys.executable, "-m", "flows.cli", "repro", *targets]  # `ganpipe repro`, with the copy's code
     dvc = [sys.executable, "-m", "dvc", "repro", *targets]
-    overlay = tiny_params()
+    overlay = TINY
     repo = make_repo(ctx.tmp / "orchestration-repo", overlay)
     t0 = time.perf_counter()
     with prefect_test_harness(server_startup_timeout=120):  # as tests/conftest.py's prefect_api: one server for all

@@ -36,6 +36,10 @@ for p in (str(ROOT), str(BENCH)):
         sys.path.insert(0, p)
 
 import common  # noqa: E402
+import data_io  # noqa: E402
+import evaluation  # noqa: E402
+import orchestration  # noqa: E402
+import serving  # noqa: E402
 import training  # noqa: E402
 
 from pipeline.config import Params  # noqa: E402
@@ -44,25 +48,14 @@ from pipeline.runtime import resolve_device, set_threads  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 
-
-def _module(name: str):
-    import importlib
-
-    return importlib.import_module(name)
-
-
-def _scaling_markdown(result: dict, image: str | None = None) -> str:
-    return training.markdown_scaling(result, image)
-
-
 # name -> (run(ctx) -> dict, markdown(result) -> str)
 BENCHMARKS = {
     "train": (training.run_compare, training.markdown_compare),
-    "scaling": (training.run_scaling, _scaling_markdown),
-    "serving": (lambda ctx: _module("serving").run(ctx), lambda r: _module("serving").markdown(r)),
-    "evaluation": (lambda ctx: _module("evaluation").run(ctx), lambda r: _module("evaluation").markdown(r)),
-    "orchestration": (lambda ctx: _module("orchestration").run(ctx), lambda r: _module("orchestration").markdown(r)),
-    "data": (lambda ctx: _module("data").run(ctx), lambda r: _module("data").markdown(r)),
+    "scaling": (training.run_scaling, training.markdown_scaling),
+    "serving": (serving.run, serving.markdown),
+    "evaluation": (evaluation.run, evaluation.markdown),
+    "orchestration": (orchestration.run, orchestration.markdown),
+    "data": (data_io.run, data_io.markdown),
 }
 
 

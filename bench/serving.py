@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
-from common import Context, fmt, rate, summary, sync
+from common import Context, fmt, rates
 from torch import nn
 
 from pipeline.artifacts import read_json
@@ -110,35 +110,26 @@ def _torch_call(kind: Kind, g: nn.Module, n: int, classes: int, device: torch.de
     return torch.inference_mode()(lambda: g(torch.randn(n, latent, device=device), labels))
 
 
-def measure(fn: Callable, n: int, device: torch.device, quick: bool, repeats: int) -> dict:
-    """As rates(), with as many calls per repeat as fill about 0.05 s (quick) or 0.5 s, judged by the warm-up call."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    calls = max(1, min(2000, round((0.05 if quick else 0.5) / (time.perf_counter() - start))))
-    return summary([rate(fn, n, calls, device) for _ in range(repeats)]) | {"calls": calls}
-
-
 def run(ctx: Context) -> dict:
     classes = read_json(ctx.prepared / "manifest.json")["classes"]
     folder = ctx.tmp / "serving"
     folder.mkdir(parents=True, exist_ok=True)
     cuda = ctx.device.type == "cuda"
     cpu, repeats = torch.device("cpu"), ctx.repeats()
+    seconds = 0.05 if ctx.quick else 0.5  # per repeat
     models = {}
     # quick: the default generator alone (each ONNX export costs several seconds on 2 cores)
     for kind in kinds()[:1] if ctx.quick else kinds():
         g, onnx_call, facts = _export(kind, classes, folder)
         k = len(classes) if kind.params.model.conditional else 0
-        batches = {n: {"onnxruntime_cpu": measure(onnx_call(n), n, cpu, ctx.quick, repeats),
-                       "torch_cpu": measure(_torch_call(kind, g, n, k, cpu), n, cpu, ctx.quick, repeats)}
+        batches = {n: {"onnxruntime_cpu": rates(onnx_call(n), n, seconds, repeats, cpu),
+                       "torch_cpu": rates(_torch_call(kind, g, n, k, cpu), n, seconds, repeats, cpu)}
                    for n in BATCHES}  # fmt: skip
         if cuda:
             g.to(ctx.device)
             for n in BATCHES:
-                batches[n]["torch_cuda"] = measure(_torch_call(kind, g, n, k, ctx.device), n, ctx.device, ctx.quick,
-                                                   repeats)  # fmt: skip
+                batches[n]["torch_cuda"] = rates(_torch_call(kind, g, n, k, ctx.device), n, seconds, repeats,
+                                                 ctx.device)  # fmt: skip
         models[kind.key] = facts | {f"batch_{n}": b for n, b in batches.items()}
     return {
         "unit": "images/s",

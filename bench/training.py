@@ -283,7 +283,7 @@ def markdown_compare(result: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_scaling(result: dict, image: str | None) -> str:
+def markdown_scaling(result: dict, image: str | None = None) -> str:
     lines = [
         "### Training: scaling over batch size and resolution",
         "",

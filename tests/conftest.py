@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+from project_copy import REPO, TINY, make_repo, write_params  # noqa: F401  (re-exported to the tests)
 
 from flows.cli import merge_overlay
 from pipeline.config import Params, parse_params
 
-REPO = Path(__file__).resolve().parents[1]
-
 if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel workers: one thread each, in this process and every child
     os.environ.setdefault("GANPIPE_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-# Small enough to train in seconds on 2 CPU cores, big enough to exercise every code path.
-TINY = {
-    "data": {"image_size": 16},
-    "model": {"latent_dim": 16, "g_channels": 16, "d_channels": 16},
-    "train": {"steps": 12, "batch_size": 16, "sample_every": 6, "log_every": 3, "checkpoint_every": 6},
-    "evaluate": {"kid_subset_size": 50, "kid_subsets": 10, "evaluator": {"steps": 40, "batch_size": 64}},
-}
-
 
 merge = merge_overlay  # the same overlay rule `ganpipe exp` uses
 
 
 def tiny_params(**over: dict) -> Params:
     return parse_params(merge(TINY, over))
-
-
-def write_params(path: Path, raw: dict) -> Path:
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -78,18 +61,3 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return res
 
 
-def make_repo(root: Path, overlay: dict) -> Path:
-    """A copy of the project's working tree as a fresh git + DVC repository, params overlaid."""
-    listing = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # the working tree, as committed next
-    files = subprocess.run(listing, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (root / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, root / f)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    write_params(root / "params.yaml", merge(params, overlay))
-    sh(["git", "init", "-q"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qam", "init", "--allow-empty"], root)
-    sh(["git", "add", "-A"], root)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "code"], root)
-    return root
