@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             train(params, paths, progress=False)
             seconds = time.perf_counter() - start
             said(f"{name} trained: {args.steps} steps in {seconds:.1f} s")
-            metrics = evaluate(params, paths.generator, t / "evaluator.pt", t / "prepared", comparison_png=None)
+            metrics = evaluate(params, paths.generator, t / "evaluator.pt", t / "prepared", comparison_png=None,
+                                   figures_dir=None)
             row = {"arch": name, "size": args.size, "steps": args.steps, "batch": args.batch,
                    "train_s": round(seconds, 1), "images_per_s": round(args.steps * args.batch / seconds),
                    "fid": metrics["fid"], "fid_vs_floor": metrics.get("fid_vs_floor"),

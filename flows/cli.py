@@ -81,7 +81,7 @@ def _write_error(path: Path, err: OSError) -> UserError:
 
 
 def _run_pipeline(dvc_args: list[str]) -> int:
-    from flows.pipeline import experiment_name, pipeline_flow, summary_markdown
+    from flows.pipeline import experiment_name, export_details, pipeline_flow, summary_markdown
     from flows.server import describe, local_prefect_api
     from flows.stage import run_labelled
 
@@ -92,7 +92,7 @@ def _run_pipeline(dvc_args: list[str]) -> int:
     if not state.is_completed():
         print(f"ganpipe {'exp' if dvc_args[0] == 'exp' else 'repro'}: {state.message}", file=sys.stderr)
         return 1
-    print(summary_markdown(state.result()))
+    print(summary_markdown(state.result(), export_details()))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""evaluate: generator + evaluator + prepared data -> metrics/eval.json, reports/."""
+"""evaluate: generator + evaluator + prepared data -> metrics/eval.json, reports/report.html and .md, figures."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flows.stage import run_stage, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
+from pipeline.report import build_report
 from pipeline.tasks import report, task_of
 
 
@@ -23,6 +24,12 @@ def compute_metrics(params_path: str) -> dict:
 
 
 @stage_task
+def write_report(params_path: str, metrics: dict) -> None:
+    md, page = build_report(load_params(params_path).task, report(metrics))
+    print(f"report: {page} (self-contained), {md}")
+
+
+@stage_task
 def publish_metrics(metrics: dict) -> None:
     create_markdown_artifact(key="ganpipe-eval", markdown=report(metrics), description="FID/KID with anchors")
 
@@ -31,6 +38,7 @@ def publish_metrics(metrics: dict) -> None:
 def evaluate_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """FID/KID of the EMA generator next to the real-data floor and the untrained ceiling."""
     metrics = compute_metrics(params_path)
+    write_report(params_path, metrics)
     publish_metrics(metrics)
     return metrics
 

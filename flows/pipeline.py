@@ -18,7 +18,7 @@ from prefect.states import Failed, State
 
 from flows.stage import child_env, run_labels, stage_task
 from pipeline import layout
-from pipeline.artifacts import read_metrics
+from pipeline.artifacts import read_json, read_metrics
 
 
 @stage_task
@@ -67,7 +67,13 @@ def collect_metrics() -> dict:
     return read_metrics(".")
 
 
-def summary_markdown(metrics: dict) -> str:
+def export_details() -> dict | None:
+    """reports/export_details.json, when the export stage has written it."""
+    return read_json(layout.EXPORT_DETAILS) if layout.EXPORT_DETAILS.is_file() else None
+
+
+def summary_markdown(metrics: dict, details: dict | None = None) -> str:
+    """The metrics in words; `details` (reports/export_details.json) adds the export's latency."""
     # imported here: pipeline.tasks pulls in torch, torchmetrics and onnx (about 5 s on 2 cores),
     # which `ganpipe repro` would otherwise pay before DVC even starts
     from pipeline.tasks import report
@@ -78,16 +84,16 @@ def summary_markdown(metrics: dict) -> str:
     if "evaluator" in metrics:
         parts.append(f"Evaluator val accuracy: {metrics['evaluator']['val_accuracy']:.4f}")
     if "export" in metrics:
-        e = metrics["export"]
+        e, details = metrics["export"], details or {}
         # generate: one model; translate: one entry per direction under "directions"
         per_model = e.get("directions", {"": e})
         for direction, m in per_model.items():
-            lat = m["latency_ms_batch16"]
-            parts.append(
-                f"ONNX parity{' ' + direction if direction else ''}: max |onnx - torch| = {m['max_abs_diff']:.2e} "
-                f"(tolerance {m['tolerance']}, {'passed' if m['parity_passed'] else 'FAILED'}); batch-16 latency: "
-                f"onnxruntime {lat['onnxruntime']} ms, torch {lat['torch']} ms on {', '.join(m['providers'])}"
-            )
+            line = (f"ONNX parity{' ' + direction if direction else ''}: max |onnx - torch| = {m['max_abs_diff']:.2e} "
+                    f"(tolerance {m['tolerance']}, {'passed' if m['parity_passed'] else 'FAILED'})")  # fmt: skip
+            if lat := details.get("directions", {}).get(direction, details).get("latency_ms_batch16"):
+                line += (f"; batch-16 latency: onnxruntime {lat['onnxruntime']} ms, torch {lat['torch']} ms "
+                         f"on {', '.join(m['providers'])}")  # fmt: skip
+            parts.append(line)
     return "\n\n".join(parts)
 
 
@@ -104,7 +110,7 @@ def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
     if metrics:
         create_markdown_artifact(
             key="ganpipe-pipeline",
-            markdown=summary_markdown(metrics),
+            markdown=summary_markdown(metrics, export_details()),
             description=f"metrics after dvc repro ({layout.PARAMS})",
         )
         create_table_artifact(key="ganpipe-metrics", table=metric_rows(metrics), description="metrics/*.json, flat")

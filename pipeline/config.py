@@ -105,6 +105,11 @@ class ModelConfig(_Section):
     arch: Literal["dcgan", "resnet", "stylegan2", "cyclegan", "pix2pix"] = "dcgan"
     conditional: bool = False
     conditioning: Literal["projection", "acgan"] = "projection"
+    classes_from_noise: bool = Field(
+        False, description="unconditional dcgan/resnet: train G and D on the classes (as conditional models do) "
+        "with each sample's class drawn from its noise (the argmax of z's first K entries), so samples keep to "
+        "one class while the exported model still takes z alone; conditional models and stylegan2 ignore it"
+    )
     latent_dim: int = Field(64, ge=1, le=4096)
     g_channels: int = Field(
         64,
@@ -122,6 +127,11 @@ class ModelConfig(_Section):
     d_layers: int | None = Field(None, ge=1, description="translate: PatchGAN layers; null = scaled to image size")
     dropout: bool = Field(True, description="pix2pix: dropout in the U-Net decoder while training (off at export)")
 
+    @property
+    def noise_classes(self) -> bool:
+        """Whether classes_from_noise applies: unconditional dcgan or resnet."""
+        return self.classes_from_noise and not self.conditional and self.arch in ("dcgan", "resnet")
+
 
 class TrainConfig(_Section):
     steps: int = Field(3000, ge=1)
@@ -138,6 +148,10 @@ class TrainConfig(_Section):
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight; 0 = off")
     r1_every: int = Field(16, ge=1, description="lazy R1: apply every N D steps, scaled by N")
     acgan_weight: float = Field(1.0, ge=0, description="weight of the auxiliary class loss (conditioning: acgan)")
+    g_topk: float = Field(
+        1.0, gt=0, le=1, description="top-k training: G learns from the share of fakes D rates most real, annealed "
+        "from 1 (x0.99 per epoch) down to this; 1 = off"
+    )
     lambda_cycle: float = Field(10.0, ge=0, description="cyclegan: weight of the cycle-consistency L1")
     lambda_identity: float = Field(
         0.5, ge=0, description="cyclegan: identity L1 weight, relative to lambda_cycle (as in the reference)"

@@ -21,9 +21,16 @@ SAMPLES = Path("reports/samples.png")
 
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_COMPARISON = Path("reports/eval_comparison.png")
+FIGURES = Path("reports/figures")  # the evaluate stage's other pictures (DVC plots)
+MEMORISATION = FIGURES / "memorisation.png"
+SAMPLE_GRID = FIGURES / "samples.png"  # a class per row for conditional models
+CURVES = FIGURES / "curves.png"
+REPORT_MD = Path("reports/report.md")
+REPORT_HTML = Path("reports/report.html")  # self-contained: the pictures inlined
 
 EXPORTS = Path("exports")
 ONNX_GENERATOR = EXPORTS / "generator.onnx"  # task generate
 ONNX_TRANSLATORS = {d: EXPORTS / f"generator_{d}.onnx" for d in ("AB", "BA")}  # task translate (BA: CycleGAN)
 MODEL_CARD = Path("exports/model_card.json")
-EXPORT_METRICS = Path("metrics/export.json")
+EXPORT_METRICS = Path("metrics/export.json")  # parity and size: quality only
+EXPORT_DETAILS = Path("reports/export_details.json")  # per-input parity, latency (the machine as much as the model)

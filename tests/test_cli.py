@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -122,14 +123,25 @@ def test_preview_augment_shows_originals_beside_augmented_copies(prepared_digits
     assert bad == 2 and not (tmp_path / "never.png").exists()
 
 
-def test_pipeline_summary_reads_both_export_formats():
+def test_pipeline_summary_reads_both_export_formats_and_adds_latency_from_the_details_file():
+    from flows.export import split_details
     from flows.pipeline import summary_markdown
 
+    lat = {"onnxruntime": 1.0, "torch": 2.0}
     one = {"max_abs_diff": 1e-7, "tolerance": 1e-4, "parity_passed": True, "providers": ["CPUExecutionProvider"],
-           "latency_ms_batch16": {"onnxruntime": 1.0, "torch": 2.0}}  # fmt: skip
-    assert "ONNX parity: max |onnx - torch| = 1.00e-07" in summary_markdown({"export": one})
-    both = summary_markdown({"export": {**one, "directions": {"AB": one, "BA": {**one, "parity_passed": False}}}})
-    assert "ONNX parity AB:" in both and "ONNX parity BA:" in both and "FAILED" in both
+           "latency_ms_batch16": lat}  # fmt: skip
+    quality, timing = split_details({**one, "max_abs_diff_per_batch": {"batch_1": 1e-7}})
+    assert set(quality) == {"max_abs_diff", "tolerance", "parity_passed", "providers"}
+    assert timing == {"latency_ms_batch16": lat, "max_abs_diff_per_batch": {"batch_1": 1e-7}}
+    assert summary_markdown({"export": quality}).endswith("(tolerance 0.0001, passed)")  # no latency file: none
+    line = summary_markdown({"export": quality}, timing)
+    assert "ONNX parity: max |onnx - torch| = 1.00e-07" in line and "onnxruntime 1.0 ms, torch 2.0 ms" in line
+    both = {**one, "directions": {"AB": one, "BA": {**one, "parity_passed": False}}}
+    quality, timing = split_details(both)
+    assert "latency" not in json.dumps(quality) and set(timing["directions"]) == {"AB", "BA"}
+    text = summary_markdown({"export": quality}, timing)
+    assert "ONNX parity AB:" in text and "ONNX parity BA:" in text and "FAILED" in text
+    assert text.count("onnxruntime 1.0 ms") == 2
 
 
 # -- argument ranges and output paths: one-line errors, never a traceback --------------------------------------------

@@ -25,13 +25,21 @@ AUGMENT = ["configs/digits-10pct.yaml", "configs/digits-10pct-diffaugment.yaml",
 GLYPHS = ["configs/glyphs-pix2pix.yaml", "configs/glyphs-cyclegan.yaml"]
 
 
-def test_eval_comparison_shows_real_beside_generated_under_the_fid():
+def test_eval_comparison_shows_real_beside_generated_with_the_numbers():
     real, fake = np.full((8, 1, 4, 4), -1.0, np.float32), np.full((8, 1, 4, 4), 1.0, np.float32)
-    fig = comparison_figure(real, fake, 2.7704)
-    assert fig._suptitle.get_text() == "real held-out vs generated, FID 2.770"
-    assert [ax.get_title() for ax in fig.axes] == ["real held-out", "generated"]
+    m = {"fid": 2.7704, "fid_vs_floor": 5.94, "precision": 0.671, "recall": 0.984, "confidence": 0.8269,
+         "fid_real_floor": 0.4662, "precision_real_floor": 0.9714, "recall_real_floor": 0.961,
+         "confidence_real_floor": 0.9755}  # fmt: skip
+    fig = comparison_figure(real, fake, m)
+    assert fig._suptitle.get_text() == "real held-out vs generated: FID 5.94x the real-data floor"
+    assert [ax.get_title() for ax in fig.axes] == [
+        "real held-out\nFID 0.466, confidence 0.976\nprecision 0.97, recall 0.96",
+        "generated\nFID 2.770, confidence 0.827\nprecision 0.67, recall 0.98",
+    ]
     for ax, images in zip(fig.axes, (real, fake), strict=True):
         np.testing.assert_array_equal(ax.images[0].get_array(), make_grid(images, 4)[..., 0])
+    no_classes = comparison_figure(real, fake, {k: v for k, v in m.items() if not k.startswith("confidence")})
+    assert "confidence" not in no_classes.axes[1].get_title()  # an evaluator without classes has none
 
 
 def test_translation_comparison_labels_input_output_and_target_columns():

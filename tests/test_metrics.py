@@ -5,8 +5,9 @@ from conftest import tiny_params
 from scipy import linalg
 
 from pipeline.data.dataset import load_split
-from pipeline.metrics.distance import PrecomputedFeatures, fid_kid, prdc
+from pipeline.metrics.distance import PrecomputedFeatures, fid, fid_kid, prdc
 from pipeline.metrics.evaluator import load_evaluator, train_evaluator
+from pipeline.metrics.suite import bootstrap_fid, classifier_scores, copy_share, nearest
 
 
 def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -58,6 +59,44 @@ def test_precision_recall_density_coverage_on_manifolds_with_known_answers():
         prdc(real[:5], real)
 
 
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+    x = torch.randn(500, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert fid(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert fid(x, x + 1.0) == pytest.approx(8.0, rel=1e-6)  # a pure mean shift: |mu1 - mu2|^2
+
+
+def test_classifier_scores_on_probabilities_with_known_answers():
+    k = 10
+    sure = torch.eye(k).repeat(5, 1)  # certain, and spread evenly over the classes
+    assert classifier_scores(sure) == pytest.approx({"confidence": 1.0, "classifier_score": float(k)}, rel=1e-6)
+    unsure = torch.full((50, k), 1.0 / k)  # every image the same uniform guess
+    assert classifier_scores(unsure) == pytest.approx({"confidence": 0.1, "classifier_score": 1.0}, rel=1e-6)
+    one_class = torch.eye(k)[[3] * 50]  # certain but always the same class: no variety
+    assert classifier_scores(one_class) == pytest.approx({"confidence": 1.0, "classifier_score": 1.0}, rel=1e-6)
+
+
+def test_copy_share_tells_copies_from_new_samples():
+    gen = torch.Generator().manual_seed(5)
+    train, held_out = torch.randn(600, 8, generator=gen), torch.randn(400, 8, generator=gen)
+    held_out_nn = nearest(held_out, train)[0]
+    fresh = torch.randn(400, 8, generator=gen)  # new samples of the same distribution: like held-out data
+    assert 0.01 <= copy_share(nearest(fresh, train)[0], held_out_nn) <= 0.12
+    copies = train[:400] + 1e-3 * torch.randn(400, 8, generator=gen)  # training images, barely perturbed
+    dist, idx = nearest(copies, train)
+    assert copy_share(dist, held_out_nn) == 1.0 and torch.equal(idx, torch.arange(400))
+
+
+def test_fid_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_samples():
+    gen = torch.Generator().manual_seed(6)
+    ref = torch.randn(2000, 4, generator=gen, dtype=torch.float64)
+    small, large = (torch.randn(n, 4, generator=gen, dtype=torch.float64) + 0.5 for n in (200, 2000))
+    lo_s, hi_s = bootstrap_fid(ref, small, rounds=40)
+    lo_l, hi_l = bootstrap_fid(ref, large, rounds=40)
+    assert lo_s < fid(ref, small) < hi_s and lo_l < fid(ref, large) < hi_l
+    assert hi_l - lo_l < 0.6 * (hi_s - lo_s)
+    assert bootstrap_fid(ref, small, rounds=40) == (lo_s, hi_s)  # seeded: reproducible
+
+
 def test_feature_sets_of_different_width_are_rejected():
     with pytest.raises(ValueError, match="equal F"):
         fid_kid(torch.zeros(5, 3), torch.zeros(5, 4))
@@ -87,13 +126,14 @@ def test_the_suite_reports_precision_recall_and_fid_as_a_multiple_of_the_real_fl
     from pipeline.metrics.suite import evaluate, generation_markdown
     from pipeline.training.runner import TrainPaths, train
 
-    params = tiny_params(model={"conditional": True})
+    params = tiny_params(model={"conditional": True}, evaluate={"evaluator": {"steps": 150, "batch_size": 64}})
     train_evaluator(params.evaluate.evaluator, load_split(prepared_digits, "train"),
                     load_split(prepared_digits, "val"), tmp_path / "ev.pt", progress=False)  # fmt: skip
     paths = TrainPaths(prepared=prepared_digits, checkpoints=tmp_path / "ckpt", generator=tmp_path / "g.pt",
                        live_dir=tmp_path / "live", samples=tmp_path / "s.png")  # fmt: skip
     train(params, paths, progress=False)
-    m = evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None)
+    m = evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
+                 figures_dir=tmp_path / "figures")  # fmt: skip
     assert m["fid_vs_floor"] == round(m["fid"] / m["fid_real_floor"], 2) and m["fid_vs_floor"] > 1
     for name in ("precision", "recall", "density", "coverage"):
         assert 0 <= m[name] <= (10 if name == "density" else 1)  # density can exceed 1
@@ -101,8 +141,20 @@ def test_the_suite_reports_precision_recall_and_fid_as_a_multiple_of_the_real_fl
     assert m["precision_real_floor"] > 0.6 and m["recall_real_floor"] > 0.6
     assert m["precision"] < m["precision_real_floor"]
     assert "fid_position" not in m and 0 <= m["class_accuracy"] <= 1 and len(m["class_accuracy_per_class"]) == 10
+    # the evaluator, a classifier of real digits, is surer of real held-out digits than of 12-step samples
+    assert 0.1 <= m["confidence"] < m["confidence_real_floor"] <= 1 and 1 <= m["classifier_score"] <= 10
+    assert m["classifier_score_real_floor"] > m["classifier_score"]
+    assert 0 <= m["copy_share"] <= 1 and m["fid_ci95"][0] < m["fid"] < m["fid_ci95"][1]
+    assert m["resolution"] == 16 and set(m["fid_per_class"]) == set(m["fid_per_class_real_floor"]) == set(
+        m["class_accuracy_per_class"])
+    assert all(m["fid_per_class"][c] > m["fid_per_class_real_floor"][c] for c in m["fid_per_class"])
+    # pictures: a row of samples per class, the memorisation panel
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"samples.png", "memorisation.png"}
     md = generation_markdown(m)
     assert md.startswith(f"FID {m['fid']:.3f} is {m['fid_vs_floor']}x the real-data floor")
     assert f"precision {m['precision']:.2f}" in md and f"recall {m['recall']:.2f}" in md
     assert "| **trained generator** |" in md and "| untrained generator (ceiling) |" in md
-    assert evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None) == m
+    assert f"the evaluator is on average {m['confidence']:.1%} sure" in md and "| confidence |" in md
+    assert "Memorisation:" in md and "| classified as asked |" in md
+    assert evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
+                    figures_dir=None) == m

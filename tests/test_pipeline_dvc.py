@@ -69,9 +69,10 @@ def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
     for rel in ["data/prepared/train_images.npy", "data/prepared/manifest.json", "data/prepared/stats.json",
                 "reports/data_report.json", "reports/data_report.md", "reports/data_report_thumbs.png",
                 "models/evaluator.pt", "metrics/evaluator.json", "models/generator.pt", "reports/samples.png",
-                "dvclive/metrics.json",
-                "reports/eval_comparison.png", "metrics/eval.json", "exports/generator.onnx",
-                "exports/model_card.json", "metrics/export.json", "dvc.lock"]:  # fmt: skip
+                "dvclive/metrics.json", "reports/eval_comparison.png", "reports/figures/samples.png",
+                "reports/figures/memorisation.png", "reports/figures/curves.png", "reports/report.md",
+                "reports/report.html", "metrics/eval.json", "exports/generator.onnx", "exports/model_card.json",
+                "metrics/export.json", "reports/export_details.json", "dvc.lock"]:  # fmt: skip
         assert (repo / rel).is_file(), rel
     assert len(list((repo / "models/checkpoints").glob("ckpt_*.pt"))) == 2
     assert Image.open(repo / "reports/samples.png").format == "PNG"
@@ -79,6 +80,24 @@ def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
     assert ev["fid_real_floor"] < ev["fid_untrained_ceiling"]
     assert ev["num_samples"] == len(np.load(repo / "data/prepared/val_labels.npy"))
     assert 0 <= json.loads((repo / "metrics/evaluator.json").read_text())["val_accuracy"] <= 1
+
+
+def test_metrics_files_hold_quality_only_and_the_report_links_the_stage_pictures(repo, first_run):
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout)
+    files = {f: v["data"] for rev in shown.values() for f, v in rev["data"].items()}
+    assert set(files) == {"metrics/eval.json", "metrics/evaluator.json", "metrics/export.json"}  # no training scalars
+    assert "latency" not in json.dumps(files) and "images_per_s" not in json.dumps(files)
+    details = json.loads((repo / "reports/export_details.json").read_text())
+    assert set(details["latency_ms_batch16"]) == {"onnxruntime", "torch"} and "batch_16" in details[
+        "max_abs_diff_per_batch"]
+    plots = sh([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo).stdout
+    for picture in ("reports/eval_comparison.png", "reports/figures/memorisation.png", "reports/figures/samples.png"):
+        assert picture in plots  # `dvc plots diff` puts two experiments' pictures side by side
+    md = (repo / "reports/report.md").read_text()
+    ev = json.loads((repo / "metrics/eval.json").read_text())
+    assert f"FID {ev['fid']:.3f} is {ev['fid_vs_floor']}x the real-data floor" in md
+    for link in ("figures/samples.png", "eval_comparison.png", "figures/memorisation.png", "figures/curves.png"):
+        assert f"]({link})" in md
 
 
 def test_exported_model_matches_pytorch_and_carries_metadata(repo, first_run):
@@ -181,8 +200,12 @@ def test_translate_pipeline_runs_from_one_params_change(tmp_path_factory, prefec
     for stage in STAGES:
         assert f"Running stage '{stage}'" in res.stdout
     for rel in ["data/prepared/train_A.npy", "data/prepared/val_B.npy", "exports/generator_AB.onnx",
-                "exports/generator_BA.onnx", "reports/eval_comparison.png", "reports/samples.png"]:  # fmt: skip
+                "exports/generator_BA.onnx", "reports/eval_comparison.png", "reports/samples.png",
+                "reports/report.html", "reports/figures/curves.png"]:  # fmt: skip
         assert (root / rel).is_file(), rel
+    md = (root / "reports/report.md").read_text()
+    assert "## Held-out translations" in md and "## Memorisation" not in md
+    assert not (root / "reports/figures/memorisation.png").exists()
     assert not (root / "exports/generator.onnx").exists()
     ev = json.loads((root / "metrics/eval.json").read_text())
     assert ev["task"] == "translate" and ev["l1_identity_baseline"] > 0 and "cycle_l1_aba" in ev

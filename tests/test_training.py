@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_params
@@ -146,7 +147,8 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     "over",
     [
         {"train": {"loss": "hinge"}, "model": {"spectral_norm": True, "d_norm": "none"}},
-        {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2}},
+        {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2, "g_topk": 0.5}},
+        {"model": {"classes_from_noise": True, "arch": "resnet"}},
         {"train": {"loss": "wgan-gp", "n_critic": 2, "betas": [0.0, 0.9]}, "model": {"d_norm": "none"}},
         {"model": {"arch": "resnet", "conditional": True, "spectral_norm": True, "d_norm": "none"}},
         {"model": {"conditional": True, "conditioning": "acgan"}},
@@ -170,7 +172,8 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     ],
     ids=[
         "hinge-sn",
-        "lsgan-r1",
+        "lsgan-r1-topk",
+        "resnet-classes-from-noise",
         "wgan-gp",
         "resnet-cond",
         "acgan",
@@ -187,6 +190,47 @@ def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_di
     train(merge_params(over, {"train": {"steps": 6}}), part, progress=False)
     assert train(tiny_params(**over), part, progress=False).resumed_from == 6
     assert_same_weights(weights(full.generator), weights(part.generator))
+
+
+def test_top_k_training_counts_the_fakes_d_rates_most_real_once_annealed(prepared_digits):
+    from pipeline.training.distributed import World
+    from pipeline.training.objectives.gan import GanObjective
+
+    obj = GanObjective(tiny_params(train={"g_topk": 0.25}), prepared_digits, torch.device("cpu"), torch.float32,
+                       World())  # fmt: skip
+    logits = torch.tensor([0.3, -2.0, 1.5, 0.1, -0.4, 2.2, -1.0, 0.0])
+    assert torch.equal(obj._top_k(logits, 0), logits)  # at first D's ranking means little: all count
+    epoch = obj.data_size / obj.cfg.batch_size  # steps per epoch; 0.99 ** 69 < 0.5
+    assert len(obj._top_k(logits, round(69 * epoch))) == 4
+    late = obj._top_k(logits, round(200 * epoch))  # annealed to 25%: the two fakes D finds most real
+    assert torch.equal(late, torch.tensor([2.2, 1.5]))
+    off = GanObjective(tiny_params(), prepared_digits, torch.device("cpu"), torch.float32, World())
+    assert off._top_k(logits, 10_000) is logits
+
+
+def test_classes_from_noise_train_a_conditional_pair_behind_an_unconditional_interface(prepared_digits, tmp_path):
+    from pipeline.export import export_generator
+    from pipeline.inference import OnnxGenerator
+    from pipeline.models import ClassesFromNoise
+    from pipeline.training.distributed import World
+    from pipeline.training.objectives.gan import GanObjective
+
+    params = tiny_params(model={"classes_from_noise": True})
+    obj = GanObjective(params, prepared_digits, torch.device("cpu"), torch.float32, World())
+    assert obj.D.head.embed is not None  # D judges each fake against the class G drew for it
+    _, z, y = obj._draw()
+    assert torch.equal(y, z[:, :10].argmax(1)) and len(y.unique()) > 5
+    out = paths(tmp_path, prepared_digits)
+    train(params, out, progress=False)
+    g, spec = load_generator(out.generator)
+    assert isinstance(g, ClassesFromNoise) and spec["num_classes"] == 0 and spec["noise_classes"] == 10
+    z = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # the class is z's argmax over its first 10 entries; labels passed in are ignored
+        np.testing.assert_array_equal(g(z).numpy(), g.inner(z, z[:, :10].argmax(1)).numpy())
+        np.testing.assert_array_equal(g(z, torch.zeros(6, dtype=torch.long)).numpy(), g(z).numpy())
+    metrics = export_generator(out.generator, tmp_path / "g.onnx")  # the contract: z in, images out
+    gen = OnnxGenerator(tmp_path / "g.onnx")
+    assert metrics["parity_passed"] and gen.info.num_classes == 0 and gen.generate(3).shape == (3, 1, 16, 16)
 
 
 def merge_params(*overs):

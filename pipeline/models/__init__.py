@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from pipeline.config import ModelConfig
+from pipeline.config import ConfigError, ModelConfig
 from pipeline.models import dcgan, resnet, stylegan2, translation
 from pipeline.models.layers import ConditionalBatchNorm2d
 
@@ -52,16 +53,40 @@ def init_stylegan2(module: nn.Module) -> None:
     _init(module, nn.init.xavier_uniform_)
 
 
+def classes_of(cfg: ModelConfig, num_classes: int) -> int:
+    """The classes the networks are built for: the data's for conditional models and for classes
+    drawn from the noise, none otherwise."""
+    return num_classes if cfg.conditional or (cfg.noise_classes and num_classes > 1) else 0
+
+
+class ClassesFromNoise(nn.Module):
+    """An unconditional G made of a conditional one: each sample's class is the argmax of the
+    first `num_classes` entries of its z (iid normal, so every class is equally likely), and
+    the labels a caller passes are ignored. Trained with a class-conditional D on those classes,
+    it keeps each sample within one class, while its interface stays z -> images."""
+
+    def __init__(self, inner: nn.Module, num_classes: int):
+        super().__init__()
+        self.inner, self.num_classes, self.latent_dim = inner, num_classes, inner.latent_dim
+
+    @staticmethod
+    def classes(z: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return z[:, :num_classes].argmax(1)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        return self.inner(z, self.classes(z, self.num_classes), *args, **kwargs)
+
+
 def _adversarial_g(make: Callable) -> Callable:
     def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
-        return make(cfg.latent_dim, image_size, channels, cfg.g_channels, num_classes if cfg.conditional else 0)
+        return make(cfg.latent_dim, image_size, channels, cfg.g_channels, classes_of(cfg, num_classes))
 
     return build
 
 
 def _adversarial_d(make: Callable) -> Callable:
     def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
-        return make(image_size, channels, cfg.d_channels, num_classes if cfg.conditional else 0,
+        return make(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes),
                     conditioning=cfg.conditioning, spectral=cfg.spectral_norm, norm=cfg.d_norm)  # fmt: skip
 
     return build
@@ -69,11 +94,11 @@ def _adversarial_d(make: Callable) -> Callable:
 
 def _stylegan2_g(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
     return stylegan2.Generator(cfg.latent_dim, image_size, channels, cfg.g_channels,
-                               num_classes if cfg.conditional else 0, cfg.mapping_layers)  # fmt: skip
+                               classes_of(cfg, num_classes), cfg.mapping_layers)  # fmt: skip
 
 
 def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
-    return stylegan2.Discriminator(image_size, channels, cfg.d_channels, num_classes if cfg.conditional else 0,
+    return stylegan2.Discriminator(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes),
                                    cfg.conditioning)  # fmt: skip
 
 
@@ -120,6 +145,11 @@ def build_generator(cfg: ModelConfig, image_size: int, channels: int, num_classe
     family = ARCHS[cfg.arch]
     g = family.generator(cfg, image_size, channels, num_classes)
     family.init(g)
+    if classes_of(cfg, num_classes) and cfg.noise_classes:
+        if cfg.latent_dim < num_classes:
+            raise ConfigError(f"model.classes_from_noise draws one of {num_classes} classes from z's first "
+                              f"{num_classes} entries: model.latent_dim ({cfg.latent_dim}) is too small")  # fmt: skip
+        g = ClassesFromNoise(g, num_classes)
     return g
 
 

@@ -24,18 +24,29 @@ ARCH_ONLY_KEYS = {"mapping_layers": "stylegan2"}
 
 def model_spec(params: Params) -> dict:
     arch = params.model.arch
-    return params.model.model_dump(mode="json", exclude={k for k, a in ARCH_ONLY_KEYS.items() if a != arch})
+    exclude = {k for k, a in ARCH_ONLY_KEYS.items() if a != arch}
+    if not params.model.noise_classes:  # left out where off: the artifacts of every other model stay as they were
+        exclude.add("classes_from_noise")
+    return params.model.model_dump(mode="json", exclude=exclude)
 
 
 def generator_spec(params: Params, image_size: int, channels: int, classes: list[str]) -> dict:
     """What it takes to rebuild G from generator.pt without params.yaml."""
-    return {
+    spec = {
         "model": model_spec(params),
         "image_size": image_size,
         "channels": channels,
-        "num_classes": len(classes) if params.model.conditional else 0,
+        "num_classes": len(classes) if params.model.conditional else 0,  # the labels the model takes
         "class_names": classes if params.model.conditional else [],
     }
+    if params.model.noise_classes:
+        spec["noise_classes"] = len(classes)  # the classes it was trained on, drawn from z
+    return spec
+
+
+def built_classes(spec: dict) -> int:
+    """The number of classes G's networks were built for (what build_generator needs to rebuild it)."""
+    return spec["num_classes"] or spec.get("noise_classes", 0)
 
 
 def translator_spec(params: Params, image_size: int, channels: int, size_multiple: int, min_size: int) -> dict:
@@ -68,7 +79,7 @@ def load_generator(path: Path | str, device: str | torch.device = "cpu") -> tupl
     """Rebuild the EMA image generator (eval mode) and return it with its spec."""
     blob = _read(path, device)
     spec = blob["spec"]
-    g = build_generator(ModelConfig(**spec["model"]), spec["image_size"], spec["channels"], spec["num_classes"])
+    g = build_generator(ModelConfig(**spec["model"]), spec["image_size"], spec["channels"], built_classes(spec))
     g.load_state_dict(blob["state_dict"])
     return g.to(device).eval(), spec
 

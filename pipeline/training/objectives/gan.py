@@ -12,6 +12,7 @@ generator s, so the maths do not depend on how the work is split.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
 from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
 from pipeline.grid import make_grid, save_grid
 from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
-from pipeline.models import build_discriminator, build_generator
+from pipeline.models import ClassesFromNoise, build_discriminator, build_generator, classes_of
 from pipeline.models.artifact import generator_spec
 from pipeline.runtime import adam, autocast, seeded_generator
 from pipeline.training.distributed import World, gather, mean, no_sync, wrap
@@ -65,7 +66,10 @@ class GanObjective:
         self.cfg, self.device, self.precision, self.world, self.seed = cfg, device, precision, world, params.seed
         data = stable_subset(prepared, "train", load_split(prepared, "train"), cfg.data_fraction)
         _, channels, image_size, _ = data.images.shape
-        self.num_classes = num_classes = data.num_classes if mcfg.conditional else 0
+        # the classes G and D are built for: the data's when conditional or drawn from the noise
+        self.num_classes = num_classes = classes_of(mcfg, data.num_classes)
+        self.noise_classes = bool(num_classes) and mcfg.noise_classes
+        self.data_size = len(data.labels)
         self.latent_dim = mcfg.latent_dim
         self.spec = generator_spec(params, image_size, channels, data.classes)
 
@@ -93,7 +97,8 @@ class GanObjective:
         self.shard_rng = {s: seeded_generator(params.seed * 1000 + 777 + s, device) for s in range(shards)}
         self.batches = BatchSampler(data, cfg.batch_size, seed=params.seed + 1, device=device)
         self.noise = seeded_generator(params.seed + 2, device)  # z and fake labels
-        self.z_fixed, self.y_fixed = fixed_inputs(mcfg.latent_dim, num_classes, params.seed)
+        grid_classes = 0 if self.noise_classes else num_classes  # G takes no labels then: a plain grid
+        self.z_fixed, self.y_fixed = fixed_inputs(mcfg.latent_dim, grid_classes, params.seed)
         self.real_diversity = diversity(to_float(data.images[: len(self.z_fixed)]))
 
         # DDP wrappers all-reduce gradients; the plain modules serve penalties, sampling and saving.
@@ -125,6 +130,8 @@ class GanObjective:
         cfg = self.cfg
         idx = self.batches.draw()
         z = torch.randn(cfg.batch_size, self.latent_dim, generator=self.noise, device=self.noise.device).to(self.device)
+        if self.noise_classes:  # the class G draws from z: what D judges the fake against
+            return idx, z, ClassesFromNoise.classes(z, self.num_classes)
         y = torch.randint(self.num_classes, (cfg.batch_size,), generator=self.noise, device=self.noise.device) \
             .to(self.device) if self.num_classes else None  # fmt: skip
         return idx, z, y
@@ -149,6 +156,16 @@ class GanObjective:
         if cfg.r1_gamma and step % cfg.r1_every == 0:  # lazy R1, scaled up by its interval
             loss = loss + cfg.r1_gamma / 2 * cfg.r1_every * r1_penalty(D, real_aug, y_pen)
         return loss, real_logits, fake_logits
+
+    def _top_k(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """Top-k training (Sinha et al. 2020): G's loss counts only the fakes D rates most real, their
+        share annealed from all (x0.99 per epoch: D's ranking means little at first) to train.g_topk.
+        G then stops being pulled towards its worst samples, which lie between the real modes."""
+        if self.cfg.g_topk >= 1:
+            return logits
+        keep = max(self.cfg.g_topk, 0.99 ** (step * self.cfg.batch_size / self.data_size))
+        k = max(1, math.ceil(keep * len(logits)))
+        return logits.topk(k).values if k < len(logits) else logits
 
     def _optimiser_step(self, opt: torch.optim.Optimizer) -> None:
         self.scaler.step(opt)
@@ -195,7 +212,7 @@ class GanObjective:
                 with autocast(device, self.precision):
                     fake_g = fake if self.reuse_fakes else self._generate(G_train, part(z, s), part(y_fake, s), s)
                     logits, cls = D(self.augment(fake_g, self.shard_rng[s]), part(y_fake, s))
-                loss_g = self.g_loss_fn(logits.float())
+                loss_g = self.g_loss_fn(self._top_k(logits.float(), step))
                 if self.acgan:
                     loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
                 extra = self._g_regulariser(step, part(z, s), part(y_fake, s), s)
