@@ -148,10 +148,6 @@ class TrainConfig(_Section):
     r1_gamma: float = Field(0.0, ge=0, description="R1 penalty weight; 0 = off")
     r1_every: int = Field(16, ge=1, description="lazy R1: apply every N D steps, scaled by N")
     acgan_weight: float = Field(1.0, ge=0, description="weight of the auxiliary class loss (conditioning: acgan)")
-    g_topk: float = Field(
-        1.0, gt=0, le=1, description="top-k training: G learns from the share of fakes D rates most real, annealed "
-        "from 1 (x0.99 per epoch) down to this; 1 = off"
-    )
     lambda_cycle: float = Field(10.0, ge=0, description="cyclegan: weight of the cycle-consistency L1")
     lambda_identity: float = Field(
         0.5, ge=0, description="cyclegan: identity L1 weight, relative to lambda_cycle (as in the reference)"

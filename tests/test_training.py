@@ -147,7 +147,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     "over",
     [
         {"train": {"loss": "hinge"}, "model": {"spectral_norm": True, "d_norm": "none"}},
-        {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2, "g_topk": 0.5}},
+        {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2}},
         {"model": {"classes_from_noise": True, "arch": "resnet"}},
         {"train": {"loss": "wgan-gp", "n_critic": 2, "betas": [0.0, 0.9]}, "model": {"d_norm": "none"}},
         {"model": {"arch": "resnet", "conditional": True, "spectral_norm": True, "d_norm": "none"}},
@@ -172,7 +172,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     ],
     ids=[
         "hinge-sn",
-        "lsgan-r1-topk",
+        "lsgan-r1",
         "resnet-classes-from-noise",
         "wgan-gp",
         "resnet-cond",
@@ -190,22 +190,6 @@ def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_di
     train(merge_params(over, {"train": {"steps": 6}}), part, progress=False)
     assert train(tiny_params(**over), part, progress=False).resumed_from == 6
     assert_same_weights(weights(full.generator), weights(part.generator))
-
-
-def test_top_k_training_counts_the_fakes_d_rates_most_real_once_annealed(prepared_digits):
-    from pipeline.training.distributed import World
-    from pipeline.training.objectives.gan import GanObjective
-
-    obj = GanObjective(tiny_params(train={"g_topk": 0.25}), prepared_digits, torch.device("cpu"), torch.float32,
-                       World())  # fmt: skip
-    logits = torch.tensor([0.3, -2.0, 1.5, 0.1, -0.4, 2.2, -1.0, 0.0])
-    assert torch.equal(obj._top_k(logits, 0), logits)  # at first D's ranking means little: all count
-    epoch = obj.data_size / obj.cfg.batch_size  # steps per epoch; 0.99 ** 69 < 0.5
-    assert len(obj._top_k(logits, round(69 * epoch))) == 4
-    late = obj._top_k(logits, round(200 * epoch))  # annealed to 25%: the two fakes D finds most real
-    assert torch.equal(late, torch.tensor([2.2, 1.5]))
-    off = GanObjective(tiny_params(), prepared_digits, torch.device("cpu"), torch.float32, World())
-    assert off._top_k(logits, 10_000) is logits
 
 
 def test_classes_from_noise_train_a_conditional_pair_behind_an_unconditional_interface(prepared_digits, tmp_path):

@@ -12,7 +12,6 @@ generator s, so the maths do not depend on how the work is split.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,6 @@ class GanObjective:
         # the classes G and D are built for: the data's when conditional or drawn from the noise
         self.num_classes = num_classes = classes_of(mcfg, data.num_classes)
         self.noise_classes = bool(num_classes) and mcfg.noise_classes
-        self.data_size = len(data.labels)
         self.latent_dim = mcfg.latent_dim
         self.spec = generator_spec(params, image_size, channels, data.classes)
 
@@ -157,16 +155,6 @@ class GanObjective:
             loss = loss + cfg.r1_gamma / 2 * cfg.r1_every * r1_penalty(D, real_aug, y_pen)
         return loss, real_logits, fake_logits
 
-    def _top_k(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """Top-k training (Sinha et al. 2020): G's loss counts only the fakes D rates most real, their
-        share annealed from all (x0.99 per epoch: D's ranking means little at first) to train.g_topk.
-        G then stops being pulled towards its worst samples, which lie between the real modes."""
-        if self.cfg.g_topk >= 1:
-            return logits
-        keep = max(self.cfg.g_topk, 0.99 ** (step * self.cfg.batch_size / self.data_size))
-        k = max(1, math.ceil(keep * len(logits)))
-        return logits.topk(k).values if k < len(logits) else logits
-
     def _optimiser_step(self, opt: torch.optim.Optimizer) -> None:
         self.scaler.step(opt)
         self.scaler.update()
@@ -212,7 +200,7 @@ class GanObjective:
                 with autocast(device, self.precision):
                     fake_g = fake if self.reuse_fakes else self._generate(G_train, part(z, s), part(y_fake, s), s)
                     logits, cls = D(self.augment(fake_g, self.shard_rng[s]), part(y_fake, s))
-                loss_g = self.g_loss_fn(self._top_k(logits.float(), step))
+                loss_g = self.g_loss_fn(logits.float())
                 if self.acgan:
                     loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
                 extra = self._g_regulariser(step, part(z, s), part(y_fake, s), s)
