@@ -140,4 +140,8 @@ def build_report(task: str, summary: str, live_dir: Path | str = layout.DVCLIVE)
         layout.CURVES.unlink(missing_ok=True)  # no stale curves from an earlier run
     pictures = {"samples": layout.SAMPLE_GRID, "comparison": layout.EVAL_COMPARISON,
                 "memorisation": layout.MEMORISATION, "curves": layout.CURVES}  # fmt: skip
+    drawn = {pictures[key] for _, key, _ in sections(task)}
+    for stale in layout.FIGURES.glob("*.png") if layout.FIGURES.is_dir() else []:
+        if stale not in drawn:  # the figures persist between runs: none of another task's may stay
+            stale.unlink()
     return write_report(task, summary, pictures)

@@ -91,9 +91,11 @@ def test_report_of_a_trained_conditional_model_renders_in_chromium(browser, prep
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
 
 
-def test_stale_curves_are_removed_when_no_training_logs_exist(tmp_path, monkeypatch):
+def test_stale_figures_are_removed_when_this_run_does_not_draw_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     layout.FIGURES.mkdir(parents=True)
-    layout.CURVES.write_bytes(b"old")
+    for picture in (layout.CURVES, layout.MEMORISATION, layout.SAMPLE_GRID):  # a generation run's, persisted
+        save_grid(np.zeros((1, 1, 4, 4), np.uint8), picture)
     md_path, _ = build_report("translate", "summary", live_dir=tmp_path / "no-logs")
-    assert not layout.CURVES.exists() and "## Training curves" not in md_path.read_text()
+    assert not any(layout.FIGURES.iterdir())  # translation draws none of them, and there are no curves
+    assert "## Training curves" not in md_path.read_text() and "## Memorisation" not in md_path.read_text()
