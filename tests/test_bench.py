@@ -41,8 +41,12 @@ def test_engine_and_textbook_are_measured_side_by_side_with_a_consistent_ratio(q
     assert set(rates) == {"textbook", "engine"}
     for figure in rates.values():
         assert 0 < figure["min"] <= figure["median"] <= figure["max"] and figure["repeats"] == 2
-    expected = rates["engine"]["median"] / rates["textbook"]["median"]
-    assert row["ratio_to_textbook"]["engine"] == pytest.approx(expected, abs=0.01)
+    # the ratio is the median of the per-repeat paired ratios (with 2 repeats: their mean), not the
+    # ratio of the medians, which can differ when the machine drifts between repeats
+    ratio, (lo, hi) = row["ratio_to_textbook"]["engine"], row["ratio_to_textbook_range"]["engine"]
+    assert lo <= ratio <= hi and ratio == pytest.approx((lo + hi) / 2, abs=0.01)
+    engine, textbook = rates["engine"], rates["textbook"]
+    assert engine["min"] / textbook["max"] - 0.01 <= lo and hi <= engine["max"] / textbook["min"] + 0.01
 
 
 def test_scaling_points_have_throughput_memory_and_a_plot(quick):
