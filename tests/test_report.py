@@ -30,9 +30,9 @@ def test_curves_have_a_panel_per_quantity_and_nothing_without_logs(tmp_path):
     train = tmp_path / "plots" / "metrics" / "train"
     write_tsv(train / "loss_D.tsv", "loss_D", [(3, 1.5), (6, 1.2)])
     write_tsv(train / "loss_G.tsv", "loss_G", [(3, 0.9), (6, 1.1)])
-    write_tsv(tmp_path / "plots" / "metrics" / "eval" / "fid.tsv", "fid", [(6, 40.0)])
+    write_tsv(train / "sample_diversity.tsv", "sample_diversity", [(6, 0.9)])
     fig = curves_figure(tmp_path)
-    assert [ax.get_title() for ax in fig.axes] == ["losses", "FID during training (evaluator features)"]
+    assert [ax.get_title() for ax in fig.axes] == ["losses", "sample diversity (x real)"]
     losses = fig.axes[0].get_lines()
     assert [line.get_label() for line in losses] == ["loss_D", "loss_G"]
     np.testing.assert_array_equal(losses[1].get_xydata(), [[3, 0.9], [6, 1.1]])
