@@ -13,9 +13,12 @@ from torch import nn
 
 from pipeline.config import Params
 from pipeline.data.dataset import load_split
+from pipeline.errors import MissingInput
 from pipeline.metrics.distance import fid_kid, prdc
 from pipeline.metrics.evaluator import EvaluatorNet
-from pipeline.metrics.suite import embed, generate
+from pipeline.metrics.features import InceptionFeatures, embed
+from pipeline.metrics.probe import generate
+from pipeline.metrics.suite import bootstrap_fid, classifier_scores, copy_share, nearest
 from pipeline.models import build_generator
 
 STEPS = {
@@ -24,7 +27,11 @@ STEPS = {
     "embed_real": "embed real (evaluator net)",
     "fid_kid": "FID + KID",
     "prdc": "precision / recall / density / coverage",
+    "classifier": "confidence + classifier score (evaluator softmax)",
+    "bootstrap": "FID 95% interval (50 bootstrap FIDs)",
+    "memorisation": "copy share (nearest real image of every sample)",
 }
+INCEPTION_IMAGES = 64  # the Inception extractor's throughput is measured on this many images
 
 
 class OnDevice(nn.Module):
@@ -69,9 +76,15 @@ def run(ctx: Context) -> dict:
         real_f, t["embed_real"] = _timed(lambda: embed(net, real, ev.batch_size).cpu(), dev)
         _, t["fid_kid"] = _timed(lambda: fid_kid(real_f, fake_f, ev.kid_subset_size, ev.kid_subsets, seed), dev)
         _, t["prdc"] = _timed(lambda: prdc(real_f, fake_f), dev)
+        _, t["classifier"] = _timed(lambda: classifier_scores(net.net.classifier(fake_f.to(dev)).softmax(1)), dev)
+        _, t["bootstrap"] = _timed(lambda: bootstrap_fid(real_f, fake_f, seed=seed), dev)
+        half = n // 2  # the real floor's distances: one half of the real images to the other
+        floor_nn = lambda: nearest(real_f[:half], real_f[half:])[0]  # noqa: E731
+        _, t["memorisation"] = _timed(lambda: copy_share(nearest(fake_f, real_f)[0], floor_nn()), dev)
         return t | {"total": sum(t.values())}
 
     passes = [one_pass() for _ in range(ctx.repeats(3))]
+    inception = _inception_rate(real[:INCEPTION_IMAGES])
     times = {k: [t[k] for t in passes] for k in [*STEPS, "total"]}
     steps = {k: {"seconds": summary(ts, 3), "images_per_s": summary([n / t for t in ts])} for k, ts in times.items()}
     return {
@@ -87,7 +100,22 @@ def run(ctx: Context) -> dict:
         "torch": torch.__version__,
         "steps": steps,
         "total_under_one_minute_for_10k": steps["total"]["seconds"]["median"] < 60 if n == 10_000 else None,
+        "inception": inception,
     }
+
+
+def _inception_rate(images: np.ndarray) -> dict:
+    """Images/s of the standard FID Inception network (299x299, CPU), when its extra is installed."""
+    try:
+        extractor = InceptionFeatures(batch_size=32, progress=False)
+    except MissingInput as err:
+        return {"skipped": str(err)}
+    extractor(images[:2])  # warm-up
+    start = time.perf_counter()
+    extractor(images)
+    seconds = time.perf_counter() - start
+    return {"images": len(images), "seconds": round(seconds, 2), "images_per_s": round(len(images) / seconds, 2),
+            "threads": torch.get_num_threads()}  # fmt: skip
 
 
 def markdown(result: dict) -> str:
@@ -108,4 +136,13 @@ def markdown(result: dict) -> str:
         f"precision/recall/density/coverage (k = 5) on the CPU, as the library computes them. "
         f"Total under one minute for 10,000 images: {answer}.", "",
         "| step | seconds | images/s |", "|---|---|---|", *table, "",
+        _inception_line(result.get("inception", {})), "",
     ])  # fmt: skip
+
+
+def _inception_line(r: dict) -> str:
+    if "images_per_s" not in r:
+        return f"Inception extractor: not measured ({r.get('skipped', 'no result')})."
+    return (f"Inception extractor (`evaluate.feature_extractor: inception`, 299x299, on the CPU with {r['threads']} "
+            f"threads): {r['images_per_s']} images/s ({r['images']} images in {r['seconds']} s), so 10,000 images take "
+            f"about {10_000 / r['images_per_s'] / 60:.0f} min; the reference stage embeds the real images once.")

@@ -18,7 +18,7 @@ from pipeline.artifacts import atomic_path
 from pipeline.config import ConfigError
 from pipeline.errors import UserError
 
-STAGES = ("prepare", "evaluator", "train", "evaluate", "export")
+STAGES = ("prepare", "evaluator", "reference", "train", "evaluate", "export")
 SEED_MAX = 2**63 - 1  # the service's bound too: a seed gives the same images from either
 MAX_GRID_PIXELS = 2**29  # `generate`: the PNG's pixels (1.6 GB as RGB; 64 samples of 1024x1024 at --scale 2 fit)
 
@@ -192,10 +192,11 @@ def _stage_flows() -> dict:
     from flows.evaluator import evaluator_flow
     from flows.export import export_flow
     from flows.prepare import prepare_flow
+    from flows.reference import reference_flow
     from flows.train import train_flow
 
-    return {"prepare": prepare_flow, "evaluator": evaluator_flow, "train": train_flow, "evaluate": evaluate_flow,
-            "export": export_flow}  # fmt: skip
+    return {"prepare": prepare_flow, "evaluator": evaluator_flow, "reference": reference_flow, "train": train_flow,
+            "evaluate": evaluate_flow, "export": export_flow}  # fmt: skip
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:

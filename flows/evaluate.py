@@ -18,7 +18,7 @@ from pipeline.tasks import report, task_of
 @stage_task
 def compute_metrics(params_path: str) -> dict:
     params = load_params(params_path)
-    metrics = task_of(params).evaluate(params)
+    metrics = task_of(params).evaluate(params, reference_path=layout.REFERENCE)
     write_json(layout.EVAL_METRICS, metrics)
     return metrics
 

@@ -183,6 +183,9 @@ class TrainConfig(_Section):
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm across processes (CUDA only)")
     collapse_threshold: float = Field(0.2, ge=0, description="warn when sample diversity / real diversity < this")
     sample_every: int = Field(500, ge=1)
+    fid_every: int = Field(
+        0, ge=0, description="task generate: FID of the EMA generator every this many steps into DVCLive (0 = off)"
+    )
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(500, ge=1)
 
@@ -195,7 +198,11 @@ class EvaluatorConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    feature_extractor: Literal["evaluator"] = "evaluator"
+    feature_extractor: Literal["evaluator", "inception"] = Field(
+        "evaluator",
+        description="FID/KID/PRDC features: evaluator (the CNN trained on this data) or inception (the standard "
+        "FID network; needs the inception extra)",
+    )
     num_samples: int = Field(0, ge=0, description="generated samples per FID/KID; 0 = size of the val split")
     kid_subset_size: int = Field(100, ge=2)
     kid_subsets: int = Field(100, ge=1)

@@ -13,6 +13,7 @@ DATA_REPORT_THUMBS = Path("reports/data_report_thumbs.png")  # beside it, as pip
 
 EVALUATOR = Path("models/evaluator.pt")
 EVALUATOR_METRICS = Path("metrics/evaluator.json")
+REFERENCE = Path("models/reference.pt")  # real-data features, keyed by data + extractor + resolution
 
 CHECKPOINTS = Path("models/checkpoints")
 GENERATOR = Path("models/generator.pt")

@@ -33,6 +33,7 @@ CURVES = [
     ("train/D_real.tsv", "D_real", "D(x) and D(G(z))"),
     ("train/D_fake.tsv", "D_fake", "D(x) and D(G(z))"),
     ("train/sample_diversity.tsv", "sample_diversity", "sample diversity (x real)"),
+    ("eval/fid_vs_floor.tsv", "fid_vs_floor", "FID while training (x real floor)"),  # with train.fid_every
 ]
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}

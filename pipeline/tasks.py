@@ -20,7 +20,7 @@ from pipeline.metrics.translation import evaluate_translation, translation_markd
 
 @dataclass(frozen=True)
 class Task:
-    evaluate: Callable[[Params], dict]  # -> metrics/eval.json
+    evaluate: Callable[..., dict]  # params (, paths) -> metrics/eval.json
     report: Callable[[dict], str]  # metrics/eval.json as Markdown
     export: Callable[..., dict]  # generator.pt -> ONNX file(s), parity, model card
     export_target: Path  # the file (generate) or folder (translate) `export` writes to

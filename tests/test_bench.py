@@ -66,6 +66,9 @@ def test_serving_evaluation_data_and_orchestration_report_real_measurements(quic
     assert "CPUExecutionProvider" in dcgan["providers"]
     steps = results["evaluation"]["steps"]
     assert results["evaluation"]["images"] == 1000 and steps["total"]["seconds"]["median"] > 0
+    assert all(steps[k]["seconds"]["median"] > 0 for k in ("classifier", "bootstrap", "memorisation"))
+    inception = results["evaluation"]["inception"]  # the extra is installed by `make test`
+    assert inception["images"] == 64 and inception["images_per_s"] > 0
     assert results["data"]["ingest"]["files"] == 1000 and results["data"]["ingest"]["counts"]
     assert "skipped" not in results["orchestration"]  # DVC and Prefect are installed here
     assert results["orchestration"]["noop"]["wall_s"]["median"] > 0

@@ -20,7 +20,7 @@ from flows.stage import tool_env
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "evaluator", "train", "evaluate", "export"]
+STAGES = ["prepare", "evaluator", "reference", "train", "evaluate", "export"]
 
 
 def flow_run_names(api_url: str) -> list[str]:
@@ -132,7 +132,7 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
     assert f"Prefect API: {prefect_api}" in out
     for stage in ("train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in out
-    for stage in ("prepare", "evaluator"):
+    for stage in ("prepare", "evaluator", "reference"):
         assert f"Stage '{stage}' didn't change, skipping" in out
     assert "resumed from 12" in out  # the persisted checkpoint is continued, not retrained
     assert flow_run_names(prefect_api)[len(before) :] == ["ganpipe-pipeline", "train", "evaluate", "export"]
@@ -228,7 +228,7 @@ def test_dvc_tracked_raw_data_reruns_prepare_and_only_what_changed(repo, first_r
     # the default source (digits) does not read it: prepare reruns, its output is unchanged, nothing else runs
     res = sh([sys.executable, "-m", "dvc", "repro"], repo)
     assert "Running stage 'prepare'" in res.stdout
-    for stage in ("evaluator", "train", "evaluate", "export"):
+    for stage in ("evaluator", "reference", "train", "evaluate", "export"):
         assert f"Stage '{stage}' didn't change, skipping" in res.stdout
     # pointed at the tracked folder, a new version of the data reruns prepare and changes its output
     params = yaml.safe_load((repo / "params.yaml").read_text())

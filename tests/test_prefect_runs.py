@@ -16,7 +16,7 @@ from conftest import REPO, TINY, make_repo, sh
 
 pytestmark = pytest.mark.integration
 
-STAGES = ["prepare", "evaluator", "train", "evaluate", "export"]
+STAGES = ["prepare", "evaluator", "reference", "train", "evaluate", "export"]
 EXP = "seed-one"
 
 

@@ -33,6 +33,11 @@ def test_curves_have_a_panel_per_quantity_and_nothing_without_logs(tmp_path):
     write_tsv(train / "sample_diversity.tsv", "sample_diversity", [(6, 0.9)])
     fig = curves_figure(tmp_path)
     assert [ax.get_title() for ax in fig.axes] == ["losses", "sample diversity (x real)"]
+    # train.fid_every's curve gets its own panel
+    write_tsv(tmp_path / "plots" / "metrics" / "eval" / "fid_vs_floor.tsv", "fid_vs_floor", [(6, 40.0), (12, 9.5)])
+    fig = curves_figure(tmp_path)
+    assert fig.axes[-1].get_title() == "FID while training (x real floor)"
+    np.testing.assert_array_equal(fig.axes[-1].get_lines()[0].get_xydata(), [[6, 40.0], [12, 9.5]])
     losses = fig.axes[0].get_lines()
     assert [line.get_label() for line in losses] == ["loss_D", "loss_G"]
     np.testing.assert_array_equal(losses[1].get_xydata(), [[3, 0.9], [6, 1.1]])

@@ -24,8 +24,10 @@ from pipeline import layout
 from pipeline.config import ModelConfig, Params
 from pipeline.data.dataset import load_split, to_float
 from pipeline.grid import labelled_figure, save_figure
+from pipeline.metrics import reference
 from pipeline.metrics.distance import fid, fid_kid, prdc
-from pipeline.metrics.evaluator import load_evaluator
+from pipeline.metrics.features import EvaluatorFeatures, extractor_for
+from pipeline.metrics.probe import generate
 from pipeline.models import build_generator
 from pipeline.models.artifact import built_classes, load_generator
 from pipeline.runtime import seed_everything, set_threads
@@ -35,31 +37,6 @@ if TYPE_CHECKING:
 
 MANIFOLD = ("precision", "recall", "density", "coverage")
 CLASSIFIER = ("confidence", "classifier_score")
-
-
-@torch.no_grad()
-def embed(net: nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Evaluator features for uint8 or [-1, 1] float images, in batches."""
-    out = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        x = to_float(np.asarray(chunk)) if isinstance(chunk, np.ndarray) else chunk.float()
-        out.append(net.embed(x))
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def generate(g: nn.Module, n: int, latent_dim: int, num_classes: int, seed: int, batch_size: int = 256):
-    """n images from `g` with seeded noise; class-balanced labels for conditional models."""
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, latent_dim, generator=gen)
-    labels = torch.arange(n) % num_classes if num_classes else None
-    g.eval()
-    chunks = [
-        g(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).float()
-        for i in range(0, n, batch_size)
-    ]
-    return torch.cat(chunks), labels
 
 
 def classifier_scores(probs: torch.Tensor) -> dict[str, float]:
@@ -114,42 +91,54 @@ def evaluate(
     prepared_dir: Path | str = layout.PREPARED,
     comparison_png: Path | str | None = layout.EVAL_COMPARISON,
     figures_dir: Path | str | None = layout.FIGURES,
+    reference_path: Path | str | None = None,
 ) -> dict:
     """Compute the metrics dict written to metrics/eval.json; draw reports/eval_comparison.png and,
-    in `figures_dir`, samples.png and memorisation.png."""
+    in `figures_dir`, samples.png and memorisation.png. The real images' features come from
+    `reference_path` (the reference stage's output) when it exists."""
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
-    net, espec = load_evaluator(evaluator_path)
+    evaluator = EvaluatorFeatures(evaluator_path, ecfg.batch_size)
+    extractor = extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size)
+    if extractor.name == evaluator.name:
+        extractor = evaluator
     g, gspec = load_generator(generator_path)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     n = ecfg.num_samples or len(val.labels)
     num_classes, latent_dim = gspec["num_classes"], gspec["model"]["latent_dim"]
-    classes = espec["task"] == "classes"
+    classes = evaluator.spec["task"] == "classes"
 
-    ref = embed(net, train.images, ecfg.batch_size)
+    refs = reference.features(params, prepared_dir, extractor, reference_path)
+    ref = refs["train"]
     rng = np.random.default_rng(params.seed)
     val_idx = np.sort(rng.choice(len(val.labels), size=n, replace=n > len(val.labels)))
     # precision/recall compare k-NN manifolds of sets of one size: as many training images as samples
     ref_subset = ref[np.sort(rng.choice(len(ref), size=min(n, len(ref)), replace=False))]
 
-    def score(features: torch.Tensor, manifolds: bool = True) -> dict:
+    @torch.no_grad()
+    def probabilities(images, features: torch.Tensor) -> torch.Tensor:
+        """The evaluator's class probabilities (its own features, whatever the FID extractor)."""
+        own = features if extractor is evaluator else evaluator(images)
+        return evaluator.net.classifier(own).softmax(1)
+
+    def score(images, features: torch.Tensor, manifolds: bool = True) -> dict:
         scores = fid_kid(ref, features, ecfg.kid_subset_size, ecfg.kid_subsets, params.seed)
-        if classes:  # the evaluator's class probabilities, from the same features
-            with torch.no_grad():
-                scores |= classifier_scores(net.classifier(features).softmax(1))
+        if classes:
+            scores |= classifier_scores(probabilities(images, features))
         return scores | (prdc(ref_subset, features) if manifolds else {})
 
-    real_features = embed(net, val.images[val_idx], ecfg.batch_size)
-    floor = score(real_features)
+    real_images = val.images[val_idx]
+    real_features = refs["val"][val_idx]
+    floor = score(real_images, real_features)
     fakes, fake_labels = generate(g, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)
-    fake_features = embed(net, fakes, ecfg.batch_size)
-    model = score(fake_features)
+    fake_features = extractor(fakes, label="generated")
+    model = score(fakes, fake_features)
     torch.manual_seed(params.seed)  # the untrained G is the one training started from
     untrained = build_generator(ModelConfig(**gspec["model"]), gspec["image_size"], gspec["channels"],
                                 built_classes(gspec))  # fmt: skip
     ceiling_images = generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)[0]
-    ceiling = score(embed(net, ceiling_images, ecfg.batch_size), False)
+    ceiling = score(ceiling_images, extractor(ceiling_images, label="untrained"), False)
 
     fake_nn, fake_nearest = nearest(fake_features, ref)
     share = copy_share(fake_nn, nearest(real_features, ref)[0])
@@ -159,11 +148,12 @@ def evaluate(
         "num_samples": n,
         "num_reference": len(train.labels),
         "resolution": gspec["image_size"],
-        "feature_extractor": f"evaluator ({espec['task']} CNN, {espec['features']}-d features)",
+        "feature_extractor": extractor.description,
+        "extractor_sha256": extractor.identity["extractor_sha256"],
     }
     if num_classes and classes:
         names = gspec["class_names"]
-        result |= _class_accuracy(net, fakes, fake_labels, names)
+        result |= _class_accuracy(evaluator.net, fakes, fake_labels, names)
         result |= _per_class_fid(ref, np.asarray(train.labels), fake_features, fake_labels, real_features,
                                  np.asarray(val.labels)[val_idx], names)  # fmt: skip
     if comparison_png:

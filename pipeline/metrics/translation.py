@@ -25,9 +25,9 @@ from pipeline.artifacts import read_json
 from pipeline.config import Params
 from pipeline.data.dataset import load_split, to_float
 from pipeline.grid import labelled_figure, save_figure
+from pipeline.metrics import reference
 from pipeline.metrics.distance import fid_kid
-from pipeline.metrics.evaluator import load_evaluator
-from pipeline.metrics.suite import embed
+from pipeline.metrics.features import extractor_for
 from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
 
@@ -59,26 +59,29 @@ def evaluate_translation(
     evaluator_path: Path | str = layout.EVALUATOR,
     prepared_dir: Path | str = layout.PREPARED,
     comparison_png: Path | str | None = layout.EVAL_COMPARISON,
+    reference_path: Path | str | None = None,
 ) -> dict:
-    """The metrics dict written to metrics/eval.json for task: translate."""
+    """The metrics dict written to metrics/eval.json for task: translate (real images' features
+    from `reference_path`, the reference stage's output, when it exists)."""
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
     gens, _ = load_translators(generator_path)
-    net, espec = load_evaluator(evaluator_path)
+    extractor = extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size)
     paired = bool(read_json(Path(prepared_dir) / "manifest.json").get("paired"))
     val_a = to_float(load_split(prepared_dir, "val", "A").images)
     val_b = to_float(load_split(prepared_dir, "val", "B").images)
-    ref_b = load_split(prepared_dir, "train", "B").images
     out_ab = translate_all(gens["AB"], val_a)
 
-    ref = embed(net, ref_b, ecfg.batch_size)
+    refs = reference.features(params, prepared_dir, extractor, reference_path)
+    ref = refs["train_B"]
     subset = min(ecfg.kid_subset_size, len(val_a), len(val_b))
 
-    def distance(images: torch.Tensor) -> dict:
-        return fid_kid(ref, embed(net, images, ecfg.batch_size), subset, ecfg.kid_subsets, params.seed)
+    def distance(features: torch.Tensor) -> dict:
+        return fid_kid(ref, features, subset, ecfg.kid_subsets, params.seed)
 
-    model, floor, identity = distance(out_ab), distance(val_b), distance(val_a)
+    model = distance(extractor(out_ab, label="translated"))
+    floor, identity = distance(refs["val_B"]), distance(refs["val_A"])
     span = identity["fid"] - floor["fid"]
     result: dict = {
         "task": "translate",
@@ -91,8 +94,9 @@ def evaluate_translation(
         "fid_position": round((model["fid"] - floor["fid"]) / span, 4) if span > 0 else None,
         "num_val_a": len(val_a),
         "num_val_b": len(val_b),
-        "num_reference": len(ref_b),
-        "feature_extractor": f"evaluator ({espec['task']} CNN on domain B, {espec['features']}-d features)",
+        "num_reference": len(ref),
+        "feature_extractor": f"{extractor.description}, of domain B",
+        "extractor_sha256": extractor.identity["extractor_sha256"],
     }
     if paired:
         ours, base = paired_scores(out_ab, val_b), paired_scores(val_a, val_b)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.errors import UserError
+from pipeline.metrics.probe import FidProbe
 from pipeline.models.artifact import save_model
 from pipeline.provenance import source_hash
 from pipeline.runtime import resolve_device, resolve_precision, seed_everything, set_threads
@@ -47,6 +48,7 @@ class TrainPaths:
     generator: Path = layout.GENERATOR
     live_dir: Path | None = layout.DVCLIVE  # None: no DVCLive logs (benchmarks, machines without DVCLive)
     samples: Path = layout.SAMPLES
+    evaluator: Path = layout.EVALUATOR  # read only with train.fid_every (FID while training)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ def fingerprint(params: Params, prepared: Path, length_matters: bool = False, de
     schedule depends on it) and logging cadence: params, the prepared data, the training code
     (this module's import closure) and the kind of device the random streams live on (a CUDA
     generator's state cannot continue a CPU one's)."""
-    volatile = {"sample_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
+    volatile = {"sample_every", "fid_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
     if not length_matters:
         volatile.add("steps")
     payload = {
@@ -132,6 +134,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     start = _resume(objective, paths, fp, cfg.steps, world)
 
     live = open_live(paths.live_dir, start) if world.is_main and paths.live_dir is not None else None
+    probe = (FidProbe(paths.evaluator, paths.prepared, params.seed)
+             if cfg.fid_every and live is not None and params.task == "generate" else None)  # fmt: skip
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     t_said = t0
@@ -179,6 +183,10 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             for name, value in scalars.items():
                 live.log_metric(name, value)
             live.log_image(f"samples/{done:07d}.png", image)
+        if probe is not None and (done % cfg.fid_every == 0 or done == cfg.steps):
+            live.step = done
+            for name, value in probe(*objective.model_artifact()).items():
+                live.log_metric(name, value)
         if checkpoint_now:
             _checkpoint(objective, paths, fp, done, world)
     bar.close()

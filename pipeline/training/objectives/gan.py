@@ -281,7 +281,7 @@ class GanObjective:
         return [self.G, self.D]
 
     def model_artifact(self) -> tuple[dict, dict]:
-        return self.spec, self.G_ema.cpu().state_dict()
+        return self.spec, {k: v.detach().cpu() for k, v in self.G_ema.state_dict().items()}  # G_ema stays put
 
     def save_samples(self, path: Path) -> None:
         g = self.G_ema.to("cpu")

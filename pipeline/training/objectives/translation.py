@@ -192,7 +192,7 @@ class TranslationObjective:
         return [*self.G.values(), *self.D.values()]
 
     def model_artifact(self) -> tuple[dict, dict]:
-        return self.spec, {d: g.cpu().state_dict() for d, g in self.G_ema.items()}
+        return self.spec, {d: {k: v.detach().cpu() for k, v in g.state_dict().items()} for d, g in self.G_ema.items()}
 
     def save_samples(self, path: Path) -> None:
         cpu = torch.device("cpu")

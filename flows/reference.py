@@ -1,0 +1,35 @@
+"""reference: data/prepared/ (+ models/evaluator.pt) -> models/reference.pt, the real images' features."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from flows.stage import run_stage, stage_task
+from pipeline import layout
+from pipeline.config import load_params
+from pipeline.metrics import reference
+from pipeline.metrics.features import extractor_for
+from pipeline.runtime import set_threads
+
+
+@stage_task
+def embed_real_images(params_path: str) -> dict:
+    params = load_params(params_path)
+    set_threads()
+    extractor = extractor_for(params.evaluate.feature_extractor, layout.EVALUATOR, params.evaluate.batch_size)
+    key = reference.write(params, layout.PREPARED, extractor)["key"]
+    counts = ", ".join(f"{name} {n}" for name, n in key["counts"].items())
+    print(f"reference features: {extractor.description}; {counts} images; data {key['dataset_sha256'][:12]}")
+    return key
+
+
+@flow(name="reference")
+def reference_flow(params_path: str = str(layout.PARAMS)) -> dict:
+    """Embed the real images every evaluation compares against, once per data set and extractor."""
+    return embed_real_images(params_path)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(reference_flow))
