@@ -73,6 +73,11 @@ def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
     if best is None:  # e.g. a version promoted by hand from other outputs: nothing to compare with
         return Decision(False, "the champion has no FID in its metrics to compare with; promote by hand "
                                "(ganpipe registry promote) if the candidate should replace it")  # fmt: skip
+    ours, theirs = (str((m.get("eval") or {}).get("feature_extractor", "evaluator")).split(" ")[0]
+                    for m in (candidate, champion))  # fmt: skip
+    if ours != theirs:  # an Inception FID and an evaluator FID are different scales
+        return Decision(False, f"the candidate's FID is in {ours} features, the champion's in {theirs}: not comparable;"
+                               " promote by hand (ganpipe registry promote) if it should replace it")  # fmt: skip
     needed = best * (1.0 - margin)
     if fid < needed:
         return Decision(True, f"FID {fid:.4f} beats the champion's {best:.4f} by more than {margin:.0%}")

@@ -116,6 +116,9 @@ def test_decision_needs_a_margin_and_a_passed_export():
     assert not kept.promote and "does not beat the champion's 2.0500 by 5%" in kept.reason
     failed = compare({"eval": {"fid": 0.1}, "export": {"parity_passed": False}}, {"eval": {"fid": 9.0}}, 0.0)
     assert not failed.promote and "parity" in failed.reason
+    inception = {**good, "eval": {"fid": 2.0, "feature_extractor": "inception (pt_inception-2015-12-05)"}}
+    other_space = compare(inception, {"eval": {"fid": 90.0, "feature_extractor": "evaluator (classes CNN)"}}, 0.05)
+    assert not other_space.promote and "in inception features, the champion's in evaluator" in other_space.reason
     unmeasured = compare(good, {"eval": {}, "export": {"parity_passed": True}}, 0.05)  # was a KeyError
     assert not unmeasured.promote and "champion has no FID" in unmeasured.reason
 

@@ -95,6 +95,7 @@ def evaluate_translation(
         "num_val_a": len(val_a),
         "num_val_b": len(val_b),
         "num_reference": len(ref),
+        "resolution": int(val_a.shape[-1]),
         "feature_extractor": f"{extractor.description}, of domain B",
         "extractor_sha256": extractor.identity["extractor_sha256"],
     }
