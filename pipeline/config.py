@@ -126,6 +126,10 @@ class ModelConfig(_Section):
     n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")
     d_layers: int | None = Field(None, ge=1, description="translate: PatchGAN layers; null = scaled to image size")
     dropout: bool = Field(True, description="pix2pix: dropout in the U-Net decoder while training (off at export)")
+    unet_levels: int | None = Field(
+        None, ge=2, description="pix2pix: the U-Net's stride-2 levels; null = down to 1x1 (log2 of the image size). "
+        "Fewer levels see less than the whole image: local style, which generalises from few examples"
+    )
 
     @property
     def noise_classes(self) -> bool:
@@ -247,6 +251,10 @@ class Params(_Section):
                 raise ValueError("model.arch pix2pix learns from pairs: use data.layout paired or data.source glyphs")
             if self.train.nproc_per_node > 1:
                 raise ValueError("task translate trains in one process: set train.nproc_per_node: 1")
+            full = self.data.image_size.bit_length() - 1  # log2 of a power of two
+            if self.model.unet_levels is not None and self.model.unet_levels > full:
+                raise ValueError(f"model.unet_levels: at most log2(data.image_size) = {full} stride-2 levels fit "
+                                 f"{self.data.image_size}-px images, got {self.model.unet_levels}")  # fmt: skip
             return self
         if self.model.arch in translators:
             raise ValueError(f"model.arch {self.model.arch!r} is a translation model: set task: translate")

@@ -92,6 +92,33 @@ def test_unet_skip_connections_reach_the_output():
     assert diff[4:7, 4:7].max() > 0
 
 
+def test_unet_with_fewer_levels_sees_a_window_and_takes_multiples_of_two_to_the_levels():
+    """unet_levels: 3 stride-2 levels at 64 px keep an 8x8 bottleneck; an input pixel changes the
+    outputs near it, and far ones only through instance norm's per-image statistics (the
+    full-depth U-Net's 1x1 bottleneck carries it into every output pixel)."""
+    local, full = small_unet(64, levels=3).eval(), small_unet(64).eval()
+    assert (local.size_multiple, local.min_size, full.size_multiple) == (8, 8, 64)
+    x = images(1, 3, 64, 64)
+    y = x.clone()
+    y[0, :, 2, 2] = -y[0, :, 2, 2]
+    with torch.no_grad():
+        near_local, far_local = ((local(x) - local(y)).abs()[0].sum(0)[r] for r in (np.s_[:8, :8], np.s_[40:, 40:]))
+        far_full = (full(x) - full(y)).abs()[0].sum(0)[40:, 40:]
+        assert local(images(2, 3, 24, 40)).shape == (2, 3, 24, 40)  # any multiple of 8
+    assert far_local.max() < near_local.max() / 20 and far_local.max() < far_full.max() / 5
+    with pytest.raises(ValueError, match=r"levels must be between 2 and log2\(image_size\) = 6, got 7"):
+        UnetGenerator(3, 3, 64, levels=7)
+
+
+def test_unet_levels_beyond_the_image_size_are_refused_by_name():
+    from conftest import tiny_params
+
+    raw = {"task": "translate", "data": {"source": "glyphs", "image_size": 32},
+           "model": {"arch": "pix2pix", "unet_levels": 6}}  # fmt: skip
+    with pytest.raises(ValueError, match=r"model\.unet_levels: at most log2\(data\.image_size\) = 5"):
+        tiny_params(**raw)
+
+
 @pytest.mark.parametrize(("image_size", "width"), [(32, 8), (64, 8), (64, 64)])
 def test_unet_dropout_is_in_three_decoder_levels_whatever_the_width(image_size, width):
     g = UnetGenerator(3, 3, image_size, width=width)
@@ -292,3 +319,6 @@ def test_unet_generator_exports_with_dynamic_batch_and_multiples_of_its_size(tmp
     g = small_unet(32).eval()
     export(g, tmp_path / "u.onnx", 32)
     assert max(ort_max_diff(g, tmp_path / "u.onnx", [(1, 3, 32, 32), (3, 3, 64, 32), (2, 3, 96, 64)])) <= 1e-4
+    shallow = small_unet(32, levels=3).eval()  # model.unet_levels: any multiple of 8
+    export(shallow, tmp_path / "s.onnx", 32)
+    assert max(ort_max_diff(shallow, tmp_path / "s.onnx", [(1, 3, 32, 32), (2, 3, 24, 40)])) <= 1e-4

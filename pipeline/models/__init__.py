@@ -107,7 +107,8 @@ def _resnet_translator(cfg: ModelConfig, image_size: int, channels: int, num_cla
 
 
 def _unet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
-    return translation.UnetGenerator(channels, channels, image_size, width=cfg.g_channels, dropout=cfg.dropout)
+    return translation.UnetGenerator(channels, channels, image_size, width=cfg.g_channels, dropout=cfg.dropout,
+                                     levels=cfg.unet_levels)  # fmt: skip
 
 
 def _patch_discriminator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:

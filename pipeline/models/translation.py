@@ -108,21 +108,26 @@ class _UnetBlock(nn.Module):
 
 
 class UnetGenerator(nn.Module):
-    """pix2pix's U-Net: log2(image_size) stride-2 levels (down to 1x1 at the training size),
-    each decoder level concatenated with its encoder twin. Widths double from `width` up to
-    `max_width`. With `dropout`, the three decoder levels just outside the innermost one use
-    dropout 0.5 while training (pix2pix's noise source, where the reference code puts it at
-    256 px); counted by level, not by width, so narrow models keep it. Off in eval mode and so
-    in the export.
-    Any H, W that are multiples of `size_multiple` (= image_size) work."""
+    """pix2pix's U-Net: `levels` stride-2 levels (default log2(image_size): down to 1x1 at the
+    training size), each decoder level concatenated with its encoder twin. Widths double from
+    `width` up to `max_width`. With `dropout`, the three decoder levels just outside the
+    innermost one use dropout 0.5 while training (pix2pix's noise source, where the reference
+    code puts it at 256 px); counted by level, not by width, so narrow models keep it. Off in
+    eval mode and so in the export.
+    Any H, W that are multiples of `size_multiple` (= 2 ** levels) work: with fewer levels than
+    log2(image_size) the bottleneck keeps a spatial grid and each output pixel sees only a
+    window of the input, not the whole image."""
 
     def __init__(self, in_channels: int, out_channels: int, image_size: int, width: int = 64, max_width: int = 512,
-                 dropout: bool = True):  # fmt: skip
+                 dropout: bool = True, levels: int | None = None):  # fmt: skip
         super().__init__()
-        depth = int(math.log2(image_size))
-        if 2**depth != image_size or depth < 2:
+        full = int(math.log2(image_size))
+        if 2**full != image_size or full < 2:
             raise ValueError(f"UnetGenerator: image_size must be a power of two >= 4, got {image_size}")
-        self.size_multiple = self.min_size = image_size
+        depth = full if levels is None else levels
+        if not 2 <= depth <= full:
+            raise ValueError(f"UnetGenerator: levels must be between 2 and log2(image_size) = {full}, got {depth}")
+        self.size_multiple = self.min_size = 2**depth
         widths = [min(width * 2**i, max_width) for i in range(depth)]  # each level's inner width, outermost first
         dropout_levels = range(max(1, depth - 4), depth - 1) if dropout else range(0)
         block: nn.Module | None = None
