@@ -84,6 +84,10 @@ class DataConfig(_Section):
 
 class AugmentConfig(_Section):
     hflip: bool = Field(False, description="random horizontal flips of real images (classic augmentation)")
+    jitter: int = Field(
+        0, ge=0, le=64, description="translate: pix2pix's random jitter, both images of a pair resized to image_size "
+        "+ jitter and cropped back at one random place (the reference: 30 at 256 px); 0 = off"
+    )
     diffaugment: str = Field("", description="comma-separated DiffAugment policies: color, translation, cutout")
     ada: bool = Field(False, description="adapt the DiffAugment probability p to D's overfitting (ADA-style)")
     ada_target: float = Field(0.6, gt=0, lt=1, description="target r_t = E[sign(D(real))]; above it p rises")
@@ -260,6 +264,8 @@ class Params(_Section):
             raise ValueError(f"model.arch {self.model.arch!r} is a translation model: set task: translate")
         if self.data.two_domain:
             raise ValueError("two-domain data (glyphs, unpaired, paired) is for task: translate")
+        if self.augment.jitter:
+            raise ValueError("augment.jitter crops pairs for task: translate; generation uses augment.diffaugment")
         if self.augment.ada and not self.augment.diffaugment:
             raise ValueError("augment.ada adapts the probability of the DiffAugment policies: set augment.diffaugment")
         batch_norm = self.model.d_norm == "batch" and self.model.arch != "stylegan2"  # its D has no batch norm

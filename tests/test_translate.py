@@ -53,14 +53,34 @@ def paths_in(tmp_path, prepared) -> TrainPaths:
     )
 
 
+def test_jitter_crops_both_images_of_a_pair_at_the_same_random_place(glyphs16):
+    from pipeline.training.distributed import World
+    from pipeline.training.objectives import make_objective
+
+    params = parse_params(merge(translate_params("pix2pix"), {"augment": {"jitter": 4}}))
+    obj = make_objective(params, glyphs16, torch.device("cpu"), torch.float32, World())
+    x = torch.rand(8, 1, 16, 16)
+    a, b = obj.jitter(x, x.clone())
+    assert a.shape == x.shape and torch.equal(a, b)  # one window for both images of a pair
+    big = torch.nn.functional.interpolate(x, size=(20, 20), mode="bilinear", align_corners=False)
+    places = [(dy, dx) for dy in range(5) for dx in range(5)]
+    windows = [next(p for p in places if torch.equal(a[i], big[i, :, p[0] : p[0] + 16, p[1] : p[1] + 16]))
+               for i in range(8)]  # fmt: skip
+    assert len(set(windows)) > 1  # a random place per row
+    obj.jitter_pixels = 0
+    assert obj.jitter(x)[0] is x  # off: untouched
+
+
 @pytest.mark.parametrize("arch", ["cyclegan", "pix2pix"])
 def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
     from pipeline.models.artifact import load_translators
 
-    # constant lrs: a 3-step run continued to 6 is then the same run as 6 steps in one go
-    once = parse_params(translate_params(arch, lr_decay_start=1.0))
+    # constant lrs: a 3-step run continued to 6 is then the same run as 6 steps in one go; with jitter,
+    # whose random stream the checkpoint carries too
+    jitter = {"augment": {"jitter": 2}}
+    once = parse_params(merge(translate_params(arch, lr_decay_start=1.0), jitter))
     train(once, paths_in(tmp_path / "once", glyphs16), progress=False)
-    half = parse_params(translate_params(arch, steps=3, lr_decay_start=1.0))
+    half = parse_params(merge(translate_params(arch, steps=3, lr_decay_start=1.0), jitter))
     paths = paths_in(tmp_path / "twice", glyphs16)
     train(half, paths, progress=False)
     result = train(once, paths, progress=False)

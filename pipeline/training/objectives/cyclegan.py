@@ -34,6 +34,7 @@ class CycleGanObjective(TranslationObjective):
         cfg, G, D = self.cfg, self.G, self.D
         real_a, _ = self.batches_a.take(self.batches_a.draw())
         real_b, _ = self.batches_b.take(self.batches_b.draw())
+        (real_a,), (real_b,) = self.jitter(real_a), self.jitter(real_b)  # unpaired: each domain on its own
 
         self.start_g_step()
         with autocast(self.device, self.precision):

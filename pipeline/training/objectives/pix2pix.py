@@ -23,6 +23,7 @@ class Pix2PixObjective(TranslationObjective):
         idx = self.batches_a.draw()
         real_a, _ = self.batches_a.take(idx)
         real_b, _ = self.batches_b.take(idx)
+        real_a, real_b = self.jitter(real_a, real_b)  # the same window of both: the pair stays aligned
 
         self.start_g_step()
         with autocast(self.device, self.precision):

@@ -105,6 +105,8 @@ class TranslationObjective:
         self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
         self.batches_a = BatchSampler(data_a, cfg.batch_size, seed=params.seed + 1, device=device)
         self.batches_b = BatchSampler(data_b, cfg.batch_size, seed=params.seed + 2, device=device)
+        self.jitter_pixels = params.augment.jitter
+        self.jitter_gen = torch.Generator().manual_seed(params.seed + 3)
         ab = self.G["AB"]
         self.spec = translator_spec(params, image_size, channels, ab.size_multiple, ab.min_size)
         for m in [*self.G.values(), *self.D.values()]:
@@ -118,6 +120,21 @@ class TranslationObjective:
         raise NotImplementedError
 
     # -- pieces of a step ------------------------------------------------------------------------
+    def jitter(self, *batches: torch.Tensor) -> list[torch.Tensor]:
+        """augment.jitter: pix2pix's random jitter. Each batch [N, C, H, W] is resized to H + j and
+        cropped back to H x W at a random place per row; the same place in every batch given, so
+        a pair (A, B) stays aligned."""
+        if not self.jitter_pixels:
+            return list(batches)
+        j = self.jitter_pixels
+        n, _, h, w = batches[0].shape
+        offsets = torch.randint(0, j + 1, (n, 2), generator=self.jitter_gen).tolist()
+        out = []
+        for x in batches:
+            big = torch.nn.functional.interpolate(x, size=(h + j, w + j), mode="bilinear", align_corners=False)
+            out.append(torch.stack([big[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]))
+        return out
+
     def d_loss(self, disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             real_logits, fake_logits = disc(real), disc(fake)
@@ -176,7 +193,8 @@ class TranslationObjective:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": {"a": self.batches_a.generator.get_state(), "b": self.batches_b.generator.get_state()},
+            "rng": {"a": self.batches_a.generator.get_state(), "b": self.batches_b.generator.get_state(),
+                    "jitter": self.jitter_gen.get_state()},
         }  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
@@ -187,6 +205,7 @@ class TranslationObjective:
             getattr(self, name).load_state_dict(state[name])
         self.batches_a.generator.set_state(state["rng"]["a"])
         self.batches_b.generator.set_state(state["rng"]["b"])
+        self.jitter_gen.set_state(state["rng"]["jitter"])
 
     def trained_modules(self) -> list[torch.nn.Module]:
         return [*self.G.values(), *self.D.values()]
