@@ -76,7 +76,8 @@ def run(ctx: Context) -> dict:
         real_f, t["embed_real"] = _timed(lambda: embed(net, real, ev.batch_size).cpu(), dev)
         _, t["fid_kid"] = _timed(lambda: fid_kid(real_f, fake_f, ev.kid_subset_size, ev.kid_subsets, seed), dev)
         _, t["prdc"] = _timed(lambda: prdc(real_f, fake_f), dev)
-        _, t["classifier"] = _timed(lambda: classifier_scores(net.net.classifier(fake_f.to(dev)).softmax(1)), dev)
+        with torch.no_grad():
+            _, t["classifier"] = _timed(lambda: classifier_scores(net.net.classifier(fake_f.to(dev)).softmax(1)), dev)
         _, t["bootstrap"] = _timed(lambda: bootstrap_fid(real_f, fake_f, seed=seed), dev)
         half = n // 2  # the real floor's distances: one half of the real images to the other
         floor_nn = lambda: nearest(real_f[:half], real_f[half:])[0]  # noqa: E731
