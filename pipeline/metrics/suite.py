@@ -99,10 +99,9 @@ def evaluate(
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
-    evaluator = EvaluatorFeatures(evaluator_path, ecfg.batch_size)
-    extractor = extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size)
-    if extractor.name == evaluator.name:
-        extractor = evaluator
+    evaluator = EvaluatorFeatures(evaluator_path, ecfg.batch_size)  # its classes give the confidence in any case
+    extractor = (evaluator if ecfg.feature_extractor == evaluator.name
+                 else extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size))  # fmt: skip
     g, gspec = load_generator(generator_path)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     n = ecfg.num_samples or len(val.labels)
