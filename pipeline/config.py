@@ -129,11 +129,23 @@ class ModelConfig(_Section):
     spectral_norm: bool = False
     n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")
     d_layers: int | None = Field(None, ge=1, description="translate: PatchGAN layers; null = scaled to image size")
-    dropout: bool = Field(True, description="pix2pix: dropout in the U-Net decoder while training (off at export)")
+    dropout: bool = Field(
+        True, description="pix2pix: dropout in the U-Net decoder while training (off at export; the U-Net only)"
+    )
     unet_levels: int | None = Field(
         None, ge=2, description="pix2pix: the U-Net's stride-2 levels; null = down to 1x1 (log2 of the image size). "
         "Fewer levels see less than the whole image: local style, which generalises from few examples"
     )
+    translator: Literal["unet", "resnet"] | None = Field(
+        None, description="task translate: the translator network, unet (pix2pix's U-Net) or resnet (CycleGAN's "
+        "residual G: full-resolution stem, two stride-2 levels, n_blocks residual blocks); null = the reference's "
+        "choice for the arch (pix2pix: unet, cyclegan: resnet). Both reference codebases let either model use either"
+    )
+
+    @property
+    def translator_net(self) -> str:
+        """The translator network a style-transfer arch builds: model.translator, or the arch's reference one."""
+        return self.translator or ("unet" if self.arch == "pix2pix" else "resnet")
 
     @property
     def noise_classes(self) -> bool:
@@ -256,6 +268,10 @@ class Params(_Section):
             if self.train.nproc_per_node > 1:
                 raise ValueError("task translate trains in one process: set train.nproc_per_node: 1")
             full = self.data.image_size.bit_length() - 1  # log2 of a power of two
+            if self.model.unet_levels is not None and self.model.translator_net != "unet":
+                raise ValueError("model.unet_levels shapes the U-Net translator, and model.translator is "
+                                 f"{self.model.translator_net!r} here: set model.unet_levels: null (model.n_blocks "
+                                 "sets the ResNet's depth) or model.translator: unet")  # fmt: skip
             if self.model.unet_levels is not None and self.model.unet_levels > full:
                 raise ValueError(f"model.unet_levels: at most log2(data.image_size) = {full} stride-2 levels fit "
                                  f"{self.data.image_size}-px images, got {self.model.unet_levels}")  # fmt: skip
@@ -266,6 +282,9 @@ class Params(_Section):
             raise ValueError("two-domain data (glyphs, unpaired, paired) is for task: translate")
         if self.augment.jitter:
             raise ValueError("augment.jitter crops pairs for task: translate; generation uses augment.diffaugment")
+        if self.model.translator is not None:
+            raise ValueError("model.translator chooses a style-transfer network (task: translate): "
+                             "set model.translator: null")
         if self.augment.ada and not self.augment.diffaugment:
             raise ValueError("augment.ada adapts the probability of the DiffAugment policies: set augment.diffaugment")
         batch_norm = self.model.d_norm == "batch" and self.model.arch != "stylegan2"  # its D has no batch norm

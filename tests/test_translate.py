@@ -144,11 +144,12 @@ def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
     assert blob["spec"]["task"] == "translate"
 
 
-def export_trained(tmp_path_factory, glyphs16, arch: str):
+def export_trained(tmp_path_factory, glyphs16, arch: str, **model):
     from pipeline.export import export_translators
 
     root = tmp_path_factory.mktemp(f"{arch}-export")
-    train(parse_params(translate_params(arch)), paths_in(root, glyphs16), progress=False)
+    params = parse_params(merge(translate_params(arch), {"model": model}))
+    train(params, paths_in(root, glyphs16), progress=False)
     metrics = export_translators(root / "generator.pt", root / "exports", card_path=root / "exports" / "card.json")
     return root, metrics
 
@@ -167,6 +168,26 @@ def test_pix2pix_export_is_dynamic_in_size_down_to_its_training_size(tmp_path_fa
     model = OnnxTranslator(root / "exports" / "generator_AB.onnx")
     assert model.size_multiple == 16 and not (root / "exports" / "generator_BA.onnx").exists()
     assert model.translate(np.zeros((1, 1, 16, 48), dtype=np.float32)).shape == (1, 1, 16, 48)
+
+
+def test_pix2pix_with_the_resnet_translator_trains_exports_and_takes_multiples_of_four(tmp_path_factory, glyphs16):
+    """model.translator: resnet gives pix2pix CycleGAN's generator: two stride-2 levels, so the
+    export takes any multiple of 4 from 8 px (the U-Net's takes multiples of its training size)."""
+    from pipeline.inference import OnnxTranslator
+    from pipeline.models.artifact import load_translators
+    from pipeline.models.translation import ResnetGenerator
+
+    root, metrics = export_trained(tmp_path_factory, glyphs16, "pix2pix", translator="resnet")
+    gens, spec = load_translators(root / "generator.pt")
+    assert spec["model"]["translator"] == "resnet" and isinstance(gens["AB"], ResnetGenerator)
+    assert len(gens["AB"].net) > 10 and spec["size_multiple"] == 4 and spec["min_size"] == 8
+    assert metrics["parity_passed"] and set(metrics["directions"]) == {"AB"}
+    model = OnnxTranslator(root / "exports" / "generator_AB.onnx")
+    assert (model.size_multiple, model.min_size) == (4, 8)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 1, 12, 20)).astype(np.float32)
+    with torch.no_grad():
+        expected = gens["AB"](torch.from_numpy(x)).numpy()
+    assert np.abs(model.translate(x) - expected).max() <= 1e-4
 
 
 def test_export_matches_pytorch_at_two_spatial_sizes(exported_cyclegan):
@@ -242,6 +263,11 @@ def test_translate_params_are_checked_together():
                       "model": {"arch": "pix2pix"}})  # fmt: skip
     with pytest.raises(ConfigError, match="is a translation model: set task: translate"):
         parse_params({"model": {"arch": "cyclegan"}})
+    with pytest.raises(ConfigError, match=r"model\.unet_levels shapes the U-Net translator, .* is 'resnet'"):
+        parse_params({"task": "translate", "data": GLYPHS, "model": {"arch": "pix2pix", "translator": "resnet",
+                                                                     "unet_levels": 3}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"model\.translator chooses a style-transfer network"):
+        parse_params({"model": {"translator": "unet"}})
     with pytest.raises(ConfigError, match="task translate trains in one process"):
         parse_params({"task": "translate", "data": GLYPHS, "model": {"arch": "cyclegan"},
                       "train": {"nproc_per_node": 2}})  # fmt: skip

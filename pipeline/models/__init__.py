@@ -102,11 +102,10 @@ def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: 
                                    cfg.conditioning)  # fmt: skip
 
 
-def _resnet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
-    return translation.ResnetGenerator(channels, channels, width=cfg.g_channels, n_blocks=cfg.n_blocks)
-
-
-def _unet_translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+def _translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    """cfg.translator_net: CycleGAN's ResNet G (cyclegan's reference default) or pix2pix's U-Net."""
+    if cfg.translator_net == "resnet":
+        return translation.ResnetGenerator(channels, channels, width=cfg.g_channels, n_blocks=cfg.n_blocks)
     return translation.UnetGenerator(channels, channels, image_size, width=cfg.g_channels, dropout=cfg.dropout,
                                      levels=cfg.unet_levels)  # fmt: skip
 
@@ -130,8 +129,8 @@ ARCHS = {
     "dcgan": Family(_adversarial_g(dcgan.Generator), _adversarial_d(dcgan.Discriminator), init_dcgan),
     "resnet": Family(_adversarial_g(resnet.Generator), _adversarial_d(resnet.Discriminator), init_resnet),
     "stylegan2": Family(_stylegan2_g, _stylegan2_d, init_stylegan2),
-    "cyclegan": Family(_resnet_translator, _patch_discriminator, translation.init_translation, ("AB", "BA")),
-    "pix2pix": Family(_unet_translator, _patch_discriminator, translation.init_translation, ("AB",)),
+    "cyclegan": Family(_translator, _patch_discriminator, translation.init_translation, ("AB", "BA")),
+    "pix2pix": Family(_translator, _patch_discriminator, translation.init_translation, ("AB",)),
 }
 
 

@@ -17,14 +17,14 @@ from pipeline.config import ModelConfig, Params
 from pipeline.errors import MissingInput
 from pipeline.models import build_generator, directions
 
-# Model keys that shape one architecture only: the spec of another architecture leaves them out,
+# Model keys that shape some architectures only: the spec of another architecture leaves them out,
 # so adding an architecture does not change the artifacts of the others.
-ARCH_ONLY_KEYS = {"mapping_layers": "stylegan2"}
+ARCH_ONLY_KEYS = {"mapping_layers": ("stylegan2",), "translator": ("cyclegan", "pix2pix")}
 
 
 def model_spec(params: Params) -> dict:
     arch = params.model.arch
-    exclude = {k for k, a in ARCH_ONLY_KEYS.items() if a != arch}
+    exclude = {k for k, archs in ARCH_ONLY_KEYS.items() if arch not in archs}
     if not params.model.noise_classes:  # left out where off: the artifacts of every other model stay as they were
         exclude.add("classes_from_noise")
     return params.model.model_dump(mode="json", exclude=exclude)
