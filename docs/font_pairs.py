@@ -160,19 +160,15 @@ def figure(results: dict, work: Path) -> Figure:
     """Input, output and target rows of each pair's first held-out characters, labelled with its gain."""
     from pipeline.grid import labelled_figure
 
-    panels, labels = [], []
-    for name in PAIRS:
-        if name in results and (work / name / "panel.npz").is_file():
-            p = np.load(work / name / "panel.npz")
-            r = results[name]
-            panels.append(np.concatenate([p["input"], p["output"], p["target"]]))
-            labels.append(f"{' → '.join(Path(f).stem for f in r['fonts'])}\nrows: input, pix2pix, target\n"
-                          f"L1 {100 * r['l1_lower_by']:.1f} % lower than input")  # fmt: skip
-    if not panels:
+    shown = [(np.load(work / name / "panel.npz"), results[name]) for name in PAIRS
+             if name in results and (work / name / "panel.npz").is_file()]  # fmt: skip
+    if not shown:
         raise UserError(f"no panels under {work}: run some pairs first")
-    nrow = min(len(p) // 3 for p in panels)
-    panels = [np.concatenate([p[i * (len(p) // 3) :][:nrow] for i in range(3)]) for p in panels]
-    title = "The pix2pix preset on held-out characters of four font pairs"
+    nrow = min(len(p["input"]) for p, _ in shown)  # the same number of characters for every pair
+    panels = [np.concatenate([p[row][:nrow] for row in ("input", "output", "target")]) for p, _ in shown]
+    labels = [f"{' → '.join(Path(f).stem for f in r['fonts'])}\nrows: input, pix2pix, target\n"
+              f"L1 {100 * r['l1_lower_by']:.1f} % lower than input" for _, r in shown]  # fmt: skip
+    title = f"The pix2pix preset on held-out characters of {len(shown)} font pair{'s' * (len(shown) > 1)}"
     return labelled_figure(panels, labels, title, nrow=nrow, stacked=True, scale=1.5)
 
 
