@@ -110,9 +110,9 @@ class ModelConfig(_Section):
     conditional: bool = False
     conditioning: Literal["projection", "acgan"] = "projection"
     classes_from_noise: bool = Field(
-        False, description="unconditional dcgan/resnet: train G and D on the classes (as conditional models do) "
-        "with each sample's class drawn from its noise (the argmax of z's first K entries), so samples keep to "
-        "one class while the exported model still takes z alone; conditional models and stylegan2 ignore it"
+        False, description="unconditional dcgan/resnet/stylegan2: train G and D on the classes (as conditional "
+        "models do) with each sample's class drawn from its noise (the argmax of z's first K entries), so samples "
+        "keep to one class while the exported model still takes z alone; conditional models ignore it"
     )
     latent_dim: int = Field(64, ge=1, le=4096)
     g_channels: int = Field(
@@ -149,8 +149,8 @@ class ModelConfig(_Section):
 
     @property
     def noise_classes(self) -> bool:
-        """Whether classes_from_noise applies: unconditional dcgan or resnet."""
-        return self.classes_from_noise and not self.conditional and self.arch in ("dcgan", "resnet")
+        """Whether classes_from_noise applies: unconditional dcgan, resnet or stylegan2."""
+        return self.classes_from_noise and not self.conditional and self.arch in ("dcgan", "resnet", "stylegan2")
 
 
 class TrainConfig(_Section):

@@ -63,10 +63,11 @@ def test_inconsistent_combinations_are_refused_with_the_fix_named():
         parse_params({"train": {"loss": "wgan-gp"}})
     with pytest.raises(ConfigError, match="must divide evenly"):
         parse_params({"train": {"batch_size": 10, "nproc_per_node": 4}})
-    # drawing the class from the noise applies to unconditional dcgan and resnet only
-    assert parse_params({"model": {"classes_from_noise": True}}).model.noise_classes
-    for other in ({"conditional": True}, {"arch": "stylegan2"}):
-        assert not parse_params({"model": {"classes_from_noise": True, **other}}).model.noise_classes
+    # drawing the class from the noise applies to unconditional image generators only
+    for arch in ("dcgan", "resnet", "stylegan2"):
+        assert parse_params({"model": {"classes_from_noise": True, "arch": arch}}).model.noise_classes
+        assert not parse_params({"model": {"classes_from_noise": True, "arch": arch, "conditional": True}}) \
+            .model.noise_classes  # fmt: skip
     ok = parse_params({"train": {"loss": "wgan-gp", "n_critic": 5}, "model": {"d_norm": "none"}})
     assert ok.train.n_critic == 5
 

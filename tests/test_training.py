@@ -163,7 +163,10 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
             },
             "train": {"data_fraction": 0.5},
         },
-        {"model": {"arch": "stylegan2", "mapping_layers": 2}, "train": {"r1_gamma": 0.1, "r1_every": 4, "pl_every": 2}},
+        {
+            "model": {"arch": "stylegan2", "mapping_layers": 2, "classes_from_noise": True},
+            "train": {"r1_gamma": 0.1, "r1_every": 4, "pl_every": 2, "style_mixing": 0.5},
+        },
         {
             "model": {"arch": "stylegan2", "mapping_layers": 2, "conditional": True},
             "train": {"loss": "hinge", "style_mixing": 0.5, "ema_kimg": 0.5},
@@ -179,7 +182,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
         "acgan",
         "diffaugment",
         "ada-hflip-subset",
-        "stylegan2-r1-pl",
+        "stylegan2-classes-from-noise-r1-pl-mixing",
         "stylegan2-cond-ada",
     ],
 )
@@ -192,15 +195,17 @@ def test_every_objective_and_architecture_trains_and_resumes_exactly(prepared_di
     assert_same_weights(weights(full.generator), weights(part.generator))
 
 
-def test_classes_from_noise_train_a_conditional_pair_behind_an_unconditional_interface(prepared_digits, tmp_path):
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan2"])
+def test_classes_from_noise_train_a_conditional_pair_behind_an_unconditional_interface(prepared_digits, tmp_path,
+                                                                                       arch):  # fmt: skip
     from pipeline.export import export_generator
     from pipeline.inference import OnnxGenerator
     from pipeline.models import ClassesFromNoise
     from pipeline.training.distributed import World
-    from pipeline.training.objectives.gan import GanObjective
+    from pipeline.training.objectives import make_objective
 
-    params = tiny_params(model={"classes_from_noise": True})
-    obj = GanObjective(params, prepared_digits, torch.device("cpu"), torch.float32, World())
+    params = tiny_params(model={"classes_from_noise": True, "arch": arch, "mapping_layers": 2})
+    obj = make_objective(params, prepared_digits, torch.device("cpu"), torch.float32, World())
     assert obj.D.head.embed is not None  # D judges each fake against the class G drew for it
     _, z, y = obj._draw()
     assert torch.equal(y, z[:, :10].argmax(1)) and len(y.unique()) > 5
@@ -215,6 +220,15 @@ def test_classes_from_noise_train_a_conditional_pair_behind_an_unconditional_int
     metrics = export_generator(out.generator, tmp_path / "g.onnx")  # the contract: z in, images out
     gen = OnnxGenerator(tmp_path / "g.onnx")
     assert metrics["parity_passed"] and gen.info.num_classes == 0 and gen.generate(3).shape == (3, 1, 16, 16)
+    # stylegan2 keeps its optional truncation input, and truncation still pulls towards the average w
+    assert gen.info.truncation == (arch == "stylegan2")
+    if arch == "stylegan2":
+        assert metrics["max_abs_diff"] <= 1e-4 and "batch_16_psi_0.5" in metrics["max_abs_diff_per_batch"]
+        zero = gen.generate(3, seed=1, truncation_psi=0.0)
+        assert np.abs(zero - zero[0]).max() < 1e-5  # psi 0: one image, whatever z's class
+        ws = g.ws(z)  # every layer's w; the class embedding went in, so w depends on z's argmax class
+        assert ws.shape[:2] == (6, g.num_ws)
+        np.testing.assert_allclose(ws.detach().numpy(), g.inner.ws(z, z[:, :10].argmax(1)).detach().numpy())
 
 
 def merge_params(*overs):

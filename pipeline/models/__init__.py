@@ -76,6 +76,21 @@ class ClassesFromNoise(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         return self.inner(z, self.classes(z, self.num_classes), *args, **kwargs)
 
+    # StyleGAN2's parts (truncation, w per layer, synthesis), for the objective and the export
+    @property
+    def truncation(self) -> bool:
+        return bool(getattr(self.inner, "truncation", False))
+
+    @property
+    def num_ws(self) -> int:
+        return self.inner.num_ws
+
+    def ws(self, z: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        return self.inner.ws(z, self.classes(z, self.num_classes), *args, **kwargs)
+
+    def synthesis(self, *args, **kwargs) -> torch.Tensor:
+        return self.inner.synthesis(*args, **kwargs)
+
 
 def _adversarial_g(make: Callable) -> Callable:
     def build(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:

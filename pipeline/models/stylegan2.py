@@ -5,7 +5,9 @@ embedding of a conditional model, into w; a learned constant 4x4 input is refine
 block by modulated, demodulated 3x3 convolutions, each followed by per-pixel noise with a
 learned strength; every resolution adds its RGB through a skip connection. D: residual
 blocks down to 4x4, minibatch standard deviation, a conv and two linear layers, the shared
-head (projection or ACGAN). Every weight uses the equalised learning rate.
+head (projection or ACGAN). Every weight but the head's uses the equalised learning rate: with
+it there too (the official conditional D's form), D learned the classes slower; measured on the
+digits with classes drawn from the noise, FID 2.24 against 1.43 after 3,000 steps.
 
 Written without custom CUDA ops, so the same code runs on CPU, CUDA and in ONNX:
 - Up- and downsampling are bilinear: 2x bilinear upsampling is the [1, 3, 3, 1] FIR filter
