@@ -125,6 +125,10 @@ class ModelConfig(_Section):
         64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width; stylegan2: as g_channels"
     )
     mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: layers of the mapping network z -> w")
+    mbstd_group: int = Field(
+        4, ge=1, le=256, description="stylegan2: samples per minibatch-standard-deviation group in D (the largest "
+        "divisor of the batch up to this); 4 as in the paper, the whole batch of 32 as the official CIFAR-10 setting"
+    )
     d_norm: Literal["batch", "none"] = "batch"
     spectral_norm: bool = False
     n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")

@@ -162,6 +162,16 @@ def test_minibatch_stddev_sees_the_spread_within_each_group():
     out = minibatch_stddev(spread)
     assert out.shape == (8, 3, 4, 4) and torch.allclose(out[:, 2], torch.ones(8, 4, 4), atol=1e-3)
     assert minibatch_stddev(torch.randn(6, 2, 4, 4)).shape == (6, 3, 4, 4)  # group of 3 when 4 does not divide
+    # model.mbstd_group 8: one group of all eight, whose spread (0 and 2: std 1) every sample sees
+    alternating = (torch.arange(8) % 2 * 2.0)[:, None, None, None].expand(8, 2, 4, 4)  # 0, 2, 0, 2, ...: groups of 4
+    # (samples i, i+2, i+4, i+6) hold one value each, the group of 8 both
+    assert torch.allclose(minibatch_stddev(alternating)[:, 2], torch.full((8, 4, 4), 1e-4), atol=1e-4)
+    assert torch.allclose(minibatch_stddev(alternating, 8)[:, 2], torch.ones(8, 4, 4), atol=1e-3)
+    cfg = ModelConfig(arch="stylegan2", latent_dim=8, g_channels=8, d_channels=8, mbstd_group=8)
+    d8, d4 = build_discriminator(cfg, 8, 1), build_discriminator(cfg.model_copy(update={"mbstd_group": 4}), 8, 1)
+    d4.load_state_dict(d8.state_dict())  # the same weights: only the group differs
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert d8.mbstd_group == 8 and not torch.allclose(d8(x)[0], d4(x)[0])
 
 
 def test_conditional_generator_and_projection_discriminator_use_the_label():
@@ -189,8 +199,9 @@ def test_settings_that_do_not_fit_stylegan2_are_refused_by_name():
 
 def test_other_architectures_keep_their_spec_and_stylegan2_records_its_own():
     assert not {"mapping_layers", "translator"} & set(generator_spec(tiny_params(), 16, 1, [])["model"])
-    spec = generator_spec(tiny_params(model={"arch": "stylegan2", "mapping_layers": 3}), 16, 1, [])
-    assert spec["model"]["mapping_layers"] == 3
+    assert "mbstd_group" not in generator_spec(tiny_params(), 16, 1, [])["model"]
+    spec = generator_spec(tiny_params(model={"arch": "stylegan2", "mapping_layers": 3, "mbstd_group": 32}), 16, 1, [])
+    assert spec["model"]["mapping_layers"] == 3 and spec["model"]["mbstd_group"] == 32
 
 
 @pytest.fixture(scope="module")

@@ -164,7 +164,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
             "train": {"data_fraction": 0.5},
         },
         {
-            "model": {"arch": "stylegan2", "mapping_layers": 2, "classes_from_noise": True},
+            "model": {"arch": "stylegan2", "mapping_layers": 2, "classes_from_noise": True, "mbstd_group": 32},
             "train": {"r1_gamma": 0.1, "r1_every": 4, "pl_every": 2, "style_mixing": 0.5},
         },
         {

@@ -114,7 +114,7 @@ def _stylegan2_g(cfg: ModelConfig, image_size: int, channels: int, num_classes: 
 
 def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
     return stylegan2.Discriminator(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes),
-                                   cfg.conditioning)  # fmt: skip
+                                   cfg.conditioning, cfg.mbstd_group)  # fmt: skip
 
 
 def _translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:

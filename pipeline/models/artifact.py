@@ -19,7 +19,11 @@ from pipeline.models import build_generator, directions
 
 # Model keys that shape some architectures only: the spec of another architecture leaves them out,
 # so adding an architecture does not change the artifacts of the others.
-ARCH_ONLY_KEYS = {"mapping_layers": ("stylegan2",), "translator": ("cyclegan", "pix2pix")}
+ARCH_ONLY_KEYS = {
+    "mapping_layers": ("stylegan2",),
+    "mbstd_group": ("stylegan2",),
+    "translator": ("cyclegan", "pix2pix"),
+}
 
 
 def model_spec(params: Params) -> dict:

@@ -37,7 +37,7 @@ from pipeline.models.dcgan import num_blocks
 from pipeline.models.layers import DiscriminatorHead
 
 SQRT2 = math.sqrt(2.0)
-MAX_MBSTD_GROUP = 4
+MBSTD_GROUP = 4  # the paper's group size (model.mbstd_group sets it)
 
 
 def widths(width: int, image_size: int) -> dict[int, int]:
@@ -244,16 +244,16 @@ class Generator(nn.Module):
         return img if self.training else img.clamp(-1.0, 1.0)
 
 
-def _mbstd_group(n: int) -> int:
-    """The largest group size <= 4 that divides the batch."""
-    return next(g for g in range(min(MAX_MBSTD_GROUP, n), 0, -1) if n % g == 0)
+def _mbstd_group(n: int, group: int) -> int:
+    """The largest group size <= `group` that divides the batch."""
+    return next(g for g in range(min(group, n), 0, -1) if n % g == 0)
 
 
-def minibatch_stddev(x: torch.Tensor) -> torch.Tensor:
+def minibatch_stddev(x: torch.Tensor, group: int = MBSTD_GROUP) -> torch.Tensor:
     """Append one channel: the standard deviation across each group of samples, averaged over
     channels and pixels, so D can see a batch that lacks variety."""
     n, c, h, w = x.shape
-    g = _mbstd_group(n)
+    g = _mbstd_group(n, group)
     y = x.reshape(g, n // g, c, h, w).float()
     y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # [n // g]
     y = y.to(x.dtype).repeat(g)[:, None, None, None].expand(n, 1, h, w)
@@ -277,8 +277,9 @@ class DBlock(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, image_size: int, channels: int, width: int = 64, num_classes: int = 0,
-                 conditioning: str = "projection"):  # fmt: skip
+                 conditioning: str = "projection", mbstd_group: int = MBSTD_GROUP):  # fmt: skip
         super().__init__()
+        self.mbstd_group = mbstd_group
         ch = widths(width, image_size)
         res = sorted(ch, reverse=True)
         self.from_rgb = EqualConv2d(channels, ch[image_size], 1, activate=True)
@@ -289,5 +290,5 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.blocks(self.from_rgb(x))
-        h = self.fc(self.conv(minibatch_stddev(h)).flatten(1))
+        h = self.fc(self.conv(minibatch_stddev(h, self.mbstd_group)).flatten(1))
         return self.head(h, labels)
