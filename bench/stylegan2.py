@@ -7,8 +7,9 @@
 Made for a GPU (train.device auto picks CUDA), runs anywhere. The data is prepared into a
 temporary folder, the evaluator (the FID feature network) trained once, then each
 architecture trains for --steps at batch --batch from the same seed and is evaluated with the
-same evaluator and sample counts. StyleGAN2 uses configs/stylegan2-digits.yaml's settings
-(everything but the data); DCGAN the defaults. Prints one JSON line per model and a Markdown
+same evaluator and sample counts. Both start from params.yaml (the pipeline's defaults, classes
+drawn from the noise included); StyleGAN2 adds configs/stylegan2-digits.yaml's settings
+(everything but the data and the run length). Prints one JSON line per model and a Markdown
 table for docs/benchmarks.md. Calls the library directly: no DVC, no Prefect.
 """
 
@@ -43,9 +44,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     data = {"source": args.source, "path": args.path, "image_size": args.size, "channels": args.channels}
     common = {"data": data, "train": {"steps": args.steps, "batch_size": args.batch, "sample_every": 10**9,
                                       "checkpoint_every": 10**9, "log_every": 100}}  # fmt: skip
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())  # what `ganpipe exp` lays a preset over
     preset = yaml.safe_load(PRESET.read_text())
     preset.pop("data", None)
-    models = {"dcgan": common, "stylegan2": merge_overlay(merge_overlay(common, preset), common)}
+    models = {"dcgan": merge_overlay(defaults, common),
+              "stylegan2": merge_overlay(merge_overlay(defaults, preset), common)}  # fmt: skip
     rows = []
     t0 = time.perf_counter()
 
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        base = parse_params(common)
+        base = parse_params(models["dcgan"])
         prepare(base.data, t / "prepared", t / "report.json")
         said("data prepared")
         train_evaluator(base.evaluate.evaluator, load_split(t / "prepared", "train"), load_split(t / "prepared", "val"),
