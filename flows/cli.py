@@ -97,6 +97,9 @@ def _run_pipeline(dvc_args: list[str]) -> int:
 
 
 def _cmd_repro(args: argparse.Namespace) -> int:
+    from pipeline.config import load_params
+
+    load_params(layout.PARAMS)  # before DVC removes any stage's outputs
     return _run_pipeline(["repro", *args.dvc_args])
 
 
@@ -135,8 +138,56 @@ def _cmd_exp(args: argparse.Namespace) -> int:
     _committed_params()
     base = load_params(layout.PARAMS).model_dump(mode="json")
     parse_params(merge_overlay(base, overlay), args.config)  # validate the combination before running
+    validate_set_params([*overrides(overlay), *set_params(args.dvc_args)])  # and with the user's own -S
     sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
     return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
+
+
+def set_params(dvc_args: list[str]) -> list[str]:
+    """The values of every `-S` / `--set-param` among `dvc exp run` arguments, in order."""
+    found, rest = [], iter(dvc_args)
+    for arg in rest:
+        if arg in ("-S", "--set-param"):
+            found.append(next(rest, ""))
+        elif arg.startswith("--set-param="):
+            found.append(arg.split("=", 1)[1])
+        elif arg.startswith("-S"):
+            found.append(arg[2:])
+    return found
+
+
+def validate_set_params(sets: list[str]) -> None:
+    """Validate params.yaml as `dvc exp run -S <sets>` would leave it (each point of a sweep), with
+    DVC's own override parser, before DVC removes any stage's outputs; ConfigError names the -S
+    values and the key. Overrides of other params files than params.yaml are left to DVC."""
+    import shutil
+    import tempfile
+
+    from dvc.exceptions import DvcException
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides, get_hydra_sweeps
+    from hydra.errors import HydraException
+
+    from pipeline.config import parse_params, read_yaml
+
+    ours = {p: o for p, o in to_path_overrides(sets).items() if Path(p) == layout.PARAMS}
+    if not ours:
+        return
+    try:
+        points = get_hydra_sweeps(ours)
+    except (DvcException, HydraException) as err:
+        raise ConfigError(f"-S {' '.join(sets)}: {str(err).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory(prefix="ganpipe-params-") as tmp:
+        copy = Path(tmp) / layout.PARAMS.name
+        for point in points:
+            (values,) = point.values()
+            shutil.copyfile(layout.PARAMS, copy)
+            try:
+                apply_overrides(copy, values)
+            except DvcException as err:
+                cause = f" ({str(err.__cause__).splitlines()[0]})" if err.__cause__ else ""
+                raise ConfigError(f"-S {' '.join(values)}: {err}{cause}") from None
+            parse_params(read_yaml(copy), f"{layout.PARAMS} with -S {' '.join(values)}")
 
 
 def _experiment_exists(name: str) -> bool:

@@ -15,7 +15,7 @@ EVALUATOR = Path("models/evaluator.pt")
 EVALUATOR_METRICS = Path("metrics/evaluator.json")
 REFERENCE = Path("models/reference.pt")  # real-data features, keyed by data + extractor + resolution
 
-CHECKPOINTS = Path("models/checkpoints")
+CHECKPOINTS = Path("models/checkpoints")  # resume points: <fingerprint>/ckpt_*.pt; git-ignored, no DVC output
 GENERATOR = Path("models/generator.pt")
 DVCLIVE = Path("dvclive")
 SAMPLES = Path("reports/samples.png")

@@ -142,6 +142,6 @@ def build_report(task: str, summary: str, live_dir: Path | str = layout.DVCLIVE)
                 "memorisation": layout.MEMORISATION, "curves": layout.CURVES}  # fmt: skip
     drawn = {pictures[key] for _, key, _ in sections(task)}
     for stale in layout.FIGURES.glob("*.png") if layout.FIGURES.is_dir() else []:
-        if stale not in drawn:  # the figures persist between runs: none of another task's may stay
+        if stale not in drawn:  # the folder may hold an earlier run's figures: none of another task's may stay
             stale.unlink()
     return write_report(task, summary, pictures)

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from conftest import TINY, make_repo, merge, sh, write_params
+from conftest import REPO, TINY, make_repo, merge, sh, write_params
 from PIL import Image
 
 from flows.stage import tool_env
@@ -74,7 +74,9 @@ def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
                 "reports/report.html", "metrics/eval.json", "exports/generator.onnx", "exports/model_card.json",
                 "metrics/export.json", "reports/export_details.json", "dvc.lock"]:  # fmt: skip
         assert (repo / rel).is_file(), rel
-    assert len(list((repo / "models/checkpoints").glob("ckpt_*.pt"))) == 2
+    # resume points: one folder per parameter set, git-ignored and outside DVC's outputs
+    assert len(list((repo / "models/checkpoints").glob("*/ckpt_*.pt"))) == 2
+    assert "models/checkpoints" not in (repo / "dvc.lock").read_text()
     assert Image.open(repo / "reports/samples.png").format == "PNG"
     ev = json.loads((repo / "metrics/eval.json").read_text())
     assert ev["fid_real_floor"] < ev["fid_untrained_ceiling"]
@@ -120,6 +122,83 @@ def test_second_repro_with_nothing_changed_runs_no_stage(repo, first_run, prefec
     assert (repo / "models/generator.pt").stat().st_mtime_ns == generator_mtime
 
 
+def test_dvc_yaml_keeps_every_stage_in_the_run_cache():
+    """A stage with a persistent output, or an uncached `outs` entry, gets no DVC run-cache
+    (uncached metrics and plots keep it)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == STAGES
+    for name, stage in stages.items():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+                assert not opts.get("persist"), f"{name}: {path} persists"
+                assert kind != "outs" or opts.get("cache", True), f"{name}: {path} is an uncached output"
+
+
+# One parameter of each stage, changed from TINY's values; data.val_fraction changes the split,
+# so every stage below prepare runs again too.
+CHANGED = {"data.val_fraction": 0.25, "evaluate.evaluator.steps": 30, "evaluate.batch_size": 100,
+           "train.lr_g": 3e-4, "evaluate.kid_subsets": 5, "export.parity_tolerance": 2e-4}  # fmt: skip
+
+
+def set_keys(params: dict, values: dict) -> dict:
+    out = yaml.safe_load(yaml.safe_dump(params))
+    for dotted, value in values.items():
+        *groups, key = dotted.split(".")
+        node = out
+        for g in groups:
+            node = node[g]
+        node[key] = value
+    return out
+
+
+def outputs(root: Path) -> dict[str, bytes]:
+    """Every file of every stage output dvc.lock records (cached or in git), by path."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    found = {}
+    for stage in lock["stages"].values():
+        for out in stage["outs"]:
+            top = root / out["path"]
+            for f in [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()):
+                found[f.relative_to(root).as_posix()] = f.read_bytes()
+    return found
+
+
+def test_a_parameter_set_already_run_is_restored_by_every_stage_without_running_it(repo, first_run, prefect_api):
+    """DVC's run-cache on every stage: change one parameter of each stage, run, change them back:
+    the second `dvc repro` runs no stage command (no flow run reaches Prefect) and restores every
+    output byte for byte; `dvc exp run` of the changed set restores it the same way."""
+    original_params = (repo / "params.yaml").read_text()
+    before = outputs(repo)
+    changed = set_keys(yaml.safe_load(original_params), CHANGED)
+    assert changed["evaluate"]["batch_size"] != yaml.safe_load(original_params)["evaluate"]["batch_size"]
+    write_params(repo / "params.yaml", changed)
+    try:
+        res = sh([sys.executable, "-m", "dvc", "repro"], repo)
+        for stage in STAGES:
+            assert f"Running stage '{stage}'" in res.stdout, stage
+        after_change = outputs(repo)
+        assert after_change["models/generator.pt"] != before["models/generator.pt"]
+    finally:
+        (repo / "params.yaml").write_text(original_params)
+    runs = flow_run_names(prefect_api)
+    res = sh([sys.executable, "-m", "dvc", "repro"], repo)
+    assert "Running stage" not in res.stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' is cached - skipping run, checking out outputs" in res.stdout, stage
+    assert flow_run_names(prefect_api) == runs  # no stage command ran
+    assert outputs(repo) == before
+    # an experiment with the changed set: restored from the run-cache, nothing trained
+    sets = [x for k, v in CHANGED.items() for x in ("-S", f"{k}={v}")]
+    res = sh([sys.executable, "-m", "dvc", "exp", "run", *sets], repo)
+    assert "Running stage" not in res.stdout and "is cached - skipping run" in res.stdout
+    assert flow_run_names(prefect_api) == runs
+    assert outputs(repo) == after_change
+    (repo / "params.yaml").write_text(original_params)
+    sh([sys.executable, "-m", "dvc", "repro"], repo)  # restored again: the workspace as the tests after expect
+    assert outputs(repo) == before
+
+
 def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run, prefect_api):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["steps"] = TINY["train"]["steps"] + 6
@@ -134,7 +213,7 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
         assert f"Running stage '{stage}'" in out
     for stage in ("prepare", "evaluator", "reference"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    assert "resumed from 12" in out  # the persisted checkpoint is continued, not retrained
+    assert "resumed from 12" in out  # the checkpoint (outside DVC's outputs) is continued, not retrained
     assert flow_run_names(prefect_api)[len(before) :] == ["ganpipe-pipeline", "train", "evaluate", "export"]
     assert (repo / "data/prepared/train_images.npy").stat().st_mtime_ns == prepared_mtime
     steps = [
@@ -142,7 +221,7 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
         for r in (repo / "dvclive/plots/metrics/train/loss_D.tsv").read_text().split("\n")[1:]
         if r
     ]
-    assert steps == list(range(3, 19, 3))  # the curves persisted and continued
+    assert steps == list(range(3, 19, 3))  # the curves, rebuilt from the checkpoint, continued
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 18
     assert "FID" in res.stdout  # the summary table is printed at the end
@@ -251,19 +330,23 @@ def test_dvc_tracked_raw_data_reruns_prepare_and_only_what_changed(repo, first_r
         write_params(repo / "params.yaml", params)
 
 
-def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(repo, first_run, tmp_path):
-    """DVC deletes a stage's outputs before running it unless they persist: a prepare that fails
-    under `dvc repro` must leave the last good dataset and both reports as they were."""
+def broken_folder(root: Path) -> Path:
+    """A folder source whose one image cannot be decoded: prepare fails on it (data.on_error fail)."""
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "a.png").write_bytes(b"not an image")
+    return root
+
+
+def test_a_failing_prepare_loses_nothing_dvc_checkout_brings_the_dataset_back(repo, first_run, tmp_path):
+    """DVC removes a stage's outputs before running it; a prepare that fails leaves the last good
+    dataset and reports in DVC's cache, and `dvc checkout` puts them back byte for byte."""
     sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo)
     kept = ["reports/data_report.json", "reports/data_report.md", "reports/data_report_thumbs.png",
             *(p.relative_to(repo).as_posix() for p in sorted((repo / "data/prepared").iterdir()))]  # fmt: skip
     before = {rel: (repo / rel).read_bytes() for rel in kept}
-    broken = tmp_path / "broken"
-    (broken / "cat").mkdir(parents=True)
-    (broken / "cat" / "a.png").write_bytes(b"not an image")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     original = dict(params["data"])
-    params["data"].update(source="folder", path=str(broken), on_error="fail")
+    params["data"].update(source="folder", path=str(broken_folder(tmp_path / "broken")), on_error="fail")
     write_params(repo / "params.yaml", params)
     try:
         res = sh([sys.executable, "-m", "dvc", "repro", "prepare"], repo, check=False)
@@ -272,24 +355,43 @@ def test_failing_prepare_under_dvc_repro_keeps_the_previous_dataset_and_reports(
     finally:
         params["data"] = original
         write_params(repo / "params.yaml", params)
+    sh([sys.executable, "-m", "dvc", "checkout"], repo)
     assert {rel: (repo / rel).read_bytes() for rel in kept} == before
     assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == sorted(Path(k).name for k in kept[3:])
     assert "up to date" in sh([sys.executable, "-m", "dvc", "status", "prepare"], repo).stdout
 
 
-def test_a_failing_dvc_repro_fails_the_task_that_ran_it(repo, first_run, prefect_api):
-    from prefect.client.orchestration import get_client
-
+def test_ganpipe_repro_refuses_bad_params_before_dvc_removes_anything(repo, first_run):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["batch_sise"] = 3
     write_params(repo / "params.yaml", params)
+    before = outputs(repo)
     try:
         res = sh([sys.executable, "-m", "flows.cli", "repro"], repo, check=False)
     finally:
         del params["train"]["batch_sise"]
         write_params(repo / "params.yaml", params)
-    assert res.returncode == 1 and "train.batch_sise: unknown key" in res.stdout + res.stderr
-    assert "dvc repro failed with exit code" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Running stage" not in res.stdout and "Traceback" not in res.stderr
+    assert res.stderr.startswith("ganpipe repro: error: params.yaml: invalid parameters\n"
+                                 "  train.batch_sise: unknown key")
+    assert outputs(repo) == before  # every output still there, unchanged
+
+
+def test_a_failing_dvc_repro_fails_the_task_that_ran_it(repo, first_run, prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    original = dict(params["data"])
+    params["data"].update(source="folder", path=str(broken_folder(tmp_path / "broken")), on_error="fail")
+    write_params(repo / "params.yaml", params)
+    try:
+        res = sh([sys.executable, "-m", "flows.cli", "repro"], repo, check=False)
+    finally:
+        params["data"] = original
+        write_params(repo / "params.yaml", params)
+        sh([sys.executable, "-m", "dvc", "checkout"], repo)
+    assert res.returncode == 1 and "cat/a.png" in res.stdout + res.stderr
+    assert "dvc repro failed with exit code" in res.stderr
 
     async def newest_run_dvc_state() -> str:
         async with get_client() as client:
@@ -334,19 +436,34 @@ def test_a_promotion_leaves_git_status_clean(repo, first_run):
     assert sh(["git", "status", "--porcelain"], repo).stdout == ""  # registry/ is ignored, not untracked noise
 
 
-def test_a_bad_value_given_to_raw_dvc_exp_run_removes_nothing_git_tracks(repo, first_run):
-    """DVC removes a stage's outputs before its command can validate params.yaml, unless they persist:
-    whichever stage runs first, the git-tracked reports and metrics must survive a bad -S value."""
+def test_ganpipe_exp_refuses_a_bad_set_value_before_dvc_runs_anything(repo, first_run, tmp_path):
     commit_run(repo)
-    for key in ("data.image_size", "seed", "train.steps", "evaluate.num_samples", "export.opset"):
-        try:
-            res = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", f"{key}=abc"], repo, check=False)
-            assert res.returncode != 0
-            assert f"\n  {key}: Input should be a valid integer" in res.stdout + res.stderr  # the stage names the key
-            assert sh(["git", "status", "--porcelain"], repo).stdout == " M params.yaml\n", key  # DVC's -S edit only
-        finally:
-            sh(["git", "checkout", "params.yaml"], repo)
-            sh([sys.executable, "-m", "dvc", "checkout"], repo)  # what DVC removed from its own cache comes back
+    config = tmp_path / "steps.yaml"
+    config.write_text("train:\n  steps: 18\n")
+    before = outputs(repo)
+    for extra, named in ((["-S", "export.opset=abc"], "export.opset: Input should be a valid integer"),
+                         (["-S", "train.lr_g=1e-3,-1"], "train.lr_g: Input should be greater than 0"),  # a sweep point
+                         (["--set-param=train.stepz=3"], "Could not override 'train.stepz'")):  # fmt: skip
+        res = sh([sys.executable, "-m", "flows.cli", "exp", str(config), *extra], repo, check=False)
+        assert res.returncode == 2 and "Running stage" not in res.stdout, extra
+        assert res.stderr.startswith("ganpipe exp: error: ") and named in res.stderr, res.stderr
+        assert sh(["git", "status", "--porcelain"], repo).stdout == "", extra  # params.yaml untouched too
+        assert outputs(repo) == before
+
+
+def test_a_bad_value_given_to_raw_dvc_exp_run_is_undone_by_git_and_dvc_checkout(repo, first_run):
+    """Raw `dvc exp run -S` applies the value and removes the first changed stage's outputs before
+    that stage can refuse it (with the key named); `git checkout . && dvc checkout` undoes it all."""
+    commit_run(repo)
+    before = outputs(repo)
+    for key in ("data.image_size", "train.steps", "export.opset"):
+        res = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", f"{key}=abc"], repo, check=False)
+        assert res.returncode != 0
+        assert f"\n  {key}: Input should be a valid integer" in res.stdout + res.stderr  # the stage names the key
+        sh(["git", "checkout", "."], repo)
+        sh([sys.executable, "-m", "dvc", "checkout"], repo)
+        assert sh(["git", "status", "--porcelain"], repo).stdout == "", key
+        assert outputs(repo) == before, key
     assert "up to date" in sh([sys.executable, "-m", "dvc", "status"], repo).stdout
 
 

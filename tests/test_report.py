@@ -99,7 +99,7 @@ def test_report_of_a_trained_conditional_model_renders_in_chromium(browser, prep
 def test_stale_figures_are_removed_when_this_run_does_not_draw_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     layout.FIGURES.mkdir(parents=True)
-    for picture in (layout.CURVES, layout.MEMORISATION, layout.SAMPLE_GRID):  # a generation run's, persisted
+    for picture in (layout.CURVES, layout.MEMORISATION, layout.SAMPLE_GRID):  # left by a generation run
         save_grid(np.zeros((1, 1, 4, 4), np.uint8), picture)
     md_path, _ = build_report("translate", "summary", live_dir=tmp_path / "no-logs")
     assert not any(layout.FIGURES.iterdir())  # translation draws none of them, and there are no curves

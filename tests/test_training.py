@@ -1,4 +1,6 @@
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from conftest import tiny_params
 
 from pipeline.models.artifact import load_generator
 from pipeline.training.checkpoint import checkpoint_files
-from pipeline.training.runner import TrainingDiverged, TrainPaths, train
+from pipeline.training.runner import TrainingDiverged, TrainPaths, fingerprint, train
 
 
 def paths(root, prepared) -> TrainPaths:
@@ -31,29 +33,63 @@ def test_training_writes_generator_samples_checkpoints_and_dvclive(prepared_digi
     assert res.steps == 12 and res.resumed_from == 0
     g, spec = load_generator(p.generator)
     assert spec["image_size"] == 16 and spec["num_classes"] == 0 and not g.training
-    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
+    # one folder per parameter set, named by the checkpoint fingerprint
+    assert res.checkpoints == p.checkpoints / fingerprint(tiny_params(), prepared_digits)
+    assert [c.name for c in checkpoint_files(res.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
     assert (p.live_dir / "plots/metrics/train/loss_D.tsv").read_text().count("\n") == 1 + 12 // 3
     assert sorted(f.name for f in (p.live_dir / "plots/images/samples").iterdir()) == ["0000006.png", "0000012.png"]
     assert p.samples.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def assert_same_logs(a: Path, b: Path) -> None:
+    """Two DVCLive folders hold the same curves, grids and summary, timings aside."""
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert "plots/metrics/train/loss_D.tsv" in files and "metrics.json" in files
+    for rel in files:
+        if rel.endswith("images_per_s.tsv"):  # the machine's speed, not the model's
+            assert len((a / rel).read_text().splitlines()) == len((b / rel).read_text().splitlines())
+        elif rel == "metrics.json":
+            summary_a, summary_b = (json.loads((d / rel).read_text()) for d in (a, b))
+            summary_a["train"].pop("images_per_s"), summary_b["train"].pop("images_per_s")
+            assert summary_a == summary_b
+        else:
+            assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
 def test_resume_after_interruption_matches_an_uninterrupted_run_bit_for_bit(prepared_digits, tmp_path):
     full = paths(tmp_path / "full", prepared_digits)
-    train(tiny_params(), full, progress=False)
-    # "crash" after step 6: keep only the step-6 checkpoint, then rerun with the same settings
+    full_res = train(tiny_params(), full, progress=False)
+    # "crash" after step 6: keep only the step-6 checkpoint, then rerun with the same settings,
+    # the logs removed first as DVC removes a stage's outputs before running it
     part = paths(tmp_path / "part", prepared_digits)
     train(tiny_params(train={"steps": 6}), part, progress=False)
+    shutil.rmtree(part.live_dir)
     res = train(tiny_params(), part, progress=False)
     assert res.resumed_from == 6
     assert_same_weights(weights(full.generator), weights(part.generator))
     assert full.generator.read_bytes() == part.generator.read_bytes()  # what DVC hashes, too
-    full_ckpt = torch.load(full.checkpoints / "ckpt_0000012.pt", weights_only=True)
-    part_ckpt = torch.load(part.checkpoints / "ckpt_0000012.pt", weights_only=True)
+    full_ckpt = torch.load(full_res.checkpoints / "ckpt_0000012.pt", weights_only=True)
+    part_ckpt = torch.load(res.checkpoints / "ckpt_0000012.pt", weights_only=True)
     assert_same_weights(full_ckpt["objective"]["D"], part_ckpt["objective"]["D"])
-    # the curves continue too: same rows, same values, no step twice
-    for name in ("loss_D", "loss_G", "D_real"):
-        tsv = f"plots/metrics/train/{name}.tsv"
-        assert (part.live_dir / tsv).read_text() == (full.live_dir / tsv).read_text()
+    # the curves continue too, rebuilt from the checkpoint: same rows, same values, no step twice
+    assert_same_logs(full.live_dir, part.live_dir)
+
+
+def test_a_run_whose_outputs_were_removed_after_its_last_checkpoint_rebuilds_them_without_training(
+    prepared_digits, tmp_path
+):
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(), p, progress=False)
+    before = {f: f.read_bytes() for f in (p.generator, p.samples)}
+    shutil.copytree(p.live_dir, tmp_path / "logs_before")
+    for f in before:
+        f.unlink()
+    shutil.rmtree(p.live_dir)
+    res = train(tiny_params(), p, progress=False)
+    assert res.resumed_from == 12  # no step trained
+    assert {f: f.read_bytes() for f in before} == before
+    assert_same_logs(tmp_path / "logs_before", p.live_dir)
 
 
 def test_crash_after_the_last_checkpoint_drops_the_logs_written_after_it(prepared_digits, tmp_path):
@@ -61,26 +97,28 @@ def test_crash_after_the_last_checkpoint_drops_the_logs_written_after_it(prepare
     train(tiny_params(), full, progress=False)
     # killed after logging steps 7-12 but before the step-12 checkpoint landed
     crashed = paths(tmp_path / "crashed", prepared_digits)
-    train(tiny_params(), crashed, progress=False)
-    (crashed.checkpoints / "ckpt_0000012.pt").unlink()
+    res = train(tiny_params(), crashed, progress=False)
+    (res.checkpoints / "ckpt_0000012.pt").unlink()
     crashed.generator.unlink()
     res = train(tiny_params(), crashed, progress=False)
     assert res.resumed_from == 6
     assert_same_weights(weights(full.generator), weights(crashed.generator))
-    tsv = "plots/metrics/train/loss_D.tsv"
-    assert (crashed.live_dir / tsv).read_text() == (full.live_dir / tsv).read_text()
+    assert_same_logs(full.live_dir, crashed.live_dir)
     grids = sorted(p.name for p in (crashed.live_dir / "plots/images/samples").iterdir())
     assert grids == ["0000006.png", "0000012.png"]
 
 
 def test_changed_settings_never_resume_from_old_checkpoints(prepared_digits, tmp_path):
     p = paths(tmp_path, prepared_digits)
-    train(tiny_params(), p, progress=False)
+    first = train(tiny_params(), p, progress=False)
     res = train(tiny_params(train={"lr_g": 1e-3}), p, progress=False)
     assert res.resumed_from == 0
+    # two parameter sets, two folders: going back to the first finds its checkpoints untouched
     fresh = paths(tmp_path / "fresh", prepared_digits)
     train(tiny_params(train={"lr_g": 1e-3}), fresh, progress=False)
     assert_same_weights(weights(p.generator), weights(fresh.generator))
+    assert res.checkpoints != first.checkpoints and len(checkpoint_files(first.checkpoints)) == 2
+    assert train(tiny_params(), p, progress=False).resumed_from == 12
 
 
 def test_shorter_run_resumes_from_a_longer_runs_checkpoint_and_keeps_the_later_ones(prepared_digits, tmp_path):
@@ -88,7 +126,7 @@ def test_shorter_run_resumes_from_a_longer_runs_checkpoint_and_keeps_the_later_o
     train(tiny_params(), p, progress=False)  # 12 steps: checkpoints at 6 and 12
     res = train(tiny_params(train={"steps": 6}), p, progress=False)
     assert res.resumed_from == 6  # the valid step-6 checkpoint, not a restart from 0
-    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
+    assert [c.name for c in checkpoint_files(res.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt"]
     short = paths(tmp_path / "short", prepared_digits)
     train(tiny_params(train={"steps": 6}), short, progress=False)
     assert p.generator.read_bytes() == short.generator.read_bytes()
@@ -98,15 +136,14 @@ def test_shorter_run_resumes_from_a_longer_runs_checkpoint_and_keeps_the_later_o
 def test_a_shorter_run_from_scratch_keeps_its_own_checkpoints_beside_a_longer_runs(prepared_digits, tmp_path):
     p = paths(tmp_path, prepared_digits)
     train(tiny_params(train={"steps": 12, "checkpoint_every": 12}), p, progress=False)  # only ckpt 12
-    train(tiny_params(train={"steps": 6, "checkpoint_every": 3}), p, progress=False)
-    assert [c.name for c in checkpoint_files(p.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt",
+    res = train(tiny_params(train={"steps": 6, "checkpoint_every": 3}), p, progress=False)
+    assert [c.name for c in checkpoint_files(res.checkpoints)] == ["ckpt_0000012.pt", "ckpt_0000006.pt",
                                                                  "ckpt_0000003.pt"]  # fmt: skip
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(prepared_digits, tmp_path, caplog):
     p = paths(tmp_path, prepared_digits)
-    train(tiny_params(train={"steps": 12}), p, progress=False)
-    newest = checkpoint_files(p.checkpoints)[0]
+    newest = checkpoint_files(train(tiny_params(train={"steps": 12}), p, progress=False).checkpoints)[0]
     newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a full disk
     res = train(tiny_params(train={"steps": 12}), p, progress=False)
     assert res.resumed_from == 6
@@ -118,18 +155,18 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(prepared_digit
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(prepared_digits, tmp_path):
     p = paths(tmp_path, prepared_digits)
-    train(tiny_params(train={"steps": 6}), p, progress=False)
+    folder = train(tiny_params(train={"steps": 6}), p, progress=False).checkpoints
     # a fault poisons D's weights (as an overflow would); the run continues from step 6
-    (ckpt,) = checkpoint_files(p.checkpoints)
+    (ckpt,) = checkpoint_files(folder)
     state = torch.load(ckpt, weights_only=True)
     state["objective"]["D"]["head.linear.weight"].fill_(float("nan"))
     torch.save(state, ckpt)
-    before = {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)}
+    before = {c.name: c.read_bytes() for c in checkpoint_files(folder)}
     generator_before = p.generator.read_bytes()
     with pytest.raises(TrainingDiverged, match=r"non-finite at step 9 .*Lower train.lr_"):
         train(tiny_params(), p, progress=False)
     # nothing written after the divergence: no new checkpoint, the generator not replaced
-    assert {c.name: c.read_bytes() for c in checkpoint_files(p.checkpoints)} == before
+    assert {c.name: c.read_bytes() for c in checkpoint_files(folder)} == before
     assert p.generator.read_bytes() == generator_before
 
 
@@ -274,7 +311,7 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared
     cmd = [sys.executable, "-m", "pipeline.training.worker", "--params", "params.yaml"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = work / "models" / "checkpoints"
+    ckpts = work / "models" / "checkpoints" / fingerprint(tiny_params(**over), prepared_digits)
     deadline = time.monotonic() + 120
     while len(checkpoint_files(ckpts)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -282,11 +319,14 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared
     proc.wait()
     killed_at = max(int(c.stem.split("_")[1]) for c in checkpoint_files(ckpts))
     assert 0 < killed_at < 400 and not (work / "models" / "generator.pt").exists()
+    shutil.rmtree(work / "dvclive")  # as DVC removes the train stage's outputs before running it again
     res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     ref = paths(tmp_path / "ref", prepared_digits)
     train(tiny_params(**over), ref, progress=False)
     assert_same_weights(weights(ref.generator), weights(work / "models" / "generator.pt"))
+    assert (work / "models" / "generator.pt").read_bytes() == ref.generator.read_bytes()
+    assert_same_logs(ref.live_dir, work / "dvclive")  # every curve from step 20, the grids, the summary
 
 
 @pytest.mark.parametrize("over", [{}, {"model": {"arch": "stylegan2", "mapping_layers": 2}, "train": {"pl_every": 2}}],
@@ -314,8 +354,9 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     assert "2 processes in sync" in res.stdout
     single = paths(tmp_path / "single", prepared_digits)
     train(merge_params(over, {"train": {"accumulate": 2, "steps": 8, "checkpoint_every": 8}}), single, progress=False)
-    ddp_ckpt = torch.load(work / "models/checkpoints/ckpt_0000008.pt", weights_only=True)
-    one_ckpt = torch.load(single.checkpoints / "ckpt_0000008.pt", weights_only=True)
+    (ddp_folder,) = (work / "models/checkpoints").iterdir()
+    ddp_ckpt = torch.load(ddp_folder / "ckpt_0000008.pt", weights_only=True)
+    one_ckpt = torch.load(next(single.checkpoints.iterdir()) / "ckpt_0000008.pt", weights_only=True)
     ddp, one = ddp_ckpt["objective"], one_ckpt["objective"]
     for net in ("G", "D", "G_ema"):
         for name, value in one[net].items():
@@ -345,3 +386,19 @@ def test_progress_reaches_the_log_with_step_losses_rate_and_eta(prepared_digits,
     lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.training.runner" and "img/s" in r.message]
     assert [line.split(" (")[0] for line in lines] == ["step 3/12", "step 6/12", "step 9/12", "step 12/12"]
     assert lines[-1].startswith("step 12/12 (100%): loss_D ") and lines[-1].endswith("ETA 0m00s")
+
+
+def test_only_the_most_recent_parameter_sets_keep_their_checkpoint_folders(tmp_path):
+    import os
+
+    from pipeline.training.checkpoint import KEEP_RUNS, prune_runs
+
+    folders = [tmp_path / f"run{i}" for i in range(KEEP_RUNS + 2)]
+    for age, folder in enumerate(folders):  # run0 the newest
+        folder.mkdir()
+        (folder / "ckpt_0000006.pt").write_bytes(b"x")
+        os.utime(folder, ns=(10**18 - age * 10**9,) * 2)
+    removed = prune_runs(tmp_path, current=folders[-1].name)  # the oldest is the one training now: kept
+    assert sorted(removed) == folders[KEEP_RUNS - 1 : -1]
+    kept = [*folders[: KEEP_RUNS - 1], folders[-1]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in kept)

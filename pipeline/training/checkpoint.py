@@ -5,12 +5,18 @@ so a rerun after a crash, or with more `train.steps`, continues exactly, while a
 other settings never resumes from weights trained under different ones. A run with fewer
 steps than an earlier one resumes from that run's checkpoint at or below its own length
 and leaves the later ones for when the longer run is asked for again.
+
+Checkpoints are no DVC output (an output DVC must not delete would switch its run-cache
+off): each fingerprint has its own folder under the checkpoint root, `<root>/<fingerprint>/`,
+so two parameter sets never share one, and the folders of the KEEP_RUNS most recently
+trained parameter sets are kept.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,8 @@ import torch
 from pipeline.artifacts import save_torch
 
 log = logging.getLogger(__name__)
-KEEP = 2
+KEEP = 2  # checkpoints per run folder
+KEEP_RUNS = 4  # run folders (parameter sets) kept under the checkpoint root
 _NAME = re.compile(r"^ckpt_(\d{7})\.pt$")
 
 
@@ -34,6 +41,26 @@ def checkpoint_files(directory: Path | str) -> list[Path]:
 
 def _step(path: Path) -> int:
     return int(_NAME.match(path.name).group(1))
+
+
+def run_folder(root: Path | str, fingerprint: str) -> Path:
+    """The folder that holds the checkpoints of the run with `fingerprint`."""
+    return Path(root) / fingerprint
+
+
+def prune_runs(root: Path | str, current: str, keep: int = KEEP_RUNS) -> list[Path]:
+    """Remove the run folders under `root` beyond the `keep` most recently written, never the
+    `current` one; the removed folders."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    others = [d for d in root.iterdir() if d.is_dir() and d.name != current and not d.name.startswith(".")]
+    others.sort(key=lambda d: d.stat().st_mtime_ns, reverse=True)
+    removed = others[max(keep - 1, 0):]
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+        log.info("removed the checkpoints of an older parameter set: %s", d)
+    return removed
 
 
 def save_checkpoint(directory: Path | str, step: int, state: dict[str, Any]) -> Path:

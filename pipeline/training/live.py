@@ -1,14 +1,16 @@
-"""DVCLive logs that survive a resume: continued where the checkpoint left off; what is logged.
+"""DVCLive logs that survive a resume, and what is logged.
 
-The dvclive/ outputs are `persist: true` in dvc.yaml, like the checkpoints, so a rerun
-after a crash appends to the curves instead of losing them. Rows and sample grids logged
-after the checkpoint being resumed (the crash came later) are dropped first, so no step
-appears twice.
+DVC deletes the train stage's outputs (dvclive/ among them) before it runs the stage, and
+its run-cache needs it to: no output may persist. So the logs a resumed run continues come
+from the checkpoint, not from files DVC kept: every checkpoint holds the log folder as it
+was at that step (`snapshot`), and a resumed run lays it back (`open_live`) before logging
+on. Rows and sample grids logged after that checkpoint (the crash came later) are gone with
+the rest of the folder, so no step appears twice and the curves equal an uninterrupted run's.
 """
 
 from __future__ import annotations
 
-import csv
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,34 +20,22 @@ if TYPE_CHECKING:
     import torch
 
 
-def has_logs(live_dir: Path | str) -> bool:
-    return (Path(live_dir) / "metrics.json").is_file()
-
-
-def truncate_after(live_dir: Path | str, step: int) -> None:
-    """Remove every logged scalar row and sample image with a step greater than `step`."""
+def snapshot(live_dir: Path | str) -> dict[str, bytes]:
+    """Every file of the log folder (curves, sample grids, the summary), by path relative to it."""
     live_dir = Path(live_dir)
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        with tsv.open(newline="") as fh:
-            rows = list(csv.reader(fh, delimiter="\t"))
-        if not rows:
-            continue
-        col = rows[0].index("step") if "step" in rows[0] else None
-        kept = [rows[0]] + [r for r in rows[1:] if col is None or int(r[col]) <= step]
-        text = "".join("\t".join(r) + "\n" for r in kept)
-        write_bytes(tsv, text.encode())
-    for img in (live_dir / "plots" / "images").rglob("*.png"):
-        if img.stem.isdigit() and int(img.stem) > step:
-            img.unlink()
+    return {p.relative_to(live_dir).as_posix(): p.read_bytes() for p in sorted(live_dir.rglob("*")) if p.is_file()}
 
 
-def open_live(live_dir: Path | str, resume_step: int):
-    """A DVCLive logger: fresh (old logs cleared) when `resume_step` is 0, else continued."""
+def open_live(live_dir: Path | str, files: dict[str, bytes] | None = None):
+    """A DVCLive logger: fresh (old logs cleared) when `files` is None, else continued from the
+    log folder `files` holds (a checkpoint's `snapshot`), which replaces whatever is there."""
     from dvclive import Live  # imported here: the library is usable without a logger
 
-    if resume_step:
-        truncate_after(live_dir, resume_step)
-    return Live(dir=str(live_dir), resume=resume_step > 0, dvcyaml=False, save_dvc_exp=False, report=None)
+    if files is not None:
+        shutil.rmtree(live_dir, ignore_errors=True)
+        for rel, data in files.items():
+            write_bytes(Path(live_dir) / rel, data)
+    return Live(dir=str(live_dir), resume=files is not None, dvcyaml=False, save_dvc_exp=False, report=None)
 
 
 def grad_norm(module: torch.nn.Module) -> float:

@@ -1,11 +1,11 @@
 """The one training runner: every objective (GAN, CycleGAN, pix2pix, ...) trains through `train`.
 
 The runner owns what every run needs and no objective repeats: device, precision and seeds,
-DDP processes, fingerprinted checkpoints (a resumed run continues exactly), DVCLive curves
-and sample grids, the divergence check, the progress bar and the atomic final save. The
-objective (pipeline/training/objectives/) owns the maths: its networks, optimisers, one
-step, its checkpoint state and its sample panel. Every RNG an objective draws from is
-seeded from params and saved in its checkpoint state.
+DDP processes, fingerprinted checkpoints (a resumed run continues exactly, its curves
+rebuilt from the checkpoint), DVCLive curves and sample grids, the divergence check, the
+progress bar and the atomic final save. The objective (pipeline/training/objectives/) owns
+the maths: its networks, optimisers, one step, its checkpoint state and its sample panel.
+Every RNG an objective draws from is seeded from params and saved in its checkpoint state.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pipeline.metrics.probe import FidProbe
 from pipeline.models.artifact import save_model
 from pipeline.provenance import source_hash
 from pipeline.runtime import resolve_device, resolve_precision, seed_everything, set_threads
-from pipeline.training.checkpoint import load_latest, save_checkpoint
+from pipeline.training.checkpoint import load_latest, prune_runs, run_folder, save_checkpoint
 from pipeline.training.distributed import World, checksum, gather, init_world, shutdown
-from pipeline.training.live import has_logs, open_live
+from pipeline.training.live import open_live, snapshot
 from pipeline.training.objectives import Objective, make_objective
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TrainingDiverged(UserError, RuntimeError):
 @dataclass(frozen=True)
 class TrainPaths:
     prepared: Path = layout.PREPARED
-    checkpoints: Path = layout.CHECKPOINTS
+    checkpoints: Path = layout.CHECKPOINTS  # the root: each run's checkpoints go to <root>/<fingerprint>/
     generator: Path = layout.GENERATOR
     live_dir: Path | None = layout.DVCLIVE  # None: no DVCLive logs (benchmarks, machines without DVCLive)
     samples: Path = layout.SAMPLES
@@ -58,6 +58,7 @@ class TrainResult:
     generator: Path
     seconds: float
     world_size: int = 1
+    checkpoints: Path | None = None  # this run's checkpoint folder
 
 
 def fingerprint(params: Params, prepared: Path, length_matters: bool = False, device_type: str = "cpu") -> str:
@@ -89,25 +90,33 @@ def _device_and_world(requested: str) -> tuple[torch.device, World]:
     return device, world
 
 
-def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world: World) -> int:
-    """Load the newest matching checkpoint into the objective; the step it was taken at (0: none)."""
-    state = load_latest(paths.checkpoints, fp, max_step=steps, remove_stale=world.is_main)
-    if state is not None and state["step"] == steps and paths.live_dir is not None and not has_logs(paths.live_dir):
-        log.warning("training logs in %s are missing; retraining from scratch to rebuild them", paths.live_dir)
+def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world: World) -> tuple[int, dict | None]:
+    """Load the newest matching checkpoint into the objective: the step it was taken at (0: none)
+    and the DVCLive folder it holds (None: none, start the logs afresh)."""
+    folder = run_folder(paths.checkpoints, fp)
+    if world.is_main:
+        prune_runs(paths.checkpoints, fp)
+    state = load_latest(folder, fp, max_step=steps, remove_stale=world.is_main)
+    if state is not None and paths.live_dir is not None and "live" not in state:
+        log.warning("checkpoint at step %d holds no training logs (written without DVCLive); training from "
+                    "scratch to make them", state["step"])  # fmt: skip
         state = None
     if state is None:
-        return 0
+        return 0, None
     objective.load_state_dict(state["objective"])
     torch.set_rng_state(state["torch_rng"])
-    log.info("resuming from checkpoint at step %d", state["step"])
-    return state["step"]
+    log.info("resuming from checkpoint at step %d (%s)", state["step"], folder)
+    return state["step"], state.get("live")
 
 
-def _checkpoint(objective: Objective, paths: TrainPaths, fp: str, step: int, world: World) -> None:
+def _checkpoint(objective: Objective, paths: TrainPaths, fp: str, step: int, world: World, live) -> None:
     state = objective.state_dict()  # on every process: it may gather random states across them
     if world.is_main:
-        save_checkpoint(paths.checkpoints, step, {"fingerprint": fp, "step": step, "objective": state,
-                                                  "torch_rng": torch.get_rng_state()})  # fmt: skip
+        state = {"fingerprint": fp, "step": step, "objective": state, "torch_rng": torch.get_rng_state()}
+        if live is not None:  # the logs so far, summary included: a resumed run rebuilds them from here
+            live.make_summary()
+            state["live"] = snapshot(paths.live_dir)
+        save_checkpoint(run_folder(paths.checkpoints, fp), step, state)
 
 
 def _check_in_sync(objective: Objective, world: World) -> None:
@@ -131,9 +140,9 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     precision = resolve_precision(cfg.precision, device)
     objective = make_objective(params, paths.prepared, device, precision, world)
     fp = fingerprint(params, paths.prepared, objective.length_matters, device.type)
-    start = _resume(objective, paths, fp, cfg.steps, world)
+    start, logs = _resume(objective, paths, fp, cfg.steps, world)
 
-    live = open_live(paths.live_dir, start) if world.is_main and paths.live_dir is not None else None
+    live = open_live(paths.live_dir, logs) if world.is_main and paths.live_dir is not None else None
     probe = (FidProbe(paths.evaluator, paths.prepared, params.seed)
              if cfg.fid_every and live is not None and params.task == "generate" else None)  # fmt: skip
     t0 = time.perf_counter()
@@ -157,7 +166,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
                     live.end()
                 raise TrainingDiverged(
                     f"loss became non-finite at step {done} (loss_D={loss_d}, loss_G={loss_g}); "
-                    f"the last good checkpoint in {paths.checkpoints} is kept. Lower train.lr_* and rerun."
+                    f"the last good checkpoint in {run_folder(paths.checkpoints, fp)} is kept. Lower train.lr_* "
+                    "and rerun."
                 )
         if log_now and live is not None:
             now = time.perf_counter()
@@ -188,7 +198,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             for name, value in probe(*objective.model_artifact()).items():
                 live.log_metric(name, value)
         if checkpoint_now:
-            _checkpoint(objective, paths, fp, done, world)
+            _checkpoint(objective, paths, fp, done, world, live)
     bar.close()
 
     _check_in_sync(objective, world)
@@ -202,4 +212,5 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         torch.distributed.barrier()
     shutdown(world)
     return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator,
-                       seconds=time.perf_counter() - t0, world_size=world.size)  # fmt: skip
+                       seconds=time.perf_counter() - t0, world_size=world.size,
+                       checkpoints=run_folder(paths.checkpoints, fp))  # fmt: skip
