@@ -393,3 +393,30 @@ def test_version_and_help_show_what_a_user_needs(capsys):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "the params file to validate and run with (default: params.yaml)" in text
+
+
+def test_every_form_of_set_param_dvc_accepts_is_found():
+    from flows.cli import set_params
+
+    args = ["-S", "train.steps=3", "--set-param=seed=2", "-Sdata.image_size=16", "--force", "--set-param", "a.b=1"]
+    assert set_params(args) == ["train.steps=3", "seed=2", "data.image_size=16", "a.b=1"]
+
+
+def test_set_params_are_validated_as_dvc_would_apply_them_each_sweep_point_and_file(tmp_path, monkeypatch):
+    import pytest
+
+    from flows.cli import validate_set_params
+    from pipeline.config import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("seed: 0\ntrain:\n  steps: 10\n")
+    validate_set_params(["train.steps=20", "++train.lr_g=0.001", "other.yaml:x=abc"])  # another file: DVC's to check
+    assert (tmp_path / "params.yaml").read_text() == "seed: 0\ntrain:\n  steps: 10\n"  # validated on a copy
+    with pytest.raises(ConfigError, match=r"params.yaml with -S train.steps=abc: .*\n  train.steps: Input should be"):
+        validate_set_params(["train.steps=abc"])
+    with pytest.raises(ConfigError, match=r"-S train.steps=-1 .*\n  train.steps: Input should be greater"):
+        validate_set_params(["train.steps=5,-1", "seed=1"])  # the second point of the sweep is bad
+    with pytest.raises(ConfigError, match=r"^-S train.stepz=1: .*Could not override 'train.stepz'"):
+        validate_set_params(["train.stepz=1"])
+    with pytest.raises(ConfigError, match=r"^-S train.steps=\[: "):
+        validate_set_params(["train.steps=["])
