@@ -103,6 +103,19 @@ def _cmd_repro(args: argparse.Namespace) -> int:
     return _run_pipeline(["repro", *args.dvc_args])
 
 
+def _cmd_push(args: argparse.Namespace) -> int:
+    from dvc.exceptions import DvcException
+
+    from flows.push import push_runs
+
+    try:
+        sent = push_runs(args.remote)
+    except DvcException as err:  # no remote, an unreachable one, missing credentials: DVC's words, one line
+        raise UserError(" ".join(str(err).split())) from None
+    print(f"pushed the outputs and the run-cache, and {sent} file(s) of other runs the run-cache names")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     """The benchmark suite lives beside the package (bench/), in the repository: run it there."""
     script = Path(__file__).resolve().parents[1] / "bench" / "run.py"
@@ -520,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
     exp.add_argument("--name", help="experiment name (default: the file's stem)")
     exp.set_defaults(fn=_cmd_exp, passes_through=True)
+
+    push = sub.add_parser("push", help="dvc push --run-cache, plus the files of every run the run-cache names, so "
+                          "another clone restores those runs (dvc repro --pull) instead of rerunning them")  # fmt: skip
+    push.add_argument("-r", "--remote", help="DVC remote (default: the default remote)")
+    push.set_defaults(fn=_cmd_push)
 
     bench = sub.add_parser("bench", help="the benchmark suite: reports/bench.json and docs/benchmarks.md",
                            epilog="Arguments go to bench/run.py: --quick, --device, --out, benchmark names; "

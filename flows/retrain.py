@@ -2,7 +2,14 @@
 it is better than the champion.
 
     detect changes (dvc status) -> dvc exp run -> read metrics -> compare with the champion
-    -> promote (registry/) or keep the champion, saying why -> dvc push (if a remote exists)
+    -> promote (registry/) or keep the champion, saying why -> share the run (if remotes exist)
+
+Sharing: with a git remote, `dvc exp push` sends the experiment (its git ref, its DVC outputs
+and the run-cache); a promoted version is also tagged `<artifact>@v0.0.N` on the experiment's
+commit and the tags pushed, so `dvc artifacts get <git remote> generator-onnx --rev v0.0.N`
+fetches it on any machine (version.json's `fetch` holds the exact commands). With a DVC
+remote, `ganpipe push` sends the workspace's outputs (the promoted model's files), the run-cache
+and the files of every run in it, which `dvc push --run-cache` leaves out.
 
 Each step is a task; the steps that touch the outside world retry on failure. A global
 concurrency limit (and the deployment's own limit, see `serve_retraining`) keeps two runs
@@ -15,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -30,7 +39,7 @@ from flows.stage import child_env, tool_env
 from pipeline import layout
 from pipeline.artifacts import read_metrics
 from pipeline.config import load_params
-from pipeline.registry import Registry, compare
+from pipeline.registry import FetchSource, Registry, compare
 
 CONCURRENCY_LIMIT = "ganpipe-retrain"
 
@@ -52,6 +61,51 @@ def changed_stages(repo: str) -> list[str]:
     return sorted(status)
 
 
+def _git(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    return res
+
+
+def git_remote(repo: Path) -> str | None:
+    """The git remote runs are shared through: `origin`, else the first one; None without any."""
+    names = _git(repo, "remote").stdout.split()
+    return ("origin" if "origin" in names else names[0]) if names else None
+
+
+def dvc_remote(repo: Path) -> str | None:
+    """The URL of the DVC remote `dvc push` uses (the default one), or None without one."""
+    res = _dvc(repo, "remote", "default", check=False)  # exit 1: "No default remote set"
+    name = res.stdout.strip() if res.returncode == 0 else ""
+    if not name:
+        return None
+    return _dvc(repo, "config", f"remote.{name}.url").stdout.strip()
+
+
+def experiment_rev(repo: Path, name: str) -> str:
+    """The commit of experiment `name` (its ref refs/exps/<baseline>/<name>, written by `dvc exp run`)."""
+    refs = _git(repo, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/").stdout.split("\n")
+    pattern = re.compile(rf"(\S+) refs/exps/[0-9a-f]{{2}}/[0-9a-f]+/{re.escape(name)}")
+    found = [m.group(1) for m in map(pattern.fullmatch, refs) if m]
+    if len(found) != 1:
+        raise RuntimeError(f"experiment {name!r}: expected one ref under refs/exps/, found {len(found)}")
+    return found[0]
+
+
+def fetch_source(repo: Path, experiment: str) -> FetchSource | None:
+    """Where a promoted run of `experiment` can be fetched from once shared: None unless the
+    repository has both a git remote (for the commit and its tags) and a DVC remote (for the files)."""
+    remote, storage = git_remote(repo), dvc_remote(repo)
+    if remote is None or storage is None:
+        return None
+    artifacts = yaml.safe_load((repo / "dvc.yaml").read_text()).get("artifacts") or {}
+    return FetchSource(git_remote=_git(repo, "remote", "get-url", remote).stdout.strip(),
+                       git_rev=experiment_rev(repo, experiment), dvc_remote=storage,
+                       artifacts={name: spec["path"] for name, spec in artifacts.items()},
+                       experiment=experiment)  # fmt: skip
+
+
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
 def run_experiment(repo: str, name: str, overrides: list[str]) -> str:
     """`dvc exp run` in the workspace (each stage's flow run a child of this task run, on the same API)."""
@@ -67,17 +121,56 @@ def candidate_metrics(repo: str) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def promote(repo: str, registry: str, reason: str) -> str:
-    return Registry(Path(repo) / registry).promote(repo, reason=reason)
+def promote(repo: str, registry: str, reason: str, fetch: FetchSource | None = None) -> str:
+    """A new registry version of the workspace's outputs, `fetch` recorded in its version.json."""
+    return Registry(Path(repo) / registry).promote(repo, reason=reason, fetch=fetch)
+
+
+@task(cache_policy=NO_CACHE)
+def tag_version(repo: str, fetch: FetchSource, version: str) -> list[str]:
+    """Annotated tags `<artifact>@v0.0.N` on the run's commit, naming registry `version` in DVC's
+    model-registry form; a tag that already names another commit is an error, never moved. Where git
+    has no identity configured (as `dvc exp run` needs none), the tagger is "ganpipe retrain"."""
+    tags = fetch.record(version)["tags"]
+    known = _git(Path(repo), "var", "GIT_COMMITTER_IDENT", check=False).returncode == 0
+    who = [] if known else ["-c", "user.name=ganpipe retrain", "-c", "user.email=ganpipe@localhost"]
+    for tag in tags:
+        existing = _git(Path(repo), "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}^{{commit}}", check=False)
+        if existing.returncode == 0:
+            if existing.stdout.strip() != fetch.git_rev:
+                raise RuntimeError(f"tag {tag} exists on {existing.stdout.strip()[:10]}, not on the promoted "
+                                   f"{fetch.git_rev[:10]}; delete or rename it and promote again")  # fmt: skip
+            continue
+        message = f"ganpipe registry {version} ({fetch.experiment})"
+        _git(Path(repo), *who, "tag", "-a", tag, fetch.git_rev, "-m", message)
+    return tags
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def push_if_remote(repo: str) -> bool:
-    """`dvc push` when the repository has a DVC remote; artifacts then reach other machines."""
-    remotes = _dvc(Path(repo), "remote", "list").stdout.strip()
-    if not remotes:
+def push_if_remote(repo: str, experiment: str | None = None, tags: list[str] | None = None) -> bool:
+    """Share the run, as far as the repository's remotes allow. With a git remote: `dvc exp push`
+    of `experiment` (its git ref; with a DVC remote also its DVC outputs and the run-cache) and
+    `git push` of `tags`. With a DVC remote: `dvc push --run-cache` of the workspace, whose outputs
+    are the run's (the promoted model's files), and every file the run-cache names (`ganpipe push`),
+    so other machines restore these runs instead of rerunning them. True when DVC data reached a
+    DVC remote."""
+    path, log = Path(repo), get_run_logger()
+    remote, storage = git_remote(path), dvc_remote(path)
+    if remote is not None and experiment:
+        cache = ["--run-cache"] if storage else ["--no-cache"]
+        _dvc(path, "exp", "push", *cache, remote, experiment)
+        log.info("pushed experiment %s to git remote %s", experiment, remote)
+    if remote is not None and tags:
+        _git(path, "push", remote, *(f"refs/tags/{t}" for t in tags))
+        log.info("pushed tags %s to git remote %s", ", ".join(tags), remote)
+    if storage is None:
+        log.info("no DVC remote: the run's files stay in this repository's cache")
         return False
-    _dvc(Path(repo), "push")
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "push"], cwd=path, env=tool_env(), capture_output=True,
+                         text=True)  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(f"ganpipe push failed ({res.returncode}):\n{res.stderr[-3000:]}")
+    log.info("%s: %s", storage, res.stdout.strip())
     return True
 
 
@@ -137,14 +230,20 @@ def retrain_flow(
         run_experiment(str(repo_path), name, list(overrides or []))
         candidate = candidate_metrics(str(repo_path))
         decision = compare(candidate, reg.champion_metrics(), margin)
+        tags: list[str] = []
         if decision.promote:
-            version = promote(str(repo_path), registry, f"{name}: {decision.reason}")
+            fetch = fetch_source(repo_path, name)
+            if fetch is None:
+                log.info("no git remote or no DVC remote: the version records no place to fetch it from")
+            version = promote(str(repo_path), registry, f"{name}: {decision.reason}", fetch)
+            tags = tag_version(str(repo_path), fetch, version) if fetch else []
             action, new_champion = "promoted", version
         else:
             action, new_champion = "kept", champion
-        pushed = push_if_remote(str(repo_path))
+        pushed = push_if_remote(str(repo_path), name, tags)
         summary = {"action": action, "reason": decision.reason, "experiment": name, "champion": new_champion,
-                   "previous_champion": champion, "changed_stages": changed, "pushed": pushed}  # fmt: skip
+                   "previous_champion": champion, "changed_stages": changed, "pushed": pushed,
+                   "tags": tags}  # fmt: skip
         log.info("%s: %s", action, decision.reason)
         create_markdown_artifact(
             key="ganpipe-retrain",

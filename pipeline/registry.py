@@ -2,7 +2,8 @@
 
     registry/
       v0001/            one promoted version: the ONNX file(s) and model card, metrics/*.json,
-                        params.yaml, version.json (git revision, dvc.lock sha256, time, metrics)
+                        params.yaml, version.json (git revision, dvc.lock sha256, time, metrics,
+                        and `fetch`: where another machine gets the files, or null)
       v0002/
       champion          the version being served, one line; replaced atomically
       history.jsonl     every promotion and rollback, in order
@@ -27,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -51,6 +53,45 @@ RECORD_KEYS: dict[str, type] = {"version": str, "created": str, "git_rev": str, 
 
 class RegistryError(UserError, ValueError):
     """A promotion or rollback cannot be done; the message says which file or version."""
+
+
+def artifact_version(version: str) -> str:
+    """The DVC artifact version (`<artifact>@<it>`, a semver git tag in DVC's model-registry form)
+    that stands for registry version `version`: v0003 -> v0.0.3. Releases tagged by hand
+    (v1.0.0 and up) never collide with it and rank above it as the newest version."""
+    match = VERSION.match(version)
+    if not match:
+        raise RegistryError(f"{version!r} is not a registry version (v0001, v0002, ...)")
+    return f"v0.0.{int(match.group(1))}"
+
+
+@dataclass(frozen=True)
+class FetchSource:
+    """Where the outputs of a promoted run live once pushed: the git remote holding the run's
+    commit (`git_rev`), the DVC remote holding its files, and the DVC artifacts (name -> path,
+    dvc.yaml's `artifacts:`) that make up the version."""
+
+    git_remote: str
+    git_rev: str
+    dvc_remote: str
+    artifacts: dict[str, str]
+    experiment: str | None = None
+
+    def record(self, version: str) -> dict:
+        """version.json's `fetch`: the tags that name `version` on the git remote (one per
+        artifact, on `git_rev`) and, per artifact, the command that downloads its files."""
+        tag = artifact_version(version)
+        url = shlex.quote(self.git_remote)
+        return {
+            "git_remote": self.git_remote,
+            "git_rev": self.git_rev,
+            "experiment": self.experiment,
+            "dvc_remote": self.dvc_remote,
+            "artifact_version": tag,
+            "tags": [f"{name}@{tag}" for name in self.artifacts],
+            "artifacts": dict(self.artifacts),
+            "commands": {name: f"dvc artifacts get {url} {name} --rev {tag}" for name in self.artifacts},
+        }
 
 
 @dataclass(frozen=True)
@@ -221,11 +262,14 @@ class Registry:
                     time.sleep(0.02)
             yield
 
-    def promote(self, workdir: Path | str = ".", reason: str = "", git_rev: str | None = None) -> str:
+    def promote(self, workdir: Path | str = ".", reason: str = "", git_rev: str | None = None,
+                fetch: FetchSource | None = None) -> str:  # fmt: skip
         """Copy the pipeline's current outputs from `workdir` into a new version and make it
         the champion. Refuses (RegistryError, nothing written) when an output is missing or
         unreadable, the export failed its parity check, or an ONNX file cannot be loaded.
-        Safe to run concurrently: each promotion gets its own version number."""
+        Safe to run concurrently: each promotion gets its own version number. version.json's
+        `fetch` is `fetch.record(version)`, or null when the outputs were not shared (no
+        remotes): the version's files then exist only here and in this repository's cache."""
         work = Path(workdir)
         missing = [str(rel) for rel in REQUIRED if not (work / rel).is_file()]
         onnx_files = sorted((work / layout.EXPORTS).glob("*.onnx")) if (work / layout.EXPORTS).is_dir() else []
@@ -259,22 +303,24 @@ class Registry:
                 "files": sorted(f.name for f in onnx_files),
                 "metrics": metrics,
                 "reason": reason,
+                "fetch": None,
             }
             with self._locked():
-                version = self._place(staging, record)
+                version = self._place(staging, record, fetch)
                 self._set_champion(version, {"action": "promote", "reason": reason})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
 
-    def _place(self, staging: Path, record: dict) -> str:
+    def _place(self, staging: Path, record: dict, fetch: FetchSource | None = None) -> str:
         """Rename the staged version into place under the next free number (called locked)."""
         existing = self.versions()
         number = int(existing[-1][1:]) + 1 if existing else 1
         for _ in range(1000):
             version = f"v{number:04d}"
-            record.update(version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            record.update(version=version, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          fetch=fetch.record(version) if fetch else None)  # fmt: skip
             (staging / "version.json").write_text(json.dumps(record, indent=2) + "\n")
             try:
                 os.rename(staging, self.root / version)  # the complete version appears at once

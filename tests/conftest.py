@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from project_copy import REPO, TINY, make_repo, write_params  # noqa: F401  (re-exported to the tests)
+from s3_server import S3Server, s3_server
 
 from flows.cli import merge_overlay
 from pipeline.config import Params, parse_params
@@ -61,3 +63,9 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
     return res
 
 
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with one empty bucket and the keys it accepts
+    (tests/s3_server.py); stopped, and its process gone, after the session."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server

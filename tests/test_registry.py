@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from flows.cli import main as ganpipe
-from pipeline.registry import Registry, RegistryError, compare
+from pipeline.registry import FetchSource, Registry, RegistryError, artifact_version, compare
 
 
 def tiny_onnx(task: str = "generate", pad_bytes: int = 0) -> bytes:
@@ -63,6 +63,25 @@ def test_promote_writes_a_complete_version_and_makes_it_champion(tmp_path):
     assert info["git_rev"] == "abc123" and info["metrics"]["eval"]["fid"] == 3.0
     assert len(info["dvc_lock_sha256"]) == 64 and info["files"] == ["generator.onnx"]
     assert reg.model_path() == v / "generator.onnx"
+
+
+def test_a_version_records_where_to_fetch_it_or_null_when_nothing_was_shared(tmp_path):
+    reg = Registry(tmp_path / "registry")
+    assert reg.promote(fake_outputs(tmp_path / "a", fid=3.0), git_rev="a") == "v0001"
+    assert reg.info("v0001")["fetch"] is None  # no remotes: the files exist only where they were made
+    source = FetchSource(git_remote="/srv/git/gan repo.git", git_rev="f" * 40, dvc_remote="s3://models/gan",
+                         artifacts={"generator": "models/generator.pt", "generator-onnx": "exports"},
+                         experiment="retrain-1")  # fmt: skip
+    for _ in range(11):
+        version = reg.promote(fake_outputs(tmp_path / "b", fid=2.0), git_rev="b", fetch=source)
+    fetch = reg.info(version)["fetch"]
+    assert version == "v0012" and fetch["artifact_version"] == "v0.0.12"
+    assert fetch["tags"] == ["generator@v0.0.12", "generator-onnx@v0.0.12"] and fetch["git_rev"] == "f" * 40
+    command = "dvc artifacts get '/srv/git/gan repo.git' generator-onnx --rev v0.0.12"  # quoted for a shell
+    assert fetch["commands"]["generator-onnx"] == command
+    assert fetch["dvc_remote"] == "s3://models/gan" and fetch["experiment"] == "retrain-1"
+    with pytest.raises(RegistryError, match="'latest' is not a registry version"):
+        artifact_version("latest")
 
 
 def test_a_crash_while_promoting_leaves_the_registry_as_it_was(tmp_path, monkeypatch):
