@@ -51,6 +51,17 @@ def fraction_arg(text: str) -> float:
     return value
 
 
+def seconds_arg(text: str) -> float:
+    """An argparse type for a wait in seconds: a finite number >= 0, refused at parse time otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, 0 or more, got {text}")
+    return value
+
+
 def psi_arg(text: str) -> float:
     """An argparse type for --psi: a finite number, refused at parse time otherwise (nan, inf, words)."""
     from pipeline.inference import MAX_PSI
@@ -433,7 +444,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.serve.app import ServeConfig, serve
 
     given = {"max_pixels": args.max_pixels, "max_concurrency": args.max_concurrency, "max_queue": args.max_queue,
-             "model_name": args.model_name}  # fmt: skip
+             "model_name": args.model_name, "reload_check_s": args.reload_check_s}  # fmt: skip
     # a flag left out (None) keeps ServeConfig's default: one place to change it
     cfg = ServeConfig(model=Path(args.model) if args.model else None, registry=Path(args.registry),
                       direction=args.direction, max_n=args.max_n, max_upload_bytes=args.max_upload_bytes,
@@ -626,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inferences at once; each may hold a --max-pixels image in memory (default 2)")  # fmt: skip
     sv.add_argument("--max-queue", type=int_arg(0), default=None,
                     help="requests waiting for one of those; beyond, 503 + Retry-After (default 16)")  # fmt: skip
+    sv.add_argument("--reload-check-s", type=seconds_arg, default=None,
+                    help="seconds between looks at the registry's champion pointer (default 0: every request); "
+                         "replicas on one registry switch to a new champion within it")  # fmt: skip
     sv.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where ONNX Runtime runs")
     sv.add_argument("--model-name", default=None,
                     help="the model's name under /v2/models/ (Open Inference Protocol; default ganpipe)")  # fmt: skip

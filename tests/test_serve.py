@@ -487,3 +487,59 @@ def test_cli_on_a_busy_port_fails_with_one_line_before_announcing_anything(model
     assert res.returncode == 2
     assert res.stderr.strip() == f"ganpipe serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     assert res.stdout == "" and "Uvicorn running" not in res.stderr and "serving" not in res.stderr
+
+
+def test_two_replicas_on_one_registry_switch_to_a_new_champion_within_the_check_interval_under_load(
+    tmp_path, models
+):
+    """Two `ganpipe serve` processes (replicas behind a load balancer) follow one registry folder:
+    a promotion reaches both within --reload-check-s while a bounded load runs against both, and
+    not one request fails."""
+    check_s = 0.5
+    reg = Registry(tmp_path / "registry")
+    assert promote_file(reg, tmp_path / "w1", models["plain"]) == "v0001"
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--registry", str(tmp_path / "registry"), "--port", "0",
+           "--reload-check-s", str(check_s)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    stop, log = threading.Event(), {0: [], 1: []}
+
+    def load(replica: int, url: str) -> None:  # bounded: at most 60 s or 3,000 requests
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(3000):
+                if stop.is_set():
+                    return
+                res = client.post("/v1/generate", json={"n": 1, "seed": 1, "format": "npy"})
+                log[replica].append((time.monotonic(), res.status_code, res.headers.get("x-model-version")))
+
+    try:
+        urls = [announcement(p)["url"] for p in procs]
+        threads = [threading.Thread(target=load, args=(i, u), daemon=True) for i, u in enumerate(urls)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while min(len(log[0]), len(log[1])) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        promoted_at = time.monotonic()
+        assert promote_file(reg, tmp_path / "w2", models["generate"]) == "v0002"
+        while time.monotonic() < min(deadline, promoted_at + check_s + 10):
+            if all(any(v == "v0002" for _, _, v in log[i]) for i in (0, 1)) and time.monotonic() > promoted_at + 2:
+                break
+            time.sleep(0.05)
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        assert [p.wait(timeout=30) for p in procs] == [0, 0]
+    for i in (0, 1):
+        rows = log[i]
+        assert rows and all(status == 200 for _, status, _ in rows), f"replica {i}: {set(s for _, s, _ in rows)}"
+        assert [v for _, _, v in rows if v] == [v for _, _, v in rows]  # every answer names its version
+        first_new = next(t for t, _, v in rows if v == "v0002")
+        assert any(v == "v0001" for _, _, v in rows)  # it served the old champion under load first
+        # within the interval (plus loading the model), and never back to the old one afterwards
+        assert first_new - promoted_at < check_s + 5.0, f"replica {i} switched after {first_new - promoted_at:.2f} s"
+        assert all(v == "v0002" for t, _, v in rows if t > first_new)
