@@ -427,12 +427,15 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from flows.retrain import serve_retraining
+    from flows.server import configured_server
 
-    if not os.environ.get("PREFECT_API_URL"):
+    url = configured_server()  # the environment or the active profile; one that does not answer is refused
+    if not url:
         raise UserError(
             "schedules need a running Prefect server: start `prefect server start` and "
-            "export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            "export PREFECT_API_URL=http://127.0.0.1:4200/api (or `prefect config set PREFECT_API_URL=...`)"
         )
+    os.environ["PREFECT_API_URL"] = url
     print(f"serving deployment ganpipe-retrain/{args.name} (cron {args.cron!r}); Ctrl-C or SIGTERM stops it, "
           "cancelling a run in progress and pausing the schedule until the next `ganpipe schedule`",
           file=sys.stderr)  # fmt: skip

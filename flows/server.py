@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from pipeline.errors import UserError
+
 # Keep Prefect from phoning home, whatever profile the user has.
 QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -80,13 +82,26 @@ def describe(url: str) -> str:
             "PREFECT_API_URL=http://127.0.0.1:4200/api")  # fmt: skip
 
 
+def configured_server() -> str | None:
+    """The Prefect API configured (PREFECT_API_URL or the active profile) if it answers, None when
+    none is configured; UserError naming it when one is configured but does not answer, rather
+    than running elsewhere: the runs would be missing from the server the team looks at."""
+    url = configured_api_url()
+    if url and not healthy(url):
+        raise UserError(f"Prefect API {url} (PREFECT_API_URL or the active Prefect profile) does not answer: start "
+                        "that server, or unset it (`prefect config unset PREFECT_API_URL`) to use a temporary local "
+                        "one")  # fmt: skip
+    return url
+
+
 @contextlib.contextmanager
 def local_prefect_api(startup_timeout: float = 90.0) -> Iterator[str]:
-    """Yield the URL of a healthy Prefect API on this machine, setting PREFECT_API_URL for
-    child processes. A server started here listens on 127.0.0.1 only and is stopped on exit."""
+    """Yield the URL of the configured Prefect API, or else of a temporary one started on this
+    machine (127.0.0.1 only, stopped on exit), setting PREFECT_API_URL for child processes. A
+    configured API that does not answer is UserError (configured_server)."""
     os.environ.update(QUIET)
-    url = configured_api_url()
-    if url and healthy(url):
+    url = configured_server()
+    if url:
         os.environ["PREFECT_API_URL"] = url
         yield url
         return

@@ -44,3 +44,30 @@ def test_main_command_starts_a_local_prefect_server_and_stops_it(tmp_path):
                          timeout=60)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "OK http://127.0.0.1:" in res.stdout
+
+
+def test_a_configured_prefect_server_that_does_not_answer_is_named_in_one_line_never_replaced(tmp_path):
+    """Set in the active profile (not the environment), a server that is down stops `ganpipe
+    schedule`, `retrain` and `repro` with one line naming it: none starts a temporary server whose
+    runs the team would never see."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    prefect = Path(sys.executable).with_name("prefect")
+    subprocess.run([str(prefect), "config", "set", f"PREFECT_API_URL={url}"], env=env, check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    (tmp_path / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    for command in (["schedule"], ["retrain"], ["repro"]):
+        res = subprocess.run([sys.executable, "-m", "flows.cli", *command], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 2, (command, res.stderr[-2000:])
+        assert res.stderr.splitlines() == [
+            f"ganpipe {command[0]}: error: Prefect API {url} (PREFECT_API_URL or the active Prefect profile) does "
+            "not answer: start that server, or unset it (`prefect config unset PREFECT_API_URL`) to use a temporary "
+            "local one"
+        ], command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "prefect-home"]  # nothing ran
