@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,27 +128,67 @@ def test_first_run_promotes_then_an_equal_model_is_refused(served):
         assert "Kept" in decision and reg.champion() == "v0001"
 
 
-def test_prefect_yaml_deploys_to_a_process_work_pool(served):
-    """`prefect deploy` with the shipped prefect.yaml registers the flow on a work pool."""
+def test_a_worker_elsewhere_runs_the_deployment_from_git_and_the_dvc_remote(tmp_path, prefect_api):
+    """`prefect deploy` of the shipped prefect.yaml, then `prefect worker start --run-once` in another
+    folder with a clean environment: the run clones the repository (a bare one, file://), pulls the
+    data from the DVC remote, restores every stage instead of running it, promotes into the registry
+    the deployment names, and its logs and decision reach the Prefect API."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 
-    repo, _ = served
-    env = {**os.environ, "GANPIPE_REPO": str(repo)}
+    from pipeline.registry import Registry
+
+    repo = make_repo(tmp_path / "repo", TINY)
+    sh([sys.executable, "-m", "dvc", "remote", "add", "-d", "shared", str(tmp_path / "dvc-remote")], repo)
+    sh([sys.executable, "-m", "dvc", "repro"], repo)
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "a run"], repo)
+    sh([sys.executable, "-m", "flows.cli", "push"], repo)
+    origin = tmp_path / "origin.git"
+    sh(["git", "clone", "-q", "--bare", str(repo), str(origin)], tmp_path)
+    pool, registry = f"pool-{tmp_path.name[-12:]}", tmp_path / "registry"
     prefect = [sys.executable, "-m", "prefect"]
-    subprocess.run([*prefect, "work-pool", "create", "ganpipe-process", "--type", "process"], cwd=repo, env=env,
-                   check=True, capture_output=True)  # fmt: skip
-    res = subprocess.run([*prefect, "--no-prompt", "deploy", "--name", "nightly-pool"], cwd=repo, env=env,
-                         capture_output=True, text=True)  # fmt: skip
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    for name, value in (("ganpipe_repository", origin.as_uri()), ("ganpipe_registry", str(registry))):
+        sh([*prefect, "variable", "set", name, value, "--overwrite"], repo)
+    sh([*prefect, "work-pool", "create", pool, "--type", "process"], repo)
+    res = sh([*prefect, "--no-prompt", "deploy", "--name", "nightly-pool", "--pool", pool], repo)
 
-    async def read():
+    async def deployment():
         async with get_client() as client:
             return await client.read_deployment_by_name("ganpipe-retrain/nightly-pool")
 
-    dep = asyncio.run(read())
-    assert dep.work_pool_name == "ganpipe-process" and dep.entrypoint == "flows/retrain.py:retrain_flow"
-    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
-    assert dep.global_concurrency_limit.limit == 1
+    dep = asyncio.run(deployment())
+    assert dep.work_pool_name == pool and dep.entrypoint == "flows.retrain:retrain_flow"
+    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"] and dep.global_concurrency_limit.limit == 1
+    assert dep.parameters["registry"] == str(registry), res.stdout[-2000:]
+    run = sh([*prefect, "deployment", "run", "ganpipe-retrain/nightly-pool"], repo).stdout
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", run).group(1)
+    # the worker: another folder, nothing of the repository's, an environment with only what it needs
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    env = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"]),
+           "HOME": str(elsewhere), "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(elsewhere / ".prefect"),
+           "GANPIPE_THREADS": "1", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    worker = subprocess.run([*prefect, "worker", "start", "--pool", pool, "--run-once"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+    async def outcome():
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(run_id)
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+            )
+            return flow_run, "\n".join(log.message for log in logs), {a.key: a.data for a in found}
+
+    flow_run, logs, artifacts = asyncio.run(outcome())
+    assert flow_run.state.type.value == "COMPLETED", logs[-3000:] + worker.stdout[-3000:] + worker.stderr[-3000:]
+    assert Registry(registry).champion() == "v0001"
+    assert "Promoted" in artifacts["ganpipe-retrain"]
+    # dvc exp run's own output, in the run's logs: the pulled data made every stage up to date
+    assert "didn't change, skipping" in logs and "Running stage" not in logs, logs[-3000:]
+    assert not (elsewhere / "registry").exists() and not (repo / "registry").exists()
 
 
 def test_sigterm_stops_serving_as_ctrl_c_does_and_the_next_schedule_resumes(tmp_path, prefect_api):
