@@ -1,4 +1,4 @@
-"""Make the README's figures (docs/images/*.png) from the configurations the README names.
+"""Make the documentation's figures (docs/images/*.png) from the configurations the docs name.
 
 Each configuration runs as a DVC experiment named after it (`dvc exp run --temp`: in a temporary
 copy of the workspace, which stays as it is). An experiment of that name whose params and whose

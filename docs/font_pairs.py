@@ -1,4 +1,4 @@
-"""The README's table of the pix2pix preset across scripts and font pairs, and its figure
+"""docs/style-transfer.md's table of the pix2pix preset across scripts and font pairs, and its figure
 (docs/images/font_pairs.png). For each pair of fonts: prepare the glyph pairs with the preset's
 params and the pair's fonts and characters, train, translate the held-out characters (never
 trained on) and compare them with the targets beside the untranslated input (L1, SSIM). It calls

@@ -1,4 +1,4 @@
-"""Pictures carry their titles and labels: the evaluate stage's comparisons, and the README's
+"""Pictures carry their titles and labels: the evaluate stage's comparisons, and the docs'
 figures, which docs/figures.py makes from DVC experiments (end to end, with tiny params)."""
 
 from __future__ import annotations
