@@ -4,12 +4,12 @@ it is better than the champion.
     detect changes (dvc status) -> dvc exp run -> read metrics -> compare with the champion
     -> promote (registry/) or keep the champion, saying why -> share the run (if remotes exist)
 
-Sharing: with a git remote, `dvc exp push` sends the experiment (its git ref, its DVC outputs
-and the run-cache); a promoted version is also tagged `<artifact>@v0.0.N` on the experiment's
-commit and the tags pushed, so `dvc artifacts get <git remote> generator-onnx --rev v0.0.N`
-fetches it on any machine (version.json's `fetch` holds the exact commands). With a DVC
-remote, `ganpipe push` sends the workspace's outputs (the promoted model's files), the run-cache
-and the files of every run in it, which `dvc push --run-cache` leaves out.
+Sharing: with a git remote, `dvc exp push` sends the experiment's git ref; a promoted version
+is also tagged `<artifact>@v0.0.N` on the experiment's commit and the tags pushed, so
+`dvc artifacts get <git remote> generator-onnx --rev v0.0.N` fetches it on any machine
+(version.json's `fetch` holds the exact commands). With a DVC remote, `ganpipe push` sends the
+workspace's outputs (the promoted model's files), the run-cache and the files of every run in
+it, which `dvc push --run-cache` leaves out.
 
 Each step is a task; the steps that touch the outside world retry on failure. A global
 concurrency limit (and the deployment's own limit, see `serve_retraining`) keeps two runs
@@ -149,16 +149,14 @@ def tag_version(repo: str, fetch: FetchSource, version: str) -> list[str]:
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
 def push_if_remote(repo: str, experiment: str | None = None, tags: list[str] | None = None) -> bool:
     """Share the run, as far as the repository's remotes allow. With a git remote: `dvc exp push`
-    of `experiment` (its git ref; with a DVC remote also its DVC outputs and the run-cache) and
-    `git push` of `tags`. With a DVC remote: `dvc push --run-cache` of the workspace, whose outputs
-    are the run's (the promoted model's files), and every file the run-cache names (`ganpipe push`),
-    so other machines restore these runs instead of rerunning them. True when DVC data reached a
-    DVC remote."""
+    of `experiment`'s git ref and `git push` of `tags`. With a DVC remote: `ganpipe push`, which
+    sends the workspace's outputs (the run's: the promoted model's files), the run-cache and every
+    file it names, so other machines restore these runs instead of rerunning them. True when DVC
+    data reached a DVC remote."""
     path, log = Path(repo), get_run_logger()
     remote, storage = git_remote(path), dvc_remote(path)
-    if remote is not None and experiment:
-        cache = ["--run-cache"] if storage else ["--no-cache"]
-        _dvc(path, "exp", "push", *cache, remote, experiment)
+    if remote is not None and experiment:  # the ref only: its files go with `ganpipe push` below
+        _dvc(path, "exp", "push", "--no-cache", "--no-run-cache", remote, experiment)
         log.info("pushed experiment %s to git remote %s", experiment, remote)
     if remote is not None and tags:
         _git(path, "push", remote, *(f"refs/tags/{t}" for t in tags))
