@@ -40,6 +40,7 @@ from pipeline import layout
 from pipeline.artifacts import read_metrics
 from pipeline.config import load_params
 from pipeline.registry import FetchSource, Registry, compare
+from pipeline.workspace import workspace_lock
 
 CONCURRENCY_LIMIT = "ganpipe-retrain"
 
@@ -110,7 +111,8 @@ def fetch_source(repo: Path, experiment: str) -> FetchSource | None:
 def run_experiment(repo: str, name: str, overrides: list[str]) -> str:
     """`dvc exp run` in the workspace (each stage's flow run a child of this task run, on the same API)."""
     sets = [x for kv in overrides for x in ("-S", kv)]
-    res = _dvc(Path(repo), "exp", "run", "--name", name, *sets, env=child_env(name))
+    with workspace_lock(f"ganpipe retrain (experiment {name})", repo):  # as `ganpipe exp`: one run at a time
+        res = _dvc(Path(repo), "exp", "run", "--name", name, *sets, env=child_env(name))
     get_run_logger().info("experiment %s finished:\n%s", name, res.stdout[-2000:])
     return name
 

@@ -35,3 +35,7 @@ ONNX_TRANSLATORS = {d: EXPORTS / f"generator_{d}.onnx" for d in ("AB", "BA")}  #
 MODEL_CARD = Path("exports/model_card.json")
 EXPORT_METRICS = Path("metrics/export.json")  # parity and size: quality only
 EXPORT_DETAILS = Path("reports/export_details.json")  # per-input parity, latency (the machine as much as the model)
+
+# held by `ganpipe exp`, `ganpipe repro` and retraining while they use the workspace (pipeline/workspace.py);
+# beside DVC's own locks, in the folder DVC keeps out of git
+WORKSPACE_LOCK = Path(".dvc/tmp/ganpipe-workspace.lock")

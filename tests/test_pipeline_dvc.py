@@ -490,3 +490,41 @@ def test_rerunning_an_experiment_name_says_so_in_one_line(repo, first_run, tmp_p
         f"another name (ganpipe exp {config} --name tolerant-2) or replace it (ganpipe exp {config} -f)"
     ]
     assert "Ran experiment(s): tolerant" in sh([*run, "-f"], repo).stdout  # -f goes through to dvc exp run
+
+
+def test_a_second_experiment_while_one_runs_is_refused_in_one_line_and_changes_nothing(repo, first_run, tmp_path):
+    """`dvc exp run -S` rewrote params.yaml before failing on DVC's lock, and the first experiment
+    then trained with the second's params; now the second is refused before touching anything."""
+    import time
+
+    commit_run(repo)
+    first_cfg, second_cfg = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first_cfg.write_text("export:\n  parity_tolerance: 0.003\n")  # reruns export only: seconds
+    second_cfg.write_text("train:\n  steps: 18\n")
+    lock = repo / ".dvc/tmp/ganpipe-workspace.lock"
+    first = subprocess.Popen([sys.executable, "-m", "flows.cli", "exp", str(first_cfg)], cwd=repo, env=tool_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (lock.is_file() and f"pid {first.pid}:" in lock.read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, "the first experiment never took the lock"
+            time.sleep(0.05)
+        params = (repo / "params.yaml").read_bytes()
+        second = sh([sys.executable, "-m", "flows.cli", "exp", str(second_cfg)], repo, check=False)
+        assert first.poll() is None  # still running: what follows compares against a live run
+        assert (repo / "params.yaml").read_bytes() == params
+        out, err = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert second.returncode == 2 and "Running stage" not in second.stdout
+    assert second.stderr.splitlines() == [
+        f"ganpipe exp: error: another experiment or pipeline run is running in this workspace (pid {first.pid}: "
+        f"ganpipe exp {first_cfg}); wait for it to finish (dvc exp run --queue lines experiments up)"
+    ]
+    assert first.returncode == 0, err[-3000:]
+    assert "Ran experiment(s): first" in out
+    ref = sh(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], repo).stdout.split()
+    (first_ref,) = [r for r in ref if r.endswith("/first")]
+    ran = yaml.safe_load(sh(["git", "show", f"{first_ref}:params.yaml"], repo).stdout)
+    assert (ran["export"]["parity_tolerance"], ran["train"]["steps"]) == (0.003, TINY["train"]["steps"])
+    assert not [r for r in ref if r.endswith("/second")]
