@@ -79,6 +79,7 @@ from pipeline.serve.common import (
     ApiError,
     error_response,
     error_responses,
+    header_value,
     media_type,
     parse_json,
     problems,
@@ -160,7 +161,8 @@ class GeneratedArray(BaseModel):
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_TYPES = [f"image/{fmt.lower()}" for fmt in IMAGE_FORMATS]  # what the decoder reads; any image/* type is let in
-MODEL_VERSION = {"x-model-version": {"description": "the registry version, or the model file's name",
+MODEL_VERSION = {"x-model-version": {"description": "the registry version, or the model file's name (as UTF-8, "
+                                                    "percent-encoded outside printable ASCII)",
                                     "schema": {"type": "string"}, "required": True}}  # fmt: skip
 
 
@@ -500,7 +502,8 @@ def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, re
                 return png_bytes(make_grid(images, nrow=req.nrow), scale=2), "image/png"
 
             content, content_type = await limiter.run(work)
-        headers = {"x-model-version": served.name, "x-seed": ",".join(map(str, req.seeds or [req.seed]))}
+        seeds = ",".join(map(str, req.seeds or [req.seed]))
+        headers = {"x-model-version": header_value(served.name), "x-seed": seeds}
         return Response(content, media_type=content_type, headers=headers)
 
 
@@ -562,7 +565,7 @@ def _add_translate_route(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, li
                 return out.getvalue()
 
             png = await limiter.run(work)
-        return Response(png, media_type="image/png", headers={"x-model-version": served.name})
+        return Response(png, media_type="image/png", headers={"x-model-version": header_value(served.name)})
 
 
 def create_app(cfg: ServeConfig) -> FastAPI:

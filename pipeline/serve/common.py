@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -81,6 +82,21 @@ def error_response(request: Request, status: int, error: str, detail: Any = None
 def problems(errors: list[dict]) -> list[dict]:
     return [{"field": ".".join(str(p) for p in e["loc"] if p != "body") or "body", "problem": e["msg"]}
             for e in errors]  # fmt: skip
+
+
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: printable ASCII as it is, anything else (non-ASCII, CR, LF, and
+    "%" itself) percent-encoded as UTF-8. Starlette encodes header values as Latin-1, so a model file
+    named `gen✓.onnx` made every response a 500, and h11 refuses CR and LF (the connection dropped)."""
+    return "".join(c if " " <= c <= "~" and c != "%" else quote(c, safe="") for c in text)
+
+
+def ascii_length(value: str, limit: int) -> int | None:
+    """A length header as an int, or None unless it is ASCII digits (str.isdigit() is also true of
+    "²", which int() refuses) and at most `limit` (int() refuses more than 4300 digits)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(limit)) or int(value) > limit:
+        return None
+    return int(value)
 
 
 def media_type(request: Request) -> str:

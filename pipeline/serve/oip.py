@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
-from pipeline.serve.common import ApiError, OipError, error_responses, parse_json, read_body
+from pipeline.serve.common import ApiError, OipError, ascii_length, error_responses, header_value, parse_json, read_body
 
 HEADER_LENGTH = "inference-header-content-length"
 # ONNX Runtime's tensor types -> the protocol's datatype and NumPy's little-endian dtype
@@ -186,9 +186,12 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
 
 def _output_names(model: OnnxGenerator | OnnxTranslator, req: InferRequest) -> list[str]:
     names = [o.name for o in model.session.get_outputs()]
-    for out in req.outputs or []:
-        if out.name not in names:
-            raise ApiError(400, "unknown output", f"output {out.name!r} is unknown; the model gives {names}")
+    asked = [o.name for o in req.outputs or []]
+    for name in asked:
+        if name not in names:
+            raise ApiError(400, "unknown output", f"output {name!r} is unknown; the model gives {names}")
+        if asked.count(name) > 1:
+            raise ApiError(400, "output given twice", f"outputs: {name!r} is asked for more than once")
     return [o.name for o in req.outputs] if req.outputs else names
 
 
@@ -218,7 +221,7 @@ def _answer(name: str, served, req: InferRequest, names: list[str], results: lis
         outputs.append(tensor)
     body = {"model_name": name, "model_version": served.name, **({} if req.id is None else {"id": req.id})}
     header = json.dumps({**body, "outputs": outputs}, separators=(",", ":")).encode()
-    headers = {"x-model-version": served.name}
+    headers = {"x-model-version": header_value(served.name)}
     if not chunks:
         return Response(header, media_type="application/json", headers=headers)
     headers[HEADER_LENGTH] = str(len(header))
@@ -287,12 +290,14 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
         served = await run_in_threadpool(model_of, request)  # kept to the end: a swap does not cut this request off
         async with limiter.admit():
             body = await read_body(request, cfg.max_upload_bytes)
-            length = request.headers.get(HEADER_LENGTH, str(len(body)))
-            if not length.isdigit() or int(length) > len(body):
-                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {length!r} is not a length "
+            given = request.headers.get(HEADER_LENGTH, str(len(body)))
+            length = ascii_length(given, len(body))
+            if length is None:
+                shown = repr(given) if len(given) <= 40 else f"{given[:20]!r}... ({len(given)} characters)"
+                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown} is not a length "
                                                   f"within the body's {len(body)} bytes")  # fmt: skip
-            req = parse_json(body[: int(length)], InferRequest, invalid=400)
-            feed = _feed(served.model, req, body[int(length) :], cfg)
+            req = parse_json(body[:length], InferRequest, invalid=400)
+            feed = _feed(served.model, req, body[length:], cfg)
             names = _output_names(served.model, req)
             results = await limiter.run(_run, served.model, feed, names)
         return _answer(cfg.model_name, served, req, names, results)

@@ -1,0 +1,71 @@
+"""`ganpipe serve` against slow and hostile clients and untrustworthy files, over real connections
+to a real uvicorn on 127.0.0.1 (configured as `ganpipe serve` configures it) with real ONNX files:
+malformed headers and requests that were 500s, model metadata that does not fit its graph, the
+version routes of the Open Inference Protocol, and what the unauthenticated /healthz may show."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+from test_serve import models, running  # noqa: F401  (models: the fixture)
+from test_serve_faults import server_errors_logged
+
+from pipeline.serve.app import ServeConfig
+
+IMAGES = {"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}
+
+
+def z_tensor(n: int = 1) -> dict:
+    return {"name": "z", "shape": [n, 8], "datatype": "FP32", "data": [0.1] * (8 * n)}
+
+
+@pytest.fixture(scope="module")
+def tr_url(models):  # noqa: F811
+    with running(ServeConfig(model=models["translate"])) as url:
+        yield url
+
+
+# Inference-Header-Content-Length of Latin-1 digits: '²'.isdigit() is true and int('²') raises (was a 500)
+@pytest.mark.parametrize("value", [b"\xb2", b"\xb9\xb3", "1" * 5000, "-1"],
+                         ids=["superscript-2", "superscript-13", "5000-digits", "negative"])  # fmt: skip
+def test_an_inference_header_length_that_is_not_ascii_digits_is_a_400(tr_url, value):
+    with server_errors_logged() as tracebacks:
+        res = httpx.post(f"{tr_url}/v2/models/ganpipe/infer", json={"inputs": [IMAGES]},
+                         headers={"inference-header-content-length": value})  # fmt: skip
+    assert res.status_code == 400, res.content[:200]
+    assert res.json()["error"].startswith("bad header: Inference-Header-Content-Length")
+    assert not tracebacks
+
+
+def test_outputs_naming_an_output_twice_is_a_400_naming_it(tr_url):  # was a 500 (zip strict)
+    body = {"inputs": [IMAGES], "outputs": [{"name": "translated"}, {"name": "translated"}]}
+    with server_errors_logged() as tracebacks:
+        res = httpx.post(f"{tr_url}/v2/models/ganpipe/infer", json=body)
+    assert res.status_code == 400 and "'translated'" in res.json()["error"], res.content[:200]
+    assert not tracebacks
+    once = httpx.post(f"{tr_url}/v2/models/ganpipe/infer", json={**body, "outputs": [{"name": "translated"}]})
+    assert once.status_code == 200 and [o["name"] for o in once.json()["outputs"]] == ["translated"]
+
+
+@pytest.mark.parametrize("name, header", [("gen✓.onnx", "gen%E2%9C%93.onnx"),
+                                          ("gen\r\nx-evil: 1.onnx", "gen%0D%0Ax-evil: 1.onnx"),
+                                          ("100%.onnx", "100%25.onnx")],
+                         ids=["non-latin-1", "cr-lf", "percent"])  # fmt: skip
+def test_a_model_file_name_outside_printable_ascii_is_percent_encoded_in_x_model_version(models, tmp_path, name,  # noqa: F811
+                                                                                         header):  # fmt: skip
+    """A name Starlette cannot encode as Latin-1 made every model response a 500; CR/LF dropped the connection."""
+    path = tmp_path / name
+    shutil.copy(models["plain"], path)
+    with running(ServeConfig(model=path)) as url, server_errors_logged() as tracebacks:
+        v1 = httpx.post(f"{url}/v1/generate", json={"n": 1})
+        v2 = httpx.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [z_tensor()]})
+        meta = httpx.get(f"{url}/v2/models/ganpipe").json()
+    for res in (v1, v2):
+        assert res.status_code == 200 and res.headers["x-model-version"] == header, res.content[:200]
+        assert "x-evil" not in res.headers
+    assert v2.json()["model_version"] == name and meta["versions"] == [name]  # JSON carries the name as it is
+    assert not tracebacks
+    assert np.asarray(v2.json()["outputs"][0]["data"]).size == 256
