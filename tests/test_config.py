@@ -133,3 +133,72 @@ def test_exp_reports_a_binary_overlay_in_one_line(tmp_path, capsys):
     assert main(["exp", str(overlay)]) == 2
     err = capsys.readouterr().err
     assert err == f"ganpipe exp: error: {overlay}: not UTF-8 text (byte 0x8b at offset 1); is it a binary file?\n"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("seed: 1\ntrain:\n  steps: 10\n  lr_g: 0.001\nseed: 2\ntrain:\n  batch_size: 8\n",
+     "duplicate key 'seed' (first at line 1), again at line 5, column 1"),
+    ("train:\n  steps: 10\nmodel:\n  arch: dcgan\ntrain:\n  batch_size: 8\n",
+     "duplicate key 'train' (first at line 1), again at line 5, column 1"),
+    ("train:\n  steps: 10\n  lr_g: 0.001\n  steps: 20\n",
+     "duplicate key 'steps' (first at line 2), again at line 4, column 3"),
+    ("train: {steps: 10, steps: 20}\n", "duplicate key 'steps' (first at line 1), again at line 1, column 20"),
+])  # fmt: skip
+def test_a_key_given_twice_is_refused_naming_the_key_and_both_lines(tmp_path, content, message):
+    # Before: accepted silently; a second `train:` group reset every train setting of the first to its default.
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: {message} (give each key once: the second would replace the first)"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("seed: " + "7" * 5000 + "\n",
+     "an integer of 5,000 characters at line 1, column 7 (Python reads at most 4,300 digits)"),
+    ("seed: " + "[" * 50_000 + "]" * 50_000 + "\n", "nesting deeper than 64 levels at line 1, column 70"),
+])  # fmt: skip
+def test_a_huge_integer_or_deep_nesting_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+    # Before: a 46-line ValueError and a 2,999-line RecursionError traceback, neither naming the file.
+    from flows.cli import main
+
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: {message}"
+    code = main(["preview-augment", "--params", str(path), "--prepared", str(tmp_path), "--out", str(tmp_path / "p")])
+    assert code == 2 and capsys.readouterr().err == f"ganpipe preview-augment: error: {path}: {message}\n"
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path):
+    """Nine anchors of ten aliases each under data.glyphs.chars stand for 10^9 strings in 5.9 KB: the
+    error message formatted the expanded value (over 90 s, MemoryError under a 4 GB limit). Checked in a
+    child process with 1 GB of address space and a time limit, so the old behaviour fails, not hangs."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    lines = ["data:", "  glyphs:", "    chars:", "      - &a0 [" + ", ".join(['"' + "ab" * 270 + '"'] * 10) + "]"]
+    lines += [f"      - &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    lines += ["      - [" + ", ".join(["*a8"] * 10) + "]"]
+    path = tmp_path / "params.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 6200
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+              "from pipeline.config import ConfigError, load_params\n"
+              "try:\n    load_params(sys.argv[1])\nexcept ConfigError as err:\n    print(err)\n")  # fmt: skip
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert res.stdout == (f"{path}: an alias (*a0) at line 5, column 14 (params files take no YAML aliases: "
+                          "write the value out)\n"), res.stderr[-2000:]  # fmt: skip
+    assert time.monotonic() - started < 30
+
+
+def test_a_bad_value_is_shown_cut_short_whatever_its_size():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"data": {"glyphs": {"chars": [[["x" * 10_000] * 1000] * 1000]}}}, "p.yaml")
+    assert len(str(err.value)) < 1000 and "data.glyphs.chars.0: Input should be a valid string" in str(err.value)
