@@ -69,3 +69,27 @@ def test_a_model_file_name_outside_printable_ascii_is_percent_encoded_in_x_model
     assert v2.json()["model_version"] == name and meta["versions"] == [name]  # JSON carries the name as it is
     assert not tracebacks
     assert np.asarray(v2.json()["outputs"][0]["data"]).size == 256
+
+
+def test_the_version_routes_of_the_open_inference_protocol_serve_the_advertised_version_only(models):  # noqa: F811
+    """/v2/models/{name}/versions/{version}[/ready|/infer] were 404, even for the version the metadata lists."""
+    import tritonclient.http as triton
+
+    with running(ServeConfig(model=models["plain"])) as url:
+        c = triton.InferenceServerClient(url.removeprefix("http://"))
+        (version,) = c.get_model_metadata("ganpipe")["versions"]
+        assert c.get_model_metadata("ganpipe", version) == c.get_model_metadata("ganpipe")
+        assert c.is_model_ready("ganpipe", version) and not c.is_model_ready("ganpipe", "v9999")
+        z = triton.InferInput("z", [2, 8], "FP32")
+        z.set_data_from_numpy(np.full((2, 8), 0.1, np.float32))
+        versioned = c.infer("ganpipe", [z], model_version=version)
+        np.testing.assert_array_equal(versioned.as_numpy("images"), c.infer("ganpipe", [z]).as_numpy("images"))
+        assert versioned.get_response()["model_version"] == version
+        for path in ("versions/v9999", "versions/v9999/ready", "versions/v9999/infer"):
+            method = httpx.post if path.endswith("infer") else httpx.get
+            res = method(f"{url}/v2/models/ganpipe/{path}", **({"json": {"inputs": [z_tensor()]}}
+                                                               if method is httpx.post else {}))  # fmt: skip
+            assert res.status_code == 404, (path, res.content[:200])
+            assert list(res.json()) == ["error"] and "'v9999'" in res.json()["error"] and version in res.json()["error"]
+        assert httpx.get(f"{url}/v2/models/other/versions/{version}").status_code == 404
+

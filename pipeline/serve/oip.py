@@ -8,6 +8,10 @@ serve` serves, named ServeConfig.model_name:
   GET  /v2/models/{name}/ready 200 once that model is loaded
   POST /v2/models/{name}/infer tensors in, the model's output tensors out
 
+Each /v2/models/{name}/... route also takes the protocol's version segment, /v2/models/{name}/versions/
+{version}/...: the version is the one the model metadata lists (the registry version, or the file
+name); any other is 404.
+
 The tensors are the ONNX model's own: a generator takes `z` FP32 [N, latent_dim] (and `labels`
 INT64 [N] if conditional) and gives `images` FP32 [N, C, H, W]; a generator with truncation
 (stylegan2) also takes the optional `truncation_psi` FP32 [1] (the whole batch) or [N] (one per
@@ -103,6 +107,11 @@ def _inline(schema: dict) -> dict:
         return [walk(v) for v in node] if isinstance(node, list) else node
 
     return walk(schema)
+
+
+def shown(text: str) -> str:
+    """A name from the request, quoted, and cut short if long."""
+    return repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
 
 
 def _shape(arg) -> list[int]:
@@ -236,13 +245,23 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
                                                                    "fit the model's inputs"})  # fmt: skip
 
     def model_of(request: Request):
-        name = request.path_params["name"]
+        """The served model, if the path names it (and, under /versions/{version}, its version)."""
+        name, asked = request.path_params["name"], request.path_params.get("version")
         if name != cfg.model_name:
-            raise ApiError(404, "unknown model", f"{name!r}; this server serves {cfg.model_name!r}")
-        return holder.require()
+            raise ApiError(404, "unknown model", f"{shown(name)}; this server serves {cfg.model_name!r}")
+        served = holder.require()
+        if asked is not None and asked != served.name:
+            raise ApiError(404, "unknown version", f"model {name!r} has no version {shown(asked)}; this server "
+                                                   f"serves version {served.name!r}")  # fmt: skip
+        return served
 
-    # `name` declared here, not as a function parameter: FastAPI would add a 422 that a string never gets
-    path_name = {"parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}]}
+    # `name` and `version` declared here, not as function parameters: FastAPI would add a 422 that a string never gets
+    def path(*names: str) -> dict:
+        string = {"type": "string"}
+        return {"parameters": [{"name": n, "in": "path", "required": True, "schema": string} for n in names]}
+
+    path_name, path_version = path("name"), path("name", "version")
+    versioned = "/v2/models/{name}/versions/{version}"  # the protocol's optional version segment
 
     @app.get("/v2/health/live")
     def live():
@@ -263,6 +282,8 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
 
     @app.get("/v2/models/{name}", dependencies=auth, response_model=ModelMetadata, openapi_extra=path_name,
              responses=errors(401, 404, 503))  # fmt: skip
+    @app.get(versioned, dependencies=auth, response_model=ModelMetadata, openapi_extra=path_version,
+             responses=errors(401, 404, 503))  # fmt: skip
     def model_metadata(request: Request):
         served = model_of(request)
         session = served.model.session
@@ -271,6 +292,7 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
                 "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
 
     @app.get("/v2/models/{name}/ready", openapi_extra=path_name, responses=errors(404, 503))
+    @app.get(f"{versioned}/ready", openapi_extra=path_version, responses=errors(404, 503))
     def model_ready(request: Request):
         model_of(request)
         return {"name": cfg.model_name, "ready": True}
@@ -286,6 +308,9 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
     @app.post("/v2/models/{name}/infer", dependencies=auth, response_class=Response,
               openapi_extra={**path_name, "requestBody": infer_body},
               responses={200: answer, **errors(400, 401, 404, 413, 503)})  # fmt: skip
+    @app.post(f"{versioned}/infer", dependencies=auth, response_class=Response,
+              openapi_extra={**path_version, "requestBody": infer_body},
+              responses={200: answer, **errors(400, 401, 404, 413, 503)})  # fmt: skip
     async def infer(request: Request):
         served = await run_in_threadpool(model_of, request)  # kept to the end: a swap does not cut this request off
         async with limiter.admit():
@@ -293,8 +318,7 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
             given = request.headers.get(HEADER_LENGTH, str(len(body)))
             length = ascii_length(given, len(body))
             if length is None:
-                shown = repr(given) if len(given) <= 40 else f"{given[:20]!r}... ({len(given)} characters)"
-                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown} is not a length "
+                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown(given)} is not a length "
                                                   f"within the body's {len(body)} bytes")  # fmt: skip
             req = parse_json(body[:length], InferRequest, invalid=400)
             feed = _feed(served.model, req, body[length:], cfg)
