@@ -5,14 +5,16 @@ version routes of the Open Inference Protocol, and what the unauthenticated /hea
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import httpx
 import numpy as np
 import pytest
-from test_serve import models, running  # noqa: F401  (models: the fixture)
+from test_serve import models, promote_file, running  # noqa: F401  (models: the fixture)
 from test_serve_faults import server_errors_logged
 
+from pipeline.registry import Registry
 from pipeline.serve.app import ServeConfig
 
 IMAGES = {"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}
@@ -93,3 +95,39 @@ def test_the_version_routes_of_the_open_inference_protocol_serve_the_advertised_
             assert list(res.json()) == ["error"] and "'v9999'" in res.json()["error"] and version in res.json()["error"]
         assert httpx.get(f"{url}/v2/models/other/versions/{version}").status_code == 404
 
+
+SECRET = "root:x:0:0:Hidden Name:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin\n"
+
+
+def as_symlink(target):
+    def point(pointer):
+        os.symlink(target, pointer.with_name(".champion.link"))
+        os.replace(pointer.with_name(".champion.link"), pointer)
+
+    return point
+
+
+@pytest.mark.parametrize("point", ["symlink", "text", "long"])
+def test_healthz_never_shows_what_a_bad_champion_pointer_holds(models, tmp_path, point):  # noqa: F811
+    """/healthz needs no token; its reload_error quoted the first 40 characters of whatever file the
+    pointer resolved to (a symlink to /etc/passwd showed `root:x:0:0…`)."""
+    secret = tmp_path / "passwd"
+    secret.write_text(SECRET)
+    reg = Registry(tmp_path / "registry")
+    promote_file(reg, tmp_path / "w1", models["plain"])
+    pointer = tmp_path / "registry" / "champion"
+    with running(ServeConfig(registry=tmp_path / "registry")) as url:
+        if point == "symlink":
+            as_symlink(secret)(pointer)
+        else:
+            pointer.write_text(SECRET[:20] if point == "text" else "v0001" + " " * 100 + SECRET)
+        assert httpx.post(f"{url}/v1/generate", json={"n": 1}).headers["x-model-version"] == "v0001"
+        health = httpx.get(f"{url}/healthz")
+        assert health.json()["version"] == "v0001" and health.json()["reload_error"].startswith(f"{pointer}: ")
+        assert "x:0:0" not in health.text and "Hidden" not in health.text, health.json()["reload_error"]
+        pointer.unlink()
+        pointer.write_text("v0001\n")  # a good pointer again: nothing wrong
+        assert httpx.get(f"{url}/healthz").json()["reload_error"] is None
+        as_symlink(tmp_path / "registry" / "v0001" / "version.json")(pointer)  # JSON, not a version name
+        httpx.get(f"{url}/v1/model")
+        assert '"version": "v0001"' not in httpx.get(f"{url}/healthz").json()["reload_error"]

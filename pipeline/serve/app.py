@@ -219,6 +219,32 @@ class Served:
         return self.version or self.path.name
 
 
+def _pointer_problem(pointer: Path) -> str | None:
+    """Why the champion pointer cannot name a version, said without quoting what it holds: /healthz
+    shows reload_error to anyone, and the registry's own message quotes the start of the file (a
+    pointer made a symlink to /etc/passwd showed its first line). None: no pointer, or one the
+    registry may read (a version name, or not UTF-8, which it reports by byte value and offset)."""
+    from pipeline.registry import VERSION
+
+    if not pointer.is_file():  # gone, or a FIFO or device (not opened: reading those may block or never end)
+        return None
+    try:
+        with pointer.open("rb") as fh:
+            head = fh.read(65)
+    except OSError as err:
+        return f"{pointer}: cannot be read: {err.strerror or type(err).__name__}"
+    if len(head) > 64:
+        return f"{pointer}: more than 64 bytes, so not a version name like v0001; promote or roll back to rewrite it"
+    try:
+        name = head.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if not VERSION.match(name):
+        return f"{pointer}: does not hold a version name like v0001 ({len(head)} bytes); promote or roll back to " \
+               "rewrite it"  # fmt: skip
+    return None
+
+
 def _pointer_stamp(path: Path) -> tuple[int, int, int] | None:
     """Changes whenever the pointer is replaced (os.replace gives it a new inode) or rewritten."""
     try:
@@ -291,6 +317,8 @@ class ModelHolder:
 
     def _reload(self) -> None:
         try:
+            if problem := _pointer_problem(self.pointer):
+                raise UserError(problem)
             version = self.registry.champion()
             if version is None:
                 raise UserError(f"{self.pointer}: the champion pointer is gone")
