@@ -26,8 +26,10 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
+import reprlib
 import shlex
 import shutil
 import tempfile
@@ -103,16 +105,21 @@ class Decision:
 def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
     """Promote when the candidate's FID (lower is better) beats the champion's by more than
     `margin` (relative: 0.05 = at least 5% lower) and its export passed parity."""
-    if not candidate.get("export", {}).get("parity_passed", False):
-        return Decision(False, "the candidate's ONNX export did not pass the parity check")
-    fid = candidate.get("eval", {}).get("fid")
+    parity = (candidate.get("export") or {}).get("parity_passed")
+    if parity is not True:  # the JSON value true only: "false" (a string) is truthy
+        shown = "" if parity in (False, None) else f" (parity_passed is {_shown(parity)}, not true)"
+        return Decision(False, f"the candidate's ONNX export did not pass the parity check{shown}")
+    fid = (candidate.get("eval") or {}).get("fid")
     if fid is None:
         return Decision(False, "the candidate has no FID in metrics/eval.json")
+    if not finite_number(fid):  # NaN compares false with everything: it would be promoted, then beat nothing
+        return Decision(False, f"the candidate's FID is {_shown(fid)}, not a finite number (metrics/eval.json)")
     if champion is None:
         return Decision(True, f"no champion yet; candidate FID {fid:.4f}")
     best = (champion.get("eval") or {}).get("fid")
-    if best is None:  # e.g. a version promoted by hand from other outputs: nothing to compare with
-        return Decision(False, "the champion has no FID in its metrics to compare with; promote by hand "
+    if best is None or not finite_number(best):  # e.g. promoted by hand from other outputs: nothing to compare with
+        what = "has no FID in its metrics" if best is None else f"has FID {_shown(best)}, not a finite number,"
+        return Decision(False, f"the champion {what} to compare with; promote by hand "
                                "(ganpipe registry promote) if the candidate should replace it")  # fmt: skip
     ours, theirs = (str((m.get("eval") or {}).get("feature_extractor", "evaluator")).split(" ")[0]
                     for m in (candidate, champion))  # fmt: skip
@@ -125,6 +132,15 @@ def compare(candidate: dict, champion: dict | None, margin: float) -> Decision:
     return Decision(
         False, f"FID {fid:.4f} does not beat the champion's {best:.4f} by {margin:.0%} (needs < {needed:.4f})"
     )
+
+
+def finite_number(value: Any) -> bool:
+    """A metric that can be compared: an int or float (not a bool, not text), neither NaN nor infinite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value: Any) -> str:
+    return reprlib.repr(value)  # bounded: metrics files are input too
 
 
 def _sha256(path: Path) -> str:
@@ -278,9 +294,16 @@ class Registry:
         if missing:
             raise RegistryError(f"{work}: cannot promote, missing {', '.join(missing)} (run the pipeline first)")
         export = _read_json(work / layout.EXPORT_METRICS)
-        if not isinstance(export, dict) or not export.get("parity_passed"):
-            raise RegistryError(f"{work / layout.EXPORT_METRICS}: parity_passed is false; refusing to promote")
+        parity = export.get("parity_passed") if isinstance(export, dict) else None
+        if parity is not True:  # the JSON value true only: "false" (a string) is truthy
+            raise RegistryError(f"{work / layout.EXPORT_METRICS}: parity_passed is "
+                                f"{'false' if parity in (False, None) else _shown(parity) + ', not true'}; "
+                                "refusing to promote")  # fmt: skip
         metrics = {p.stem: _read_json(p) for p in sorted((work / "metrics").glob("*.json"))}
+        fid = metrics["eval"].get("fid") if isinstance(metrics.get("eval"), dict) else None
+        if fid is not None and not finite_number(fid):
+            raise RegistryError(f"{work / layout.EVAL_METRICS}: fid is {_shown(fid)}, not a finite number; "
+                                "refusing to promote")  # fmt: skip
         self.root.mkdir(parents=True, exist_ok=True)
         # Copied before the lock is taken (a large model takes seconds), numbered under it. Not
         # artifacts.atomic_path, which replaces an existing target: renaming a directory onto a

@@ -142,6 +142,37 @@ def test_decision_needs_a_margin_and_a_passed_export():
     assert not unmeasured.promote and "champion has no FID" in unmeasured.reason
 
 
+@pytest.mark.parametrize("parity", ["false", "true", 1, None])
+def test_only_a_json_true_passes_the_parity_check(tmp_path, parity):
+    # Before: "false" (a string) and 1 passed a truthiness check, in the decision and in promote.
+    candidate = {"eval": {"fid": 1.0}, "export": {"parity_passed": parity}}
+    decision = compare(candidate, None, 0.05)
+    assert not decision.promote and "did not pass the parity check" in decision.reason
+    work = fake_outputs(tmp_path / "work", fid=1.0)
+    (work / "metrics" / "export.json").write_text(json.dumps({"parity_passed": parity}))
+    reg = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match=r"metrics/export.json: parity_passed is .*refusing to promote$"):
+        reg.promote(work)
+    assert reg.versions() == [] and not (tmp_path / "registry" / "champion").exists()
+
+
+@pytest.mark.parametrize("fid", [float("nan"), float("inf"), "1.0", True])
+def test_an_fid_that_is_not_a_finite_number_is_never_promoted(tmp_path, fid):
+    # Before: a NaN FID was promoted when there was no champion, then every candidate was refused ("needs < nan").
+    bad = {"eval": {"fid": fid}, "export": {"parity_passed": True}}
+    decision = compare(bad, None, 0.05)
+    assert not decision.promote and "not a finite number" in decision.reason
+    good = {"eval": {"fid": 1.0}, "export": {"parity_passed": True}}
+    against_bad = compare(good, bad, 0.05)
+    assert not against_bad.promote and "not a finite number, to compare with; promote by hand" in against_bad.reason
+    work = fake_outputs(tmp_path / "work", fid=1.0)
+    (work / "metrics" / "eval.json").write_text(json.dumps({"fid": fid}))  # NaN and Infinity as Python writes them
+    reg = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match=r"metrics/eval.json: fid is .*, not a finite number; refusing to promote"):
+        reg.promote(work)
+    assert reg.versions() == []
+
+
 def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, capsys):
     reg = str(tmp_path / "registry")
     for i, fid in enumerate((3.0, 2.0)):
