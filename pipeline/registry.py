@@ -10,7 +10,8 @@
 
 A version directory is written under a temporary name and renamed into place complete, and
 the champion pointer is written to a temporary file and renamed over the old one, so a
-crash at any point leaves the previous champion in force and no half version behind.
+crash at any point leaves the previous champion in force and no half version behind; the
+temporary folder (`.promote.*`) of a promotion killed outright is removed by the next one.
 Promotions and rollbacks hold `registry/.lock` (flock) while they number a version and move
 the champion, so concurrent ones land one after the other as distinct versions.
 
@@ -47,6 +48,8 @@ from pipeline.provenance import git_revision
 VERSION = re.compile(r"^v(\d{4,})$")
 REQUIRED = (layout.MODEL_CARD, layout.EVAL_METRICS, layout.EXPORT_METRICS, layout.PARAMS, layout.DVC_LOCK)
 LOCK = ".lock"
+STAGING_PREFIX = ".promote."  # a promotion's folder until it is complete; then renamed to its version
+STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}[a-z0-9_]{{8}}")  # as tempfile.mkdtemp names it
 LOCK_TIMEOUT_S = 120.0  # the lock covers numbering and renaming only, never the copy: seconds at most
 # version.json keys every reader relies on, with the type each must have
 RECORD_KEYS: dict[str, type] = {"version": str, "created": str, "git_rev": str, "files": list,
@@ -308,7 +311,7 @@ class Registry:
         # Copied before the lock is taken (a large model takes seconds), numbered under it. Not
         # artifacts.atomic_path, which replaces an existing target: renaming a directory onto a
         # non-empty one fails instead, so even a writer that ignores the lock never erases a version.
-        staging = Path(tempfile.mkdtemp(prefix=".promote.", dir=self.root))
+        staging, held = self._claim_staging()
         try:
             for f in [*onnx_files, work / layout.MODEL_CARD]:
                 shutil.copy2(f, staging / f.name)
@@ -329,12 +332,52 @@ class Registry:
                 "fetch": None,
             }
             with self._locked():
+                self._remove_stale_staging()
                 version = self._place(staging, record, fetch)
                 self._set_champion(version, {"action": "promote", "reason": reason})
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            os.close(held)
         return version
+
+    def _claim_staging(self) -> tuple[Path, int]:
+        """A new staging folder and a descriptor holding its flock until the promotion ends: a
+        promotion killed by SIGKILL loses the lock, which is how the next one tells its folder
+        from a concurrent promotion's live one (as prepare does with its temporaries). If a
+        clean-up removed the folder between its creation and the lock, another is made."""
+        while True:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+            fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.stat(staging), os.fstat(fd)):
+                    return staging, fd
+            os.close(fd)
+
+    def _remove_stale_staging(self) -> list[Path]:
+        """Remove the staging folders of killed promotions (a model's size each, forever otherwise):
+        only names tempfile.mkdtemp gives them here, and only those no live promotion holds.
+        Called under the registry lock. Returns what was removed."""
+        removed = []
+        for entry in os.scandir(self.root):
+            if not STAGING.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
+                    shutil.rmtree(entry.path)
+                    removed.append(Path(entry.path))
+            except OSError:  # held by its live promotion, or already gone
+                continue
+            finally:
+                os.close(fd)
+        return removed
 
     def _place(self, staging: Path, record: dict, fetch: FetchSource | None = None) -> str:
         """Rename the staged version into place under the next free number (called locked)."""

@@ -190,3 +190,36 @@ def test_a_corrupt_new_champion_is_reported_while_the_old_one_keeps_serving(tmp_
         assert health["version"] == "v0001" and health["reload_error"].startswith(message)
         assert grew(before, request_counts(url)).get(("reload", "failed")) == 1
         assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 200
+
+
+def paused_promotion(registry: Path, work: Path) -> subprocess.Popen:
+    """A real `Registry.promote` in another process, stopped once its files are staged (where a
+    kill leaves a folder behind); returns when it got there."""
+    script = ("import sys, time\nimport pipeline.registry as r\n"
+              "def pause(staged, source):\n    print('staged', flush=True)\n    time.sleep(600)\n"
+              "r._verify_onnx = pause\nr.Registry(sys.argv[1]).promote(sys.argv[2])\n")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(registry), str(work)], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "staged\n"
+    return proc
+
+
+def test_a_killed_promotions_folder_is_removed_by_the_next_but_a_live_ones_is_kept(tmp_path):
+    # Before: each `kill -9` during a promotion left a `.promote.*` folder of the model's size forever.
+    registry = tmp_path / "registry"
+    work = fake_outputs(tmp_path / "work", fid=1.0, onnx=tiny_onnx(pad_bytes=1 << 20))
+    killed = paused_promotion(registry, work)
+    killed.kill()  # SIGKILL: no clean-up runs
+    killed.wait()
+    (left,) = staged(registry)
+    live = paused_promotion(registry, work)
+    try:
+        (in_progress,) = [p for p in staged(registry) if p != left]
+        assert Registry(registry).promote(work) == "v0001"
+        assert staged(registry) == [in_progress]  # the killed one's removed, the live one's kept
+    finally:
+        live.kill()
+        live.wait()
+    assert Registry(registry).promote(work) == "v0002"
+    assert staged(registry) == [] and Registry(registry).versions() == ["v0001", "v0002"]
