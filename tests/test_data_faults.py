@@ -467,3 +467,29 @@ def test_a_truncated_tar_is_a_clear_error(tmp_path, previous):
     with pytest.raises(DataError, match=r"a.tar'.*cannot be read to the end"):
         prepare(cfg(tmp_path / "a.tar"), outs.dir, outs.report)
     assert outs.snapshot() == before
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip"])
+def test_zip_members_that_share_a_name_are_refused_by_name(tmp_path, mode):
+    # Before: both entries were read through getinfo(name), which returns the last: a valid image
+    # was reported bad, or a garbage entry passed on_error=fail and one image was stored twice.
+    import warnings
+    import zipfile
+
+    with warnings.catch_warnings(), zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name" warning
+        for i in range(4):
+            zf.writestr(f"cat/{i}.png", png(10 + i))
+        zf.writestr("cat/dup.png", b"not an image")
+        zf.writestr("cat/dup.png", png(99))
+    reason = "2 members of the zip have this name: which one is meant is ambiguous (an extractor keeps one of them)"
+    if mode == "fail":
+        with pytest.raises(DataError) as err:
+            prepare(cfg(tmp_path / "a.zip"), tmp_path / "out", tmp_path / "r.json")
+        assert f"\n  cat/dup.png: {reason}; rejected" in str(err.value) and "2 of 6 input files" in str(err.value)
+        return
+    prepare(cfg(tmp_path / "a.zip", on_error="skip"), tmp_path / "out", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [(s["file"], s["reason"]) for s in report["skipped"]] == [("cat/dup.png", f"{reason}; rejected")] * 2
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(f["name"] for f in manifest["files"]) == [f"cat/{i}.png" for i in range(4)]

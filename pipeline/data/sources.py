@@ -25,6 +25,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -216,6 +217,9 @@ def _entries(path: Path) -> tuple[list[Record], list[str]]:
         # a member name flagged as UTF-8 that is not raises UnicodeDecodeError while opening
         raise SourceError(f"data.path {str(path)!r}: its zip directory cannot be read ({err})") from None
     records, tops = [], set()
+    # zipfile reads a member by name and a name given twice resolves to its last entry: the other
+    # entry's content would never be what is checked, so every entry of a shared name is refused
+    shared = Counter(i.filename for i in infos if not i.is_dir())
     for info in infos:
         rel = PurePosixPath(info.filename)
         if info.is_dir():
@@ -227,6 +231,9 @@ def _entries(path: Path) -> tuple[list[Record], list[str]]:
         if len(rel.parts) > 1:
             tops.add(safe_text(rel.parts[0]))
         problem = _unsafe_member(info.filename)
+        if problem is None and shared[info.filename] > 1:
+            problem = (f"{shared[info.filename]} members of the zip have this name: which one is meant is "
+                       "ambiguous (an extractor keeps one of them); rejected")  # fmt: skip
         name = safe_text(info.filename)
         records.append(Record(name=name, label="", member=(str(path), info.filename), problem=problem))
     return records, sorted(tops)
