@@ -186,6 +186,53 @@ def model_info(session: ort.InferenceSession, path: Path | str = "model") -> Mod
         raise ModelError(f"{path}: not a ganpipe export (metadata {err} missing or malformed)") from None
 
 
+def _dims(arg) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "N" for d in arg.shape) + "]"
+
+
+def check_graph(session: ort.InferenceSession, info: ModelInfo, path: Path | str = "model") -> None:
+    """Refuse (ModelError, naming the file and the key) ganpipe.* metadata that does not fit the graph:
+    the service and `generate` size their inputs from it, so a translator's task on a generator graph,
+    or a latent_dim of 100,000,000 (400 MB of noise per image), was loaded and then failed every call."""
+    inputs = {a.name: a for a in session.get_inputs()}
+    outputs = {a.name: a for a in session.get_outputs()}
+    graph = f"the graph takes {[f'{n} {_dims(a)}' for n, a in inputs.items()]} and gives " \
+            f"{[f'{n} {_dims(a)}' for n, a in outputs.items()]}"  # fmt: skip
+
+    def refuse(key: str, problem: str) -> ModelError:
+        return ModelError(f"{path}: ganpipe.{key} {problem}; {graph}")
+
+    takes, gives = {"generate": ("z", "images"), "translate": ("images", "translated")}.get(info.task, (None, None))
+    if takes is None:
+        raise refuse("task", f"{info.task!r} is not 'generate' or 'translate'")
+    if takes not in inputs or gives not in outputs:
+        raise refuse("task", f"{info.task!r} needs an input {takes!r} and an output {gives!r}")
+    image = outputs[gives].shape
+    if len(image) != 4 or (info.task == "translate" and len(inputs[takes].shape) != 4):
+        raise refuse("task", f"{info.task!r} needs images of shape [N, C, H, W]")
+    if info.channels < 1 or (isinstance(image[1], int) and image[1] != info.channels):
+        raise refuse("channels", f"is {info.channels}, the images have {image[1]}")
+    if info.task == "translate":
+        for key, default in (("size_multiple", info.image_size), ("min_size", 1)):
+            value = info.metadata.get(f"ganpipe.{key}", str(default))
+            if not (value.isascii() and value.isdigit() and len(value) <= 6 and int(value) >= 1):
+                raise refuse(key, f"is {value[:20]!r}, not a whole number from 1 to 999999")
+        return
+    if info.image_size < 1 or any(isinstance(d, int) and d != info.image_size for d in image[2:]):
+        raise refuse("image_size", f"is {info.image_size}, but images is {_dims(outputs[gives])}")
+    z = inputs["z"].shape
+    if len(z) != 2 or not isinstance(z[1], int) or z[1] != info.latent_dim:
+        raise refuse("latent_dim", f"is {info.latent_dim}, but z is {_dims(inputs['z'])}")
+    labels = "labels" in inputs
+    if info.num_classes < 0 or (info.num_classes > 0) != labels:
+        raise refuse("num_classes", f"is {info.num_classes}, but the graph {'takes' if labels else 'has no'} labels")
+    names = info.class_names
+    named = isinstance(names, list) and all(isinstance(n, str) for n in names)
+    if not named or len(names) not in (0, info.num_classes):
+        got = len(names) if isinstance(names, list) else type(names).__name__
+        raise refuse("class_names", f"must list {info.num_classes} names (ganpipe.num_classes), got {got}")
+
+
 class OnnxGenerator:
     """Sample images from an exported generator: z ~ N(0, I) from a seeded NumPy RNG."""
 
@@ -197,6 +244,7 @@ class OnnxGenerator:
         self.info = model_info(self.session, path)
         if self.info.task != "generate":
             raise ModelError(f"{path}: is a {self.info.task!r} model, not an image generator")
+        check_graph(self.session, self.info, path)
 
     @property
     def providers(self) -> list[str]:
@@ -286,6 +334,7 @@ class OnnxTranslator:
         self.info = model_info(self.session, path)
         if self.info.task != "translate":
             raise ModelError(f"{path}: is a {self.info.task!r} model, not a translator")
+        check_graph(self.session, self.info, path)
         self.size_multiple = int(self.info.metadata.get("ganpipe.size_multiple", self.info.image_size))
         self.min_size = int(self.info.metadata.get("ganpipe.min_size", self.size_multiple))
         self.direction = self.info.metadata.get("ganpipe.direction", "AB")

@@ -6,6 +6,7 @@ version routes of the Open Inference Protocol, and what the unauthenticated /hea
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import httpx
@@ -131,3 +132,52 @@ def test_healthz_never_shows_what_a_bad_champion_pointer_holds(models, tmp_path,
         as_symlink(tmp_path / "registry" / "v0001" / "version.json")(pointer)  # JSON, not a version name
         httpx.get(f"{url}/v1/model")
         assert '"version": "v0001"' not in httpx.get(f"{url}/healthz").json()["reload_error"]
+
+
+def with_metadata(src, dst, **changes):
+    """A copy of an exported ONNX file with some of its ganpipe.* metadata changed."""
+    import onnx
+
+    model = onnx.load(src)
+    for prop in model.metadata_props:
+        prop.value = str(changes.pop(prop.key.removeprefix("ganpipe."), prop.value))
+    for key, value in changes.items():
+        model.metadata_props.add(key=f"ganpipe.{key}", value=str(value))
+    onnx.save(model, dst)
+    return dst
+
+
+LIES = {  # metadata that does not fit the graph: each was loaded, then failed every call with a 500
+    "translate-task-on-a-generator": ("plain", {"task": "translate"}, "ganpipe.task 'translate'"),
+    "latent-dim-1e8": ("plain", {"latent_dim": 100_000_000}, "ganpipe.latent_dim is 100000000, but z is [N, 8]"),
+    "generate-task-on-a-translator": ("translate", {"task": "generate"}, "ganpipe.task 'generate'"),
+    "classes-without-labels": ("plain", {"num_classes": 3}, "ganpipe.num_classes is 3"),
+    "channels": ("generate", {"channels": 3}, "ganpipe.channels is 3"),
+    "size-multiple": ("translate", {"size_multiple": 0}, "ganpipe.size_multiple is '0'"),
+}
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_metadata_that_does_not_fit_the_graph_is_refused_when_loading_and_when_promoting(models, tmp_path, lie):  # noqa: F811
+    from test_serve import promote_file as promote
+
+    from pipeline.inference import ModelError, open_model
+    from pipeline.registry import RegistryError
+
+    source, changes, words = LIES[lie]
+    lying = with_metadata(models[source], tmp_path / "lying.onnx", **changes)
+    with pytest.raises(ModelError, match=re.escape(f"lying.onnx: {words}")) as err:  # the service loads with open_model
+        open_model(lying)
+    assert "\n" not in str(err.value) and "the graph takes" in str(err.value)
+    reg = Registry(tmp_path / "registry")
+    with pytest.raises(RegistryError, match=re.escape(f"generator.onnx: {words}") + ".*refusing to promote"):
+        promote(reg, tmp_path / "work", lying)
+    assert reg.versions() == []
+    if lie == "latent-dim-1e8":  # put in place behind the registry's back: the service keeps the old model
+        promote(reg, tmp_path / "w1", models["plain"])
+        with running(ServeConfig(registry=tmp_path / "registry")) as url:
+            promote(reg, tmp_path / "w2", models["plain"])
+            shutil.copy(lying, reg.model_path("v0002"))
+            res = httpx.post(f"{url}/v1/generate", json={"n": 1})
+            assert res.status_code == 200 and res.headers["x-model-version"] == "v0001"
+            assert "ganpipe.latent_dim is 100000000" in httpx.get(f"{url}/healthz").json()["reload_error"]
