@@ -493,3 +493,43 @@ def test_zip_members_that_share_a_name_are_refused_by_name(tmp_path, mode):
     assert [(s["file"], s["reason"]) for s in report["skipped"]] == [("cat/dup.png", f"{reason}; rejected")] * 2
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert sorted(f["name"] for f in manifest["files"]) == [f"cat/{i}.png" for i in range(4)]
+
+
+def test_tar_links_and_special_members_are_reported_as_a_folder_reports_them(tmp_path):
+    # Before: a tar's symlinks (even to /etc/passwd), hard links, devices and FIFOs were dropped without a
+    # report entry, so on_error=fail passed and files_seen left them out; a folder reported them as bad files.
+    src = good_folder(tmp_path / "src")
+    (tmp_path / "outside.png").write_bytes(png(7))
+    os.symlink("/etc/passwd", src / "cat" / "passwd.png")
+    os.symlink("../../outside.png", src / "cat" / "up.png")
+    os.symlink("00.png", src / "cat" / "same.png")  # inside: read, so a duplicate of 00.png
+    os.mkfifo(src / "cat" / "fifo.png")
+    with tarfile.open(tmp_path / "a.tar", "w") as tf:
+        for f in sorted(src.rglob("*")):
+            tf.add(f, f.relative_to(src).as_posix(), recursive=False)
+        for name, kind, link in (("cat/hard.png", tarfile.LNKTYPE, "cat/01.png"), ("cat/dev.png", tarfile.CHRTYPE, ""),
+                                 ("cat/hard-out.png", tarfile.LNKTYPE, "../x.png")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, link
+            tf.addfile(info)  # what a folder cannot hold without privileges
+    reports = {}
+    for source in ("src", "a.tar"):
+        prepare(cfg(tmp_path / source, on_error="skip"), tmp_path / f"out-{source}", tmp_path / f"{source}.json")
+        reports[source] = json.loads((tmp_path / f"{source}.json").read_text())
+    skipped = {k: {(s["file"], s["reason"]) for s in r["skipped"]} for k, r in reports.items()}
+    assert skipped["src"] == {
+        ("cat/passwd.png", "symlink to /etc/passwd points outside data.path; refused"),
+        ("cat/up.png", "symlink to ../../outside.png points outside data.path; refused"),
+        ("cat/fifo.png", "not a regular file (device, pipe or socket)"),
+        ("cat/same.png", "exact duplicate of cat/00.png (same decoded pixels); the first is kept"),
+    }
+    assert skipped["a.tar"] == skipped["src"] | {
+        ("cat/hard.png", "exact duplicate of cat/01.png (same decoded pixels); the first is kept"),
+        ("cat/dev.png", "not a regular file (device, pipe or socket)"),
+        ("cat/hard-out.png", "hard link to ../x.png points outside data.path; refused"),
+    }
+    assert reports["a.tar"]["files_seen"] == reports["src"]["files_seen"] + 3 == 17
+    with pytest.raises(DataError) as err:  # and on_error=fail stops on them
+        prepare(cfg(tmp_path / "a.tar"), tmp_path / "out-fail", tmp_path / "fail.json")
+    for name in ("passwd", "up", "fifo", "dev", "hard-out"):
+        assert f"\n  cat/{name}.png: " in str(err.value)

@@ -245,19 +245,46 @@ def _tar_records(path: Path, max_bytes: int | None = None) -> Iterator[Record]:
     understate a member's size, and reading it whole would hold it all in memory."""
     with tarfile.open(path) as tf:
         for member in tf:  # streaming order: one pass over a compressed stream
-            if not member.isfile():
+            if member.isdir():
                 continue
             problem = _unsafe_member(member.name)
             if not _wanted(PurePosixPath(member.name)) and not problem:
                 continue
+            problem = problem or _tar_member_problem(member)
             if not problem and max_bytes is not None and member.size > max_bytes:
                 problem = too_large(member.size, max_bytes)
             data = None
-            if not problem and (fh := tf.extractfile(member)) is not None:
-                data = fh.read(-1 if max_bytes is None else max_bytes + 1)
-                if max_bytes is not None and len(data) > max_bytes:
-                    problem, data = too_large(len(data), max_bytes), None
+            if not problem:
+                try:  # a link inside the archive reads its target, as a folder's symlink does
+                    fh = tf.extractfile(member)
+                except KeyError:  # tarfile finds a link's target among the members before it
+                    problem = f"link to {safe_text(member.linkname)}: no such file before it in the archive; refused"
+                    fh = None
+                if fh is not None:
+                    data = fh.read(-1 if max_bytes is None else max_bytes + 1)
+                    if max_bytes is not None and len(data) > max_bytes:
+                        problem, data = too_large(len(data), max_bytes), None
+                elif not problem:
+                    problem = f"link to {safe_text(member.linkname)}, which is not a file; refused"
             yield Record(name=safe_text(member.name), label="", data=data, problem=problem)
+
+
+_TAR_DEST = "/nonexistent/ganpipe-data"  # data_filter judges links against a destination; nothing is extracted
+
+
+def _tar_member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member that is not a plain file cannot be used (None: a link inside the archive),
+    judged by the standard library's extraction filter and worded as a folder source words it."""
+    try:
+        tarfile.data_filter(member, _TAR_DEST)
+    except tarfile.SpecialFileError:
+        return "not a regular file (device, pipe or socket)"
+    except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
+        kind = "symlink" if member.issym() else "hard link"
+        return f"{kind} to {safe_text(member.linkname)} points outside data.path; refused"
+    except tarfile.FilterError as err:
+        return f"refused by tarfile's data filter ({safe_text(str(err))})"
+    return None
 
 
 def too_large(size: int, max_bytes: int) -> str:
