@@ -302,7 +302,8 @@ def test_the_flow_exits_2_with_the_undecodable_name_escaped(tmp_path, monkeypatc
         "ganpipe prepare: error: 1 of 11 input files are unusable (data.on_error=fail; "
         "set it to 'skip' to leave them out):"
     ]
-    assert "  cat/bad\\xff.png: not an image (no decoder recognises its content)" in stderr.splitlines()
+    bad_line = "  cat/bad\\xff.png: not an image in a supported format (PNG, JPEG, WEBP, BMP, GIF, TIFF)"
+    assert bad_line in stderr.splitlines()
     assert not (tmp_path / "data" / "prepared").exists() and not (tmp_path / "reports" / "data_report.json").exists()
 
 
@@ -334,7 +335,7 @@ def test_file_names_cannot_forge_error_lines(tmp_path, previous):
     with pytest.raises(DataError) as err:
         prepare(cfg(src), outs.dir, outs.report)
     assert str(err.value).splitlines()[1:] == [
-        "  cat/evil\\n| injected | row |.png: not an image (no decoder recognises its content)"
+        "  cat/evil\\n| injected | row |.png: not an image in a supported format (PNG, JPEG, WEBP, BMP, GIF, TIFF)"
     ]
     assert outs.snapshot() == before
 

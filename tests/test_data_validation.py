@@ -75,7 +75,7 @@ def _fifo(src, tmp):
 BAD_CASES = {
     "zero-byte": (_zero, "cat/zero.png", "empty file (0 bytes)"),
     "truncated": (_truncated, "cat/cut.png", "cannot be decoded"),
-    "not an image": (_not_image, "cat/readme.jpg", "not an image (no decoder recognises its content)"),
+    "not an image": (_not_image, "cat/readme.jpg", "not an image in a supported format"),
     "unsupported mode": (_lab, "cat/lab.tif", "unsupported image mode 'LAB'"),
     "too small": (_small, "cat/tiny.png", "3x12 is smaller than data.min_size=4 px"),
     "decompression bomb": (_bomb, "cat/bomb.png", "more than data.max_pixels=50000 pixels"),
@@ -274,3 +274,32 @@ def test_unknown_font_is_a_clear_error(tmp_path):
     data = DataConfig(source="glyphs", image_size=16, glyphs=GlyphConfig(font_b="NoSuchFont.ttf"))
     with pytest.raises(DataError, match=r"data.glyphs.font_b: font 'NoSuchFont.ttf' is neither a file nor"):
         prepare(data, tmp_path / "out", tmp_path / "r.json")
+
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke showpage\n%%EOF\n")  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["fail", "skip"])
+def test_only_the_supported_image_formats_are_decoded(tmp_path, mode):
+    # Before: any format Pillow knows was opened (PCX, TGA, ICO passed), and an EPS went to Ghostscript
+    # where it is installed: an interpreter run on input data.
+    from pipeline.data.decode import IMAGE_FORMATS
+    from pipeline.inference import IMAGE_FORMATS as SERVICE_FORMATS
+
+    assert IMAGE_FORMATS == SERVICE_FORMATS  # prepare decodes what the service decodes
+    src = good_folder(tmp_path / "src")
+    (src / "cat" / "p.pcx").write_bytes(png(90, fmt="PCX"))
+    (src / "cat" / "t.tga").write_bytes(png(91, fmt="TGA"))
+    (src / "cat" / "i.ico").write_bytes(png(92, size=(16, 16), fmt="ICO"))
+    (src / "cat" / "e.eps").write_bytes(EPS)
+    reason = "not an image in a supported format (PNG, JPEG, WEBP, BMP, GIF, TIFF)"
+    names = ["cat/e.eps", "cat/i.ico", "cat/p.pcx", "cat/t.tga"]
+    if mode == "fail":
+        with pytest.raises(DataError) as err:
+            prepare(cfg(src), tmp_path / "out", tmp_path / "r.json")
+        assert str(err.value).splitlines()[1:] == [f"  {n}: {reason}" for n in names]
+        return
+    prepare(cfg(src, on_error="skip"), tmp_path / "out", tmp_path / "r.json")
+    skipped = json.loads((tmp_path / "r.json").read_text())["skipped"]
+    assert [(s["file"], s["reason"]) for s in skipped] == [(n, reason) for n in names]

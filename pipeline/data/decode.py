@@ -27,6 +27,10 @@ from pipeline.errors import UserError
 # LAB is refused: Pillow converts it to RGB by copying channels, not by colour management.
 SUPPORTED_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "RGBa", "CMYK", "YCbCr", "HSV"}
 SUPPORTED_MODES |= {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# The decoders an input file may reach: plain raster formats, the service's list (pipeline/inference.py's
+# IMAGE_FORMATS, kept equal by a test; not imported: prepare would load ONNX Runtime). Pillow would
+# otherwise try every format it knows, and hands EPS to Ghostscript, an interpreter, where one is installed.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 BATCH = 32  # records per worker task
 # The most bytes per pixel an image file can need: 16-bit RGBA/CMYK (PNG, TIFF) and 64-bit
 # float greyscale (TIFF) take 8; plus room for metadata (ICC profiles, EXIF, XMP, thumbnails).
@@ -116,12 +120,12 @@ def decode(record: Record, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(raw))
+                img = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)
                 img.load()  # decode every byte now, so truncation is caught here (first frame of animations)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadImage(f"more than data.max_pixels={cfg.max_pixels} pixels (decompression-bomb guard)") from None
         except UnidentifiedImageError:
-            raise BadImage("not an image (no decoder recognises its content)") from None
+            raise BadImage(f"not an image in a supported format ({', '.join(IMAGE_FORMATS)})") from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise BadImage(f"cannot be decoded ({err})") from None
         if min(img.size) < cfg.smallest_side:
