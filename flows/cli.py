@@ -402,6 +402,7 @@ def _cmd_registry(args: argparse.Namespace) -> int:
 
 def _list_registry(reg, name: str) -> int:
     """Every version, one a line; an unreadable one is listed as such (exit 1) rather than hiding the rest."""
+    from pipeline.data.report import one_line  # names as written, a newline in one shown as \n
     from pipeline.registry import RegistryError
 
     problems = []
@@ -419,7 +420,7 @@ def _list_registry(reg, name: str) -> int:
             problems.append(r["error"])
             continue
         fid = "-" if r["fid"] is None else f"{r['fid']:.4f}"
-        print(f"{mark} {r['version']}  {r['created']}  FID {fid}  {r['git_rev']}  {r['files']}")
+        print(one_line(f"{mark} {r['version']}  {r['created']}  FID {fid}  {r['git_rev']}  {r['files']}"))
     for problem in problems:
         print(f"ganpipe registry: error: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -33,6 +33,7 @@ import re
 import reprlib
 import shlex
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -349,6 +350,8 @@ class Registry:
         clean-up removed the folder between its creation and the lock, another is made."""
         while True:
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
+            # mkdtemp makes it 0700: a service running as another user could not read the version
+            os.chmod(staging, stat.S_IMODE(os.stat(self.root).st_mode))  # as readable as the registry
             fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
             fcntl.flock(fd, fcntl.LOCK_EX)
             with contextlib.suppress(FileNotFoundError):

@@ -223,3 +223,22 @@ def test_a_killed_promotions_folder_is_removed_by_the_next_but_a_live_ones_is_ke
         live.wait()
     assert Registry(registry).promote(work) == "v0002"
     assert staged(registry) == [] and Registry(registry).versions() == ["v0001", "v0002"]
+
+
+def test_registry_list_shows_a_name_with_a_newline_on_one_line_and_versions_are_readable_by_others(tmp_path, capsys):
+    # Before: a file name with a newline printed raw (one version as two lines), and version folders
+    # were made 0700 (tempfile.mkdtemp), so a service running as another user could not read them.
+    import stat
+
+    registry = tmp_path / "registry"
+    registry.mkdir(mode=0o755)
+    os.chmod(registry, 0o755)  # whatever the umask
+    work = fake_outputs(tmp_path / "work", fid=1.0)
+    (work / "exports" / "generator.onnx").rename(work / "exports" / "gen\nerator.onnx")
+    assert ganpipe(["registry", "promote", "--registry", str(registry), "--workdir", str(work)]) == 0
+    capsys.readouterr()
+    assert ganpipe(["registry", "list", "--registry", str(registry)]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("* v0001  ") and line.endswith("  gen\\nerator.onnx")
+    assert stat.S_IMODE((registry / "v0001").stat().st_mode) == 0o755
+    assert stat.S_IMODE((registry / "v0001" / "metrics").stat().st_mode) & 0o005 == 0o005
