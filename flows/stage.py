@@ -92,11 +92,24 @@ def library_logs(level: int = logging.INFO) -> Iterator[None]:
     handler, old = APILogHandler(level), logger.level
     logger.addHandler(handler)
     logger.setLevel(min(logger.getEffectiveLevel(), level))
+    runs = [logging.getLogger(n) for n in ("prefect.task_runs", "prefect.flow_runs")]
+    for run_logger in runs:
+        run_logger.addFilter(_no_user_error_tracebacks)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)
+        for run_logger in runs:
+            run_logger.removeFilter(_no_user_error_tracebacks)
+
+
+def _no_user_error_tracebacks(record: logging.LogRecord) -> bool:
+    """Prefect logs every failed task and flow run with its traceback; a user error (a full disk,
+    a bad input file) keeps its one line there, and run_stage prints it once more, as the error."""
+    if record.exc_info and isinstance(record.exc_info[1], UserError):
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def run_stage(flow_fn: Callable, argv: list[str] | None = None) -> int:

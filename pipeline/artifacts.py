@@ -16,6 +16,46 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+
+
+class DiskFull(UserError, OSError):
+    """An output could not be written for want of space; the message names it and the space needed."""
+
+    def __init__(self, path: Path | str, needed: int):
+        self.path, self.needed = Path(path), needed
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            free = 0
+        short = f"; free at least {_size(needed - free)} more" if needed > free else ""
+        super().__init__(errno.ENOSPC, f"{self.path}: no space left on the device: {_size(needed)} to write, "
+                                       f"{_size(free)} free there{short}, then run again")  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB" if n >= 100_000 else f"{n:,} bytes"
+
+
+def write_file(path: Path | str, data: bytes) -> None:
+    """Write `data` to a new file `path`; DiskFull, naming it with the size, when the disk is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as err:
+        if err.errno in NO_SPACE:
+            raise DiskFull(path, len(data)) from None
+        raise
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path | str) -> Iterator[Path]:
@@ -31,6 +71,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()  # the writer creates it (as a file or a directory)
+    full = None
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():
@@ -38,16 +79,20 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
                 raise IsADirectoryError(errno.EISDIR, "is a folder; not replaced by a file", str(target))
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except DiskFull as err:
+        full = err.needed  # reported under the target's name, once the temporary's space is free again
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+    if full is not None:
+        raise DiskFull(target, full) from None
 
 
 def write_bytes(target: Path | str, data: bytes) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+        write_file(tmp, data)
 
 
 def save_torch(target: Path | str, obj: Any) -> None:

@@ -25,7 +25,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from pipeline import layout
-from pipeline.artifacts import atomic_path, write_json
+from pipeline.artifacts import atomic_path, write_file, write_json
 from pipeline.errors import UserError
 from pipeline.inference import PSI, create_session
 from pipeline.models.artifact import load_generator, load_translators
@@ -164,7 +164,7 @@ def to_onnx(
         graph_input.type.tensor_type.shape.dim[0].dim_param = f"{name}_length"
     for key, value in metadata.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    onnx.save_model(model, str(path))
+    write_file(path, model.SerializeToString())  # as onnx.save_model, with a full disk reported by name
     onnx.checker.check_model(str(path), full_check=True)
 
 

@@ -171,3 +171,45 @@ def test_generate_cli_refuses_a_label_that_is_neither_a_class_nor_an_ascii_index
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert f"unknown label {label!r}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+FULL_DISK = """
+import errno, os, runpy, sys, types
+import pipeline.artifacts as artifacts
+def full(fd, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+# the write system call as a full disk answers it (os.write, in the module that writes outputs only)
+calls = {k: getattr(os, k) for k in dir(os) if not k.startswith("__")}
+artifacts.os = types.SimpleNamespace(**{**calls, "write": full})
+sys.argv = ["flows.export"]
+runpy.run_module("flows.export", run_name="__main__")
+"""
+
+
+def test_a_full_disk_during_export_is_one_line_naming_the_path_and_the_space_needed(tmp_path, prefect_api):
+    """Before: 145 lines of log, three tracebacks, no path. The disk is filled for real where the test
+    may mount a 16 KB tmpfs on exports/ (as root); elsewhere filling a disk is out of reach, and the
+    write call fails as a full disk makes it fail: OSError(ENOSPC)."""
+    (tmp_path / "models").mkdir()
+    save_generator(tmp_path / "models" / "generator.pt")
+    (tmp_path / "params.yaml").write_text("{}\n")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(exports)],
+                                                   capture_output=True).returncode == 0  # fmt: skip
+    try:
+        cmd = ["-m", "flows.export"] if mounted else ["-c", FULL_DISK]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, *cmd], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+        assert list(exports.iterdir()) == []  # no model, no temporary
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(exports)], check=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    (line,) = [x for x in res.stderr.splitlines() if x.startswith("ganpipe export: error: ")]
+    assert line.startswith("ganpipe export: error: exports/generator.onnx: no space left on the device: ")
+    assert " bytes to write, " in line and " free there" in line and line.endswith(", then run again")
+    if mounted:
+        assert ", 16,384 bytes free there; free at least " in line
+    assert not (tmp_path / "metrics" / "export.json").exists()
