@@ -117,7 +117,15 @@ def _cmd_repro(args: argparse.Namespace) -> int:
 
     with workspace_lock(_command_line()):  # an experiment running here would change params under DVC's feet
         load_params(layout.PARAMS)  # before DVC removes any stage's outputs
+        _repair_dvc_locks()
         return _run_pipeline(["repro", *args.dvc_args])
+
+
+def _repair_dvc_locks() -> None:
+    from pipeline.workspace import repair_dvc_rwlock
+
+    if said := repair_dvc_rwlock():
+        print(f"ganpipe: {said}", file=sys.stderr)
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -160,6 +168,7 @@ def _cmd_exp(args: argparse.Namespace) -> int:
     # held before params.yaml is read or put back, and until DVC is done: `dvc exp run -S` rewrites
     # params.yaml before DVC takes its own lock, so a second experiment would change the first one's
     with workspace_lock(_command_line()):
+        _repair_dvc_locks()
         return _exp(args)
 
 

@@ -51,3 +51,37 @@ def workspace_lock(what: str, root: Path | str = ".") -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def repair_dvc_rwlock(root: Path | str = ".") -> str | None:
+    """Remove DVC's stage-lock file `.dvc/tmp/rwlock` when it cannot be read; a line saying so, or None.
+
+    DVC rewrites that file in place (open "w", then json.dump), so a full disk leaves it empty or cut
+    short, and every later DVC command fails with "JSON structure is corrupted" until it is deleted by
+    hand. A missing file is what DVC reads as "no stage locked", so removing it, under DVC's own guard
+    of the file (dvc.lock.make_lock on rwlock.lock), is the repair. It is judged as DVC judges it: JSON
+    with DVC's schema (DVC has no public call that reads it without writing it back)."""
+    import json
+
+    from dvc.lock import LockError, make_lock
+    from dvc.rwlock import RWLOCK_FILE, RWLOCK_LOCK, SCHEMA
+    from voluptuous import Invalid
+
+    tmp = Path(root) / ".dvc" / "tmp"
+    path = tmp / RWLOCK_FILE
+    if not path.is_file():
+        return None
+    try:
+        with make_lock(str(tmp / RWLOCK_LOCK), tmp_dir=str(tmp), hardlink_lock=False):
+            try:
+                SCHEMA(json.loads(path.read_bytes()))
+                return None
+            except FileNotFoundError:
+                return None
+            except (ValueError, Invalid):  # not JSON (empty, cut short, not UTF-8), or not DVC's format
+                size = path.stat().st_size
+                path.unlink()
+    except LockError:  # DVC is editing it right now: it is DVC's to judge
+        return None
+    return (f"{path}: DVC's stage-lock file was unreadable ({size} bytes; DVC rewrites it in place, so a full "
+            "disk leaves it cut short) and every DVC command would fail on it: removed it (no stage holds a lock)")

@@ -420,3 +420,41 @@ def test_set_params_are_validated_as_dvc_would_apply_them_each_sweep_point_and_f
         validate_set_params(["train.stepz=1"])
     with pytest.raises(ConfigError, match=r"^-S train.steps=\[: "):
         validate_set_params(["train.steps=["])
+
+
+def test_repro_repairs_the_stage_lock_file_a_full_disk_left_cut_short(tmp_path, prefect_api):
+    """DVC rewrites .dvc/tmp/rwlock in place; a disk that fills up while it does leaves it cut short,
+    and every later DVC command fails ("JSON structure is corrupted") until it is deleted by hand."""
+    import shutil
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.yaml\n"
+                                       "    params: [seed]\n    outs: [out.yaml]\n")  # fmt: skip
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"
+    rwlock.parent.mkdir(exist_ok=True)
+    rwlock.write_text('{"write": {"out.yaml": {"pid": 1')  # as a full disk cuts DVC's json.dump short
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": prefect_api}
+    dvc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True)
+    assert dvc.returncode != 0 and "JSON structure is corrupted" in dvc.stderr  # DVC's own behaviour
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "repro"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [line for line in res.stderr.splitlines() if "rwlock" in line] == [
+        f"ganpipe: {Path('.dvc/tmp/rwlock')}: DVC's stage-lock file was unreadable (32 bytes; DVC rewrites it in "
+        "place, so a full disk leaves it cut short) and every DVC command would fail on it: removed it (no stage "
+        "holds a lock)"
+    ]
+    assert (tmp_path / "out.yaml").read_bytes() == (tmp_path / "params.yaml").read_bytes()  # the stage ran
+    json.loads(rwlock.read_text())  # DVC wrote a readable one again
+    again = subprocess.run([sys.executable, "-m", "flows.cli", "repro"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0 and "rwlock" not in again.stderr  # a readable file is left alone
