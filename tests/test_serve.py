@@ -30,7 +30,7 @@ from test_export import REPO, save_generator
 from pipeline.export import export_generator, export_translators
 from pipeline.inference import OnnxGenerator
 from pipeline.registry import Registry
-from pipeline.serve.app import ServeConfig, create_app
+from pipeline.serve.app import ServeConfig, create_app, server_config
 
 
 def free_port() -> int:
@@ -46,7 +46,7 @@ def running(cfg: ServeConfig | FastAPI):
 
     port = free_port()
     app = cfg if isinstance(cfg, FastAPI) else create_app(cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, port=port, log_level="warning"))  # as `ganpipe serve` configures it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -22,10 +22,10 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_export import REPO
-from test_serve import announcement, models, png_of, post_held, request_counts, running  # noqa: F401  (models)
+from test_serve import announcement, models, png_of, request_counts, running  # noqa: F401  (models)
 
 from pipeline.inference import ModelError, OnnxGenerator
-from pipeline.serve.app import ServeConfig
+from pipeline.serve.app import ServeConfig, create_app
 
 
 def gauge(url: str, name: str) -> float:
@@ -155,15 +155,44 @@ def test_an_image_fed_to_the_model_above_max_pixels_is_refused_though_its_file_i
 
 
 # Case 7: overload
+@contextmanager
+def inference_held(app):
+    """The served generator's inferences wait until `release` is set (`entered`: one has begun), so a
+    request holds its admission and its slot as long as a test needs; the model itself is the real one."""
+    model = app.state.holder.served.model
+    real, entered, release = model.generate, threading.Event(), threading.Event()
+
+    def generate(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    model.generate = generate
+    try:
+        yield entered, release
+    finally:
+        release.set()
+        model.generate = real
+
+
+def post_in_thread(url: str, body: dict, results: dict) -> threading.Thread:
+    def post():
+        results["slow"] = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
 def test_requests_beyond_max_concurrency_plus_max_queue_get_503_with_retry_after(models):  # noqa: F811
-    """A request counts from the moment it is admitted, before its body is read: one whose body
-    is still arriving holds the only place, so the next one is refused, and served once it is free."""
-    release, results = threading.Event(), {}
-    with running(ServeConfig(model=models["generate"], max_concurrency=1, max_queue=0)) as url:
-        t = threading.Thread(target=post_held, args=(url, {"n": 2, "seed": 3, "format": "npy"}, release, results))
-        t.start()
+    """A request counts from its admission, once its body is read, to its end: one whose inference
+    is running holds the only place, so the next one is refused, and served once it is free."""
+    app, results = create_app(ServeConfig(model=models["generate"], max_concurrency=1, max_queue=0)), {}
+    with running(app) as url, inference_held(app) as (entered, release):
+        t = post_in_thread(url, {"n": 2, "seed": 3, "format": "npy"}, results)
         try:
-            wait_for(lambda: gauge(url, "ganpipe_inference_admitted") == 1, "the slow request to be admitted")
+            assert entered.wait(20), "the first request's inference did not start"
+            assert gauge(url, "ganpipe_inference_admitted") == 1
             refused = httpx.post(f"{url}/v1/generate", json={"n": 1})
             translate = httpx.post(f"{url}/v1/translate", content=png_of(), headers={"content-type": "image/png"})
         finally:
@@ -177,6 +206,7 @@ def test_requests_beyond_max_concurrency_plus_max_queue_get_503_with_retry_after
                                       OnnxGenerator(models["generate"]).generate(2, 3))  # fmt: skip
         assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 200
         assert gauge(url, "ganpipe_inference_admitted") == 0 and gauge(url, "ganpipe_inference_running") == 0
+        assert gauge(url, "ganpipe_request_body_bytes") == 0
         assert request_counts(url)[("/v1/generate", "503")] == 1
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import threading
+import time
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
 import pytest
 from test_serve import models, promote_file, running  # noqa: F401  (models: the fixture)
-from test_serve_faults import server_errors_logged
+from test_serve_faults import gauge, server_errors_logged, wait_for
 
 from pipeline.registry import Registry
 from pipeline.serve.app import ServeConfig
@@ -181,3 +185,129 @@ def test_metadata_that_does_not_fit_the_graph_is_refused_when_loading_and_when_p
             res = httpx.post(f"{url}/v1/generate", json={"n": 1})
             assert res.status_code == 200 and res.headers["x-model-version"] == "v0001"
             assert "ganpipe.latent_dim is 100000000" in httpx.get(f"{url}/healthz").json()["reload_error"]
+
+
+def connect(url: str) -> socket.socket:
+    return socket.create_connection((urlsplit(url).hostname, urlsplit(url).port), timeout=10)
+
+
+def head(path: str, length: int = 1000, ctype: str = "application/json") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def trickle_until_closed(sock: socket.socket, first: bytes, every: float = 0.2, limit: float = 15) -> bytes:
+    """Send `first`, then a byte whenever the server has said nothing for `every` s, as a slow client
+    does, until the server closes the connection; what it sent meanwhile."""
+    sock.sendall(first)
+    sock.settimeout(every)
+    got, deadline = b"", time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return got
+            continue
+        except ConnectionResetError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+    raise AssertionError(f"the server kept the connection open for {limit} s; it sent {got[:200]!r}")
+
+
+def test_normal_requests_are_served_while_18_slow_clients_hold_bodies_open(models):  # noqa: F811
+    """18 (max_concurrency + max_queue) sockets that declare 1000 bytes, send `{` and then a byte at a time
+    were each admitted before their bodies were read: every /v1 and /v2 model call got 503 while they
+    stayed. Bodies are now read before admission, so they hold no place."""
+    stop, sockets = threading.Event(), []
+    with running(ServeConfig(model=models["plain"])) as url:
+        for i in range(18):
+            sock = connect(url)
+            sock.sendall(head("/v1/generate" if i % 2 else "/v2/models/ganpipe/infer") + b"{")
+            sockets.append(sock)
+
+        def keep_sending():
+            while not stop.wait(0.5):
+                for sock in sockets:
+                    sock.sendall(b" ")
+
+        sender = threading.Thread(target=keep_sending)
+        sender.start()
+        try:
+            wait_for(lambda: gauge(url, "ganpipe_request_body_bytes") >= 18, "the 18 slow bodies to be read")
+            with httpx.Client(timeout=30) as c:
+                statuses = [c.post(f"{url}/v1/generate", json={"n": 2}).status_code for _ in range(5)]
+                statuses += [c.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [z_tensor(2)]}).status_code
+                             for _ in range(5)]  # fmt: skip
+            assert gauge(url, "ganpipe_inference_admitted") == 0  # the slow ones hold no place
+        finally:
+            stop.set()
+            sender.join()
+            for sock in sockets:
+                sock.close()
+        assert statuses == [200] * 10
+        wait_for(lambda: gauge(url, "ganpipe_request_body_bytes") == 0, "the slow bodies to be let go")
+
+
+@pytest.mark.parametrize("path", ["/v1/generate", "/v2/models/ganpipe/infer"])
+def test_a_body_that_does_not_arrive_within_the_body_timeout_gets_408_and_the_connection_closed(models, path):  # noqa: F811
+    with running(ServeConfig(model=models["plain"], body_timeout_s=1)) as url, connect(url) as sock:
+        start = time.monotonic()
+        answer = trickle_until_closed(sock, head(path) + b"{")
+        assert time.monotonic() - start < 10  # closed by the server, not by the limit of this test
+        status, _, rest = answer.partition(b"\r\n")
+        assert status == b"HTTP/1.1 408 Request Timeout", answer[:300]
+        assert b"connection: close" in rest.lower() and b"request timeout" in rest and b"within 1 s" in rest
+        assert gauge(url, "ganpipe_inference_admitted") == 0 and gauge(url, "ganpipe_request_body_bytes") == 0
+        assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 200
+
+
+def test_a_request_head_that_does_not_arrive_within_the_header_timeout_is_closed(models):  # noqa: F811
+    """uvicorn's keep-alive timeout is cancelled by every byte received, and not armed before the
+    first request: a head sent a byte at a time, or nothing at all, held a socket for ever."""
+    with running(ServeConfig(model=models["plain"], header_timeout_s=1)) as url:
+        with connect(url) as slow_head, connect(url) as silent:
+            assert trickle_until_closed(slow_head, b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nX-Slow: ") == b""
+            silent.settimeout(10)
+            assert silent.recv(100) == b""  # closed
+        with connect(url) as unwanted_body:
+            answered = trickle_until_closed(unwanted_body, head("/v1/generate", ctype="text/plain") + b"{")
+            assert answered.startswith(b"HTTP/1.1 415 ")  # answered at once, then closed while the body trickled
+        with httpx.Client() as c:  # a client that keeps its connection alive between requests is not disturbed
+            assert [c.get(f"{url}/healthz").status_code for _ in range(3)] == [200] * 3
+
+
+def test_oip_parsing_arrays_and_response_building_run_off_the_event_loop(models, monkeypatch):  # noqa: F811
+    """Parsing an 8 MiB JSON body, np.asarray of its data and the JSON of a 1024² result ran on the event
+    loop: /healthz stalled about 2 s behind two such clients. Each step now records whether it ran with an
+    event loop running in its thread (calling the real function), for /v2 and /v1 alike."""
+    import asyncio
+
+    from pipeline.serve import app as app_module
+    from pipeline.serve import oip
+
+    where: dict[str, set[str]] = {}
+
+    def recorded(name, real):
+        def call(*args, **kwargs):
+            on_loop = asyncio._get_running_loop() is not None
+            where.setdefault(name, set()).add("event loop" if on_loop else "thread pool")
+            return real(*args, **kwargs)
+
+        return call
+
+    for module, name in ((oip, "parse_json"), (oip, "_feed"), (oip, "_answer"), (app_module, "parse_json")):
+        monkeypatch.setattr(module, name, recorded(f"{module.__name__}.{name}", getattr(module, name)))
+    with running(ServeConfig(model=models["translate"])) as url:
+        res = httpx.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [IMAGES]})
+        assert res.status_code == 200 and len(res.json()["outputs"][0]["data"]) == 64
+        bad = httpx.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [{**IMAGES, "datatype": "FP64"}]})
+        assert bad.status_code == 400 and "wrong datatype" in bad.json()["error"]  # refused from the thread too
+    with running(ServeConfig(model=models["plain"])) as url:
+        assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 200
+    assert where == {"pipeline.serve.oip.parse_json": {"thread pool"}, "pipeline.serve.oip._feed": {"thread pool"},
+                     "pipeline.serve.oip._answer": {"thread pool"},
+                     "pipeline.serve.app.parse_json": {"thread pool"}}  # fmt: skip

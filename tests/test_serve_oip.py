@@ -6,20 +6,19 @@ every refusal as one line naming what is wrong, with the limits, token and admis
 from __future__ import annotations
 
 import json
-import threading
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from test_serve import models, post_held, promote_file, running  # noqa: F401  (models: the fixture)
-from test_serve_faults import gauge, wait_for
+from test_serve import models, promote_file, running  # noqa: F401  (models: the fixture)
+from test_serve_faults import inference_held, post_in_thread
 from tritonclient.utils import InferenceServerException
 
 from pipeline.inference import OnnxGenerator, OnnxTranslator
 from pipeline.registry import Registry
-from pipeline.serve.app import ServeConfig
+from pipeline.serve.app import ServeConfig, create_app
 
 
 def client(url: str) -> triton.InferenceServerClient:
@@ -191,12 +190,11 @@ def test_the_token_guards_metadata_and_inference_but_not_health(models, monkeypa
 
 
 def test_inference_shares_the_admission_of_v1_and_gets_503_with_retry_after(models):  # noqa: F811
-    release, results = threading.Event(), {}
-    with running(ServeConfig(model=models["plain"], max_concurrency=1, max_queue=0)) as url:
-        t = threading.Thread(target=post_held, args=(url, {"n": 1}, release, results))
-        t.start()
+    app, results = create_app(ServeConfig(model=models["plain"], max_concurrency=1, max_queue=0)), {}
+    with running(app) as url, inference_held(app) as (entered, release):
+        t = post_in_thread(url, {"n": 1}, results)
         try:
-            wait_for(lambda: gauge(url, "ganpipe_inference_admitted") == 1, "the slow request to be admitted")
+            assert entered.wait(20), "the /v1 request's inference did not start"
             refused = httpx.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [z_input(Z)]})
         finally:
             release.set()

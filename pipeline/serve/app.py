@@ -14,14 +14,18 @@ FastAPI and uvicorn are already installed through Prefect. Endpoints:
   GET  /openapi.json  the API, with every error status, media type and limit it really has
 
 Every bad request gets a 4xx JSON body {"error": ..., "detail": ...} and the service keeps
-serving. Bodies are read with a size limit before anything is parsed. A client that goes away
+serving. Bodies are read with a size limit before anything is parsed, and within `body_timeout_s`
+(else 408 and the connection closed); a request's line and headers must arrive within
+`header_timeout_s` (else the connection is closed: see http_protocol). A client that goes away
 while its request is being read is counted with status 499 (nginx's "client closed request"),
-not as a server error. Inference runs in the thread pool, never on the event loop, on one ONNX
-Runtime session per model (its `run` is thread-safe), at most `max_concurrency` at once: the
-memory of a translation grows with its pixels, so concurrency is what bounds the peak. Requests
-to the model endpoints are admitted before their bodies are read, at most `max_concurrency +
-max_queue` at once (so that at most that many bodies are held in memory); beyond that they get
-503 with Retry-After at once rather than waiting in an unbounded queue.
+not as a server error. Parsing, inference and the response's encoding run in the thread pool,
+never on the event loop, on one ONNX Runtime session per model (its `run` is thread-safe), at
+most `max_concurrency` at once: the memory of a translation grows with its pixels, so
+concurrency is what bounds the peak. Requests to the model endpoints are admitted once their
+bodies have been read (a slow client holds no place), at most `max_concurrency + max_queue` at
+once; beyond that they get 503 with Retry-After at once rather than waiting in an unbounded
+queue. The bodies being read or held take at most `(max_concurrency + max_queue) *
+max_upload_bytes` bytes together (beyond: 503 too).
 
 With a registry, the champion is served and reloaded when the champion pointer changes: the
 new session is built first and then swapped in, so requests in flight finish on the model they
@@ -110,11 +114,16 @@ class ServeConfig:
     max_concurrency: int = 2  # inferences at once; each may hold a max_pixels translation's activations
     max_queue: int = 16  # further requests admitted to wait for one of those; beyond: 503 + Retry-After
     model_name: str = "ganpipe"  # the model's name in the Open Inference Protocol's /v2/models/{name}
+    body_timeout_s: float = 60.0  # a request body must arrive within this (8 MiB: at 140 kB/s); else 408, closed
+    header_timeout_s: float = 20.0  # a request's line and headers must arrive within this; else the socket is closed
 
     def __post_init__(self):
         if self.max_concurrency < 1 or self.max_queue < 0:
             raise UserError(f"max_concurrency must be >= 1 and max_queue >= 0, got {self.max_concurrency} "
                             f"and {self.max_queue}")  # fmt: skip
+        if not (self.body_timeout_s > 0 and self.header_timeout_s > 0):
+            raise UserError(f"body_timeout_s and header_timeout_s must be > 0, got {self.body_timeout_s} and "
+                            f"{self.header_timeout_s}")  # fmt: skip
 
 
 def _whole_number(value: Any) -> Any:
@@ -289,6 +298,10 @@ class ModelHolder:
         """The model in force, without looking at the registry."""
         return self._served
 
+    def changed(self) -> bool:
+        """Whether the champion pointer changed since it was last looked at (one stat; no load)."""
+        return self.registry is not None and _pointer_stamp(self.pointer) != self._stamp
+
     def require(self) -> Served:
         """current(), or 503 while there is no model to serve."""
         served = self.current()
@@ -343,13 +356,39 @@ class ModelHolder:
 
 
 class _Limiter:
-    """Admission to the model endpoints and the inference slots (see the module's docstring)."""
+    """Reading bodies, admission to the model endpoints and the inference slots (see the module's docstring)."""
 
-    def __init__(self, cfg: ServeConfig, admitted: Gauge, running: Gauge):
+    def __init__(self, cfg: ServeConfig, admitted: Gauge, running: Gauge, buffered: Gauge):
         self.capacity = cfg.max_concurrency + cfg.max_queue
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
-        self.admitted, self.running = admitted, running
+        self.admitted, self.running, self.buffered = admitted, running, buffered
         self._count = 0  # only touched on the event loop: no lock
+        # Bodies being read or held, together: what admitting before reading bounded them to.
+        self.body_bytes = self.capacity * cfg.max_upload_bytes
+        self._held = 0  # bytes; only touched on the event loop
+        self.body_timeout_s = cfg.body_timeout_s
+
+    @contextlib.asynccontextmanager
+    async def body(self, request: Request, limit: int):
+        """The request's body, read before admission so that a slow client holds no place: bounded by
+        `limit`, by body_timeout_s (408) and, with every other body held at the moment, by body_bytes
+        (503). Its bytes count until the request ends."""
+        held = 0
+
+        def reserve(n: int) -> None:
+            nonlocal held
+            if self._held + n > self.body_bytes:
+                raise ApiError(503, "overloaded", f"{self.body_bytes} bytes of request bodies are already held; "
+                                                  "retry later", {"Retry-After": str(RETRY_AFTER_S)})  # fmt: skip
+            held += n
+            self._held += n
+            self.buffered.inc(n)
+
+        try:
+            yield await read_body(request, limit, self.body_timeout_s, reserve)
+        finally:
+            self._held -= held
+            self.buffered.dec(held)
 
     @contextlib.asynccontextmanager
     async def admit(self):
@@ -429,8 +468,10 @@ def _add_page_and_info_routes(app: FastAPI, cfg: ServeConfig, holder: ModelHolde
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"cache-control": "no-cache"})
 
     @app.get("/healthz")
-    def healthz():
-        served = holder.current()
+    async def healthz():
+        # On the event loop, without a hop to the thread pool and back (under load, each hop waits for
+        # Python's GIL), unless the champion changed: loading it takes seconds, so that goes to a thread.
+        served = await run_in_threadpool(holder.current) if holder.changed() else holder.served
         if served is None:
             return {"status": "ok", "model": None, "version": None, "reload_error": holder.reload_error}
         return {"status": "ok", "model": str(served.path), "version": served.version, "task": served.model.info.task,
@@ -502,8 +543,8 @@ def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, re
             raise ApiError(409, "wrong endpoint", f"the served model is a {model.info.task!r} model: use /v1/translate")
         if media_type(request) not in ("application/json", "application/x-www-form-urlencoded"):
             raise ApiError(415, "unsupported content type", "send the request as Content-Type: application/json")
-        async with limiter.admit():
-            req = parse_json(await read_body(request, MAX_JSON_BYTES), request_model)
+        async with limiter.body(request, MAX_JSON_BYTES) as body, limiter.admit():
+            req = await run_in_threadpool(parse_json, body, request_model)
             try:
                 labels = model.resolve_labels(len(req.seeds) if req.seeds else req.n, req.labels)
             except ModelError as err:
@@ -574,8 +615,7 @@ def _add_translate_route(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, li
         if not ctype.startswith("image/") and ctype != "multipart/form-data":
             raise ApiError(415, "unsupported content type", f"got {ctype or 'none'!r}; send the image with image/* "
                                                             "or as multipart/form-data")  # fmt: skip
-        async with limiter.admit():
-            body = await read_body(request, cfg.max_upload_bytes)
+        async with limiter.body(request, cfg.max_upload_bytes) as body, limiter.admit():
             if ctype == "multipart/form-data":
                 body = await _uploaded_file(request, body)
             if not body:
@@ -604,9 +644,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     reloads = Counter("ganpipe_model_reloads", "champion changes picked up", ["result"], registry=metrics)
     limiter = _Limiter(
         cfg,
-        Gauge("ganpipe_inference_admitted", "model requests in progress: being read, waiting or running",
+        Gauge("ganpipe_inference_admitted", "model requests admitted (their bodies read): waiting or running",
               registry=metrics),
         Gauge("ganpipe_inference_running", "inferences running", registry=metrics),
+        Gauge("ganpipe_request_body_bytes", "bytes of model request bodies being read or held", registry=metrics),
     )  # fmt: skip
     request_model = _request_model(cfg.max_n)
     holder = ModelHolder(cfg, on_reload=lambda ok: reloads.labels("ok" if ok else "failed").inc())
@@ -614,7 +655,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     app = FastAPIOffline(title="ganpipe", redoc_url=None, openapi_url="/openapi.json",
                          swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
     app.add_middleware(_Instrument, requests=requests, latency=latency)
-    app.state.holder = holder
+    app.state.holder, app.state.cfg = holder, cfg
     token = cfg.token.encode() if cfg.token else None
 
     def require_token(request: Request) -> None:
@@ -639,6 +680,65 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def http_protocol(header_timeout_s: float) -> type:
+    """uvicorn's HTTP/1.1 protocol (h11) with a deadline on each request's line and headers.
+
+    Hand-written: uvicorn (0.55) has no such setting. Its timeout_keep_alive closes a connection
+    that sends nothing, but every byte received cancels it, so a client that sends its headers a
+    byte every few seconds held its socket for ever. Here the head of each request (counted from
+    the connection, or from the end of the previous response) must be complete within
+    header_timeout_s, or the connection is closed; so is one still sending a body after its answer
+    (say a 413 or a 415). A body the app is reading is the app's to time out (408)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            # asyncio turns Nagle off only on sockets whose proto is IPPROTO_TCP, and sockets accepted
+            # from serve()'s listening socket (socket.create_server) have proto 0: each response's body
+            # waited for the ACK of its headers, which clients delay by 40 ms.
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(header_timeout_s, self._expire)
+
+        def _expire(self) -> None:
+            self._deadline = None
+            waiting_for_head = self.conn.their_state is h11.IDLE
+            unwanted_body = self.conn.their_state is h11.SEND_BODY and self.conn.our_state is not h11.SEND_RESPONSE
+            if (waiting_for_head or unwanted_body) and not self.transport.is_closing():
+                log.info("closing a connection from %s: no complete request within %g s", self.client,
+                         header_timeout_s)  # fmt: skip
+                self.transport.close()
+
+    return TimedH11Protocol
+
+
+def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, **settings) -> Any:
+    """uvicorn's Config for an app of create_app, with the service's connection timeouts."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, http=http_protocol(app.state.cfg.header_timeout_s),
+                          **settings)  # fmt: skip
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -666,7 +766,7 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
                           "url": url}), flush=True)  # fmt: skip
         if not cfg.token and host not in LOOPBACK:
             log.warning("listening on %s without %s: anyone who can reach this port can use the model", host, TOKEN_ENV)
-        config = uvicorn.Config(app, host=host, port=sock.getsockname()[1], log_level="info",
-                                timeout_graceful_shutdown=10)  # fmt: skip
+        config = server_config(app, host=host, port=sock.getsockname()[1], log_level="info",
+                               timeout_graceful_shutdown=10)  # fmt: skip
         with contextlib.suppress(KeyboardInterrupt):  # re-raised by uvicorn once it has shut down (as uvicorn.run does)
             Server(config).run(sockets=[sock])
