@@ -71,8 +71,8 @@ def test_the_schema_declares_errors_media_types_limits_and_labels(gen_url):
     assert {"image/png", "image/jpeg"} <= set(tr["requestBody"]["content"])
     assert set(gen["responses"]["200"]["content"]) == {"image/png", "application/octet-stream", "application/json"}
     assert set(tr["responses"]["200"]["content"]) == {"image/png"}
-    for op, statuses in ((gen, {"400", "401", "409", "413", "415", "422", "503"}),
-                         (tr, {"400", "401", "409", "413", "415", "503"})):  # fmt: skip
+    for op, statuses in ((gen, {"400", "401", "408", "409", "413", "415", "422", "503"}),
+                         (tr, {"400", "401", "408", "409", "413", "415", "503"})):  # fmt: skip
         assert set(op["responses"]) == {"200"} | statuses
         for status in statuses:
             error = op["responses"][status]["content"]["application/json"]["schema"]
@@ -86,7 +86,8 @@ def test_the_schema_declares_errors_media_types_limits_and_labels(gen_url):
     assert form["schema"]["required"] == ["file"] and form["schema"]["properties"]["file"]["format"] == "binary"
     assert "image/png" in form["encoding"]["file"]["contentType"]
     infer = schema["paths"]["/v2/models/{name}/infer"]["post"]
-    assert set(infer["responses"]) == {"200", "400", "401", "404", "413", "503"}
+    assert set(infer["responses"]) == {"200", "400", "401", "404", "408", "413", "503"}
+    assert schema["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]["responses"] == infer["responses"]
     assert infer["responses"]["404"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OipError"
     }

@@ -535,7 +535,7 @@ def _add_generate_route(app: FastAPI, holder: ModelHolder, limiter: _Limiter, re
                              "application/json": {"schema": GeneratedArray.model_json_schema()}}}  # fmt: skip
 
     @app.post("/v1/generate", dependencies=auth, response_class=Response, openapi_extra={"requestBody": generate_body},
-              responses={200: generated, **error_responses(400, 401, 409, 413, 415, 422, 503)})  # fmt: skip
+              responses={200: generated, **error_responses(400, 401, 408, 409, 413, 415, 422, 503)})  # fmt: skip
     async def generate(request: Request):
         served = await run_in_threadpool(holder.require)  # kept to the end: a swap does not cut this request off
         model = served.model
@@ -605,7 +605,7 @@ def _add_translate_route(app: FastAPI, cfg: ServeConfig, holder: ModelHolder, li
 
     @app.post("/v1/translate", dependencies=auth, response_class=Response,
               openapi_extra={"requestBody": translate_body},
-              responses={200: translated, **error_responses(400, 401, 409, 413, 415, 503)})  # fmt: skip
+              responses={200: translated, **error_responses(400, 401, 408, 409, 413, 415, 503)})  # fmt: skip
     async def translate(request: Request):
         served = await run_in_threadpool(holder.require)
         model = served.model

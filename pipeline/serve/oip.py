@@ -335,10 +335,10 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
 
     @app.post("/v2/models/{name}/infer", dependencies=auth, response_class=Response,
               openapi_extra={**path_name, "requestBody": infer_body},
-              responses={200: answer, **errors(400, 401, 404, 413, 503)})  # fmt: skip
+              responses={200: answer, **errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
     @app.post(f"{versioned}/infer", dependencies=auth, response_class=Response,
               openapi_extra={**path_version, "requestBody": infer_body},
-              responses={200: answer, **errors(400, 401, 404, 413, 503)})  # fmt: skip
+              responses={200: answer, **errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
     async def infer(request: Request):
         served = await run_in_threadpool(model_of, request)  # kept to the end: a swap does not cut this request off
         given = request.headers.get(HEADER_LENGTH)
