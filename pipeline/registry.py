@@ -350,12 +350,15 @@ class Registry:
         clean-up removed the folder between its creation and the lock, another is made."""
         while True:
             staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-            # mkdtemp makes it 0700: a service running as another user could not read the version
-            os.chmod(staging, stat.S_IMODE(os.stat(self.root).st_mode))  # as readable as the registry
-            fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue
             fcntl.flock(fd, fcntl.LOCK_EX)
             with contextlib.suppress(FileNotFoundError):
                 if os.path.samestat(os.stat(staging), os.fstat(fd)):
+                    # mkdtemp makes it 0700: a service running as another user could not read the version
+                    os.fchmod(fd, stat.S_IMODE(os.stat(self.root).st_mode))  # as readable as the registry
                     return staging, fd
             os.close(fd)
 
