@@ -301,6 +301,12 @@ def _stage_flows() -> dict:
 def _cmd_stage(args: argparse.Namespace) -> int:
     from flows.stage import run_stage
 
+    if args.command == "train":  # the launch settings reach the stage as the DVC stage gets them
+        from flows.train import check_launch
+        from pipeline.training.worker import Rendezvous
+
+        os.environ.update(Rendezvous(args.rdzv_endpoint, args.rdzv_id, args.max_restarts).env())
+        return run_stage(_stage_flows()["train"], ["--params", args.params], check=check_launch)
     return run_stage(_stage_flows()[args.command], ["--params", args.params])
 
 
@@ -587,6 +593,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run the {stage} stage's flow (what dvc.yaml calls)")
         p.add_argument("--params", default=str(layout.PARAMS), help="the params file to validate and run with")
         p.set_defaults(fn=_cmd_stage)
+        if stage == "train":  # this machine's share of a run over several (docs/scaling.md)
+            from pipeline.training.worker import ENDPOINT_ENV, ID_ENV, RESTARTS_ENV
+
+            p.add_argument("--rdzv-endpoint", default=os.environ.get(ENDPOINT_ENV), metavar="HOST:PORT",
+                           help=f"where the train.nnodes machines meet (torchrun's c10d rendezvous; {ENDPOINT_ENV})")
+            p.add_argument("--rdzv-id", default=os.environ.get(ID_ENV) or "ganpipe",
+                           help=f"one name for the run, the same on every machine ({ID_ENV})")
+            p.add_argument("--max-restarts", type=int_arg(0), default=os.environ.get(RESTARTS_ENV) or "0",
+                           help=f"restart every process from the last checkpoint after one fails ({RESTARTS_ENV})")
 
     prev = sub.add_parser("preview-augment", help="PNG of training images as D sees them after augmentation")
     prev.add_argument("--params", default=str(layout.PARAMS), help="params file (its augment.diffaugment policy)")

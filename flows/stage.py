@@ -112,14 +112,17 @@ def _no_user_error_tracebacks(record: logging.LogRecord) -> bool:
     return True
 
 
-def run_stage(flow_fn: Callable, argv: list[str] | None = None) -> int:
-    """Validate params, run the stage's flow, turn user errors into exit code 2."""
+def run_stage(flow_fn: Callable, argv: list[str] | None = None, check: Callable | None = None) -> int:
+    """Validate params (and `check(params)`, the stage's own), run the stage's flow, turn user
+    errors into exit code 2."""
     name = getattr(flow_fn, "name", flow_fn.__name__)
     parser = argparse.ArgumentParser(prog=f"ganpipe {name}", description=(flow_fn.__doc__ or "").strip())
     parser.add_argument("--params", default=str(PARAMS), help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
     try:
-        load_params(args.params)  # fail before Prefect starts, with the key named
+        params = load_params(args.params)  # fail before Prefect starts, with the key named
+        if check is not None:
+            check(params)
         with library_logs():
             run_labelled(flow_fn, {"params_path": args.params}, name, args.params, os.environ.get(EXPERIMENT_ENV),
                          os.environ.get(PARENT_ENV))  # fmt: skip

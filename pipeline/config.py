@@ -207,6 +207,9 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the trained networks (no channels-last then)")
     accumulate: int = Field(1, ge=1, description="micro-batches per step (gradient accumulation)")
     nproc_per_node: int = Field(1, ge=1, description="processes per machine; > 1 launches DDP via torchrun")
+    nnodes: int = Field(
+        1, ge=1, description="machines training together (torchrun); the batch splits over nnodes x nproc_per_node"
+    )
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm across processes (CUDA only)")
     collapse_threshold: float = Field(0.2, ge=0, description="warn when sample diversity / real diversity < this")
     sample_every: int = Field(500, ge=1)
@@ -215,6 +218,17 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(500, ge=1)
+
+    def shards(self, world_size: int) -> int:
+        """How many parts one step's batch splits into: one per process and micro-batch."""
+        return world_size * self.accumulate
+
+    def split_error(self, world_size: int) -> str | None:
+        """Why the batch cannot be split over `world_size` processes (None: it can)."""
+        if self.batch_size % self.shards(world_size) == 0:
+            return None
+        return (f"train.batch_size ({self.batch_size}) is the total batch: it must divide evenly into {world_size} "
+                f"process(es) x train.accumulate {self.accumulate} = {self.shards(world_size)} parts")  # fmt: skip
 
 
 class EvaluatorConfig(_Section):
@@ -272,8 +286,9 @@ class Params(_Section):
             paired = self.data.source == "glyphs" or self.data.layout == "paired"
             if self.model.arch == "pix2pix" and not paired:
                 raise ValueError("model.arch pix2pix learns from pairs: use data.layout paired or data.source glyphs")
-            if self.train.nproc_per_node > 1:
-                raise ValueError("task translate trains in one process: set train.nproc_per_node: 1")
+            if self.train.nproc_per_node > 1 or self.train.nnodes > 1:
+                raise ValueError("task translate trains in one process: set train.nproc_per_node: 1 and "
+                                 "train.nnodes: 1")  # fmt: skip
             full = self.data.image_size.bit_length() - 1  # log2 of a power of two
             if self.model.unet_levels is not None and self.model.translator_net != "unet":
                 raise ValueError("model.unet_levels shapes the U-Net translator, and model.translator is "
@@ -307,12 +322,10 @@ class Params(_Section):
                 "train.loss wgan-gp penalises each sample's gradient; batch norm in D mixes samples: "
                 "set model.d_norm: none"
             )
-        if self.train.batch_size % (self.train.nproc_per_node * self.train.accumulate):
-            raise ValueError(
-                f"train.batch_size ({self.train.batch_size}) is the total batch: it must divide evenly into "
-                f"train.nproc_per_node x train.accumulate = {self.train.nproc_per_node * self.train.accumulate} parts"
-            )
-        if self.train.batch_size // (self.train.nproc_per_node * self.train.accumulate) < 2 and batch_norm:
+        error = self.train.split_error(self.train.nnodes * self.train.nproc_per_node)
+        if error:
+            raise ValueError(error)
+        if self.train.batch_size // self.train.shards(self.train.nnodes * self.train.nproc_per_node) < 2 and batch_norm:
             raise ValueError("batch norm needs at least 2 images per micro-batch: raise train.batch_size")
         return self
 

@@ -63,6 +63,13 @@ def test_inconsistent_combinations_are_refused_with_the_fix_named():
         parse_params({"train": {"loss": "wgan-gp"}})
     with pytest.raises(ConfigError, match="must divide evenly"):
         parse_params({"train": {"batch_size": 10, "nproc_per_node": 4}})
+    # the batch splits over every process of every machine: 2 x 2 x 2 parts do not fit 12 images
+    with pytest.raises(ConfigError, match=r"divide evenly into 4 process\(es\) x train.accumulate 2 = 8 parts"):
+        parse_params({"train": {"batch_size": 12, "nnodes": 2, "nproc_per_node": 2, "accumulate": 2}})
+    assert parse_params({"train": {"batch_size": 16, "nnodes": 2, "nproc_per_node": 2, "accumulate": 2}})
+    with pytest.raises(ConfigError, match="task translate trains in one process"):
+        parse_params({"task": "translate", "model": {"arch": "pix2pix"}, "data": {"source": "glyphs"},
+                      "train": {"nnodes": 2}})  # fmt: skip
     # drawing the class from the noise applies to unconditional image generators only
     for arch in ("dcgan", "resnet", "stylegan2"):
         assert parse_params({"model": {"classes_from_noise": True, "arch": arch}}).model.noise_classes

@@ -1,14 +1,16 @@
 """Multi-process training with PyTorch's own engine: DistributedDataParallel under torchrun.
 
-One machine, N processes:   torchrun --standalone --nproc_per_node N -m pipeline.training.worker
-Several machines (on each): torchrun --nnodes M --node_rank R --nproc_per_node N \\
-                              --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m pipeline.training.worker
-`train.nproc_per_node > 1` makes the train stage launch the first form itself (worker.launch).
+One machine, N processes:   torchrun --standalone --nproc-per-node N -m pipeline.training.worker
+Several machines (on each): torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d \\
+                              --rdzv-endpoint HOST:PORT --rdzv-id ID -m pipeline.training.worker
+The train stage and `ganpipe train` build these commands themselves (worker.launch).
 
 `train.batch_size` is the total batch of one optimiser step across all processes and
-micro-batches, so results do not depend on how the work is split: every process draws the
-same global batch indices and noise and takes its own slice (shard). Rank 0 alone logs,
-samples and writes checkpoints and outputs.
+micro-batches: every process draws the same global batch indices and noise and takes its
+own slices (shards), each with its own random stream, so a run equals one process
+accumulating the same shards. The first process of each machine (local rank 0) alone logs,
+samples and writes checkpoints and outputs, on that machine's disk: torchrun's c10d
+rendezvous may give rank 0 to any machine, and the machine that runs DVC needs its outputs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ class World:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def first_on_machine(self) -> bool:
+        """The process that logs, checkpoints and writes outputs for its machine."""
+        return self.local_rank == 0
 
 
 def init_world(device_type: str) -> World:
@@ -86,6 +93,36 @@ def gather(obj, world: World) -> list:
     out: list = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def agree_on_checkpoint(state: dict | None, world: World) -> dict | None:
+    """The checkpoint every process resumes from, given the one each found (`state`, or None).
+
+    Rank 0 decides: the newest step any process found (machines with their own disks may hold
+    different ones after a crash), sent from the lowest rank that holds it to all the others."""
+    if not world.enabled:
+        return state
+    steps = gather(-1 if state is None else int(state["step"]), world)
+    decision = [max(steps), steps.index(max(steps))] if world.is_main else [None, None]
+    dist.broadcast_object_list(decision, src=0)
+    step, holder = decision
+    if step < 0:
+        return None
+    box = [state if world.rank == holder else None]
+    dist.broadcast_object_list(box, src=holder)
+    return box[0]
+
+
+def share_buffers(modules: list[nn.Module], world: World) -> None:
+    """Rank 0's buffers (BatchNorm statistics, StyleGAN2's average w) in every process.
+
+    Each process updates them from its own shards, and DDP sends rank 0's at the next forward
+    anyway (EMA copies take them from the networks at every update), so this changes no
+    training; done before anything is saved, it makes every machine save the same bytes."""
+    if world.enabled:
+        for module in modules:
+            for buffer in unwrap(module).buffers():
+                dist.broadcast(buffer, src=0)
 
 
 def checksum(module: nn.Module) -> float:

@@ -22,14 +22,22 @@ import torch
 from tqdm import tqdm
 
 from pipeline import layout
-from pipeline.config import Params
+from pipeline.config import Params, TrainConfig
 from pipeline.errors import UserError
 from pipeline.metrics.probe import FidProbe
 from pipeline.models.artifact import save_model
 from pipeline.provenance import source_hash
 from pipeline.runtime import resolve_device, resolve_precision, seed_everything, set_threads
 from pipeline.training.checkpoint import load_latest, prune_runs, run_folder, save_checkpoint
-from pipeline.training.distributed import World, checksum, gather, init_world, shutdown
+from pipeline.training.distributed import (
+    World,
+    agree_on_checkpoint,
+    checksum,
+    gather,
+    init_world,
+    share_buffers,
+    shutdown,
+)
 from pipeline.training.live import open_live, snapshot
 from pipeline.training.objectives import Objective, make_objective
 
@@ -61,11 +69,13 @@ class TrainResult:
     checkpoints: Path | None = None  # this run's checkpoint folder
 
 
-def fingerprint(params: Params, prepared: Path, length_matters: bool = False, device_type: str = "cpu") -> str:
+def fingerprint(params: Params, prepared: Path, length_matters: bool = False, device_type: str = "cpu",
+                world_size: int = 1) -> str:  # fmt: skip
     """Hash of everything that shapes the weights except the run length (unless the objective's
     schedule depends on it) and logging cadence: params, the prepared data, the training code
-    (this module's import closure) and the kind of device the random streams live on (a CUDA
-    generator's state cannot continue a CPU one's)."""
+    (this module's import closure), the kind of device the random streams live on (a CUDA
+    generator's state cannot continue a CPU one's) and the number of processes (each holds its
+    own shards' random streams)."""
     volatile = {"sample_every", "fid_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
     if not length_matters:
         volatile.add("steps")
@@ -77,13 +87,20 @@ def fingerprint(params: Params, prepared: Path, length_matters: bool = False, de
         "train": {k: v for k, v in params.train.model_dump(mode="json").items() if k not in volatile},
         "data": hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest(),
         "rng_device": device_type,
+        "world_size": world_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _device_and_world(requested: str) -> tuple[torch.device, World]:
-    device = resolve_device(requested)
+def _device_and_world(cfg: TrainConfig) -> tuple[torch.device, World]:
+    device = resolve_device(cfg.device)
     world = init_world(device.type)
+    asked = cfg.nnodes * cfg.nproc_per_node
+    if world.size != asked:  # torchrun started by hand with other counts: the batch would split otherwise
+        shutdown(world)
+        raise UserError(f"{world.size} processes joined, and params ask for train.nnodes x train.nproc_per_node = "
+                        f"{cfg.nnodes} x {cfg.nproc_per_node} = {asked}: start torchrun with --nnodes "
+                        f"{cfg.nnodes} --nproc-per-node {cfg.nproc_per_node}, or change params")  # fmt: skip
     if world.enabled and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -92,15 +109,21 @@ def _device_and_world(requested: str) -> tuple[torch.device, World]:
 
 def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world: World) -> tuple[int, dict | None]:
     """Load the newest matching checkpoint into the objective: the step it was taken at (0: none)
-    and the DVCLive folder it holds (None: none, start the logs afresh)."""
+    and the DVCLive folder it holds (None: none, start the logs afresh).
+
+    Each machine's first process reads that machine's checkpoint folder (its own disk, or
+    storage they share); rank 0 decides from what they found, and every process loads the same
+    state, sent by one that holds it."""
     folder = run_folder(paths.checkpoints, fp)
-    if world.is_main:
+    state = None
+    if world.first_on_machine:
         prune_runs(paths.checkpoints, fp)
-    state = load_latest(folder, fp, max_step=steps, remove_stale=world.is_main)
-    if state is not None and paths.live_dir is not None and "live" not in state:
-        log.warning("checkpoint at step %d holds no training logs (written without DVCLive); training from "
-                    "scratch to make them", state["step"])  # fmt: skip
-        state = None
+        state = load_latest(folder, fp, max_step=steps)
+        if state is not None and paths.live_dir is not None and "live" not in state:
+            log.warning("checkpoint at step %d holds no training logs (written without DVCLive); training from "
+                        "scratch to make them", state["step"])  # fmt: skip
+            state = None
+    state = agree_on_checkpoint(state, world)
     if state is None:
         return 0, None
     objective.load_state_dict(state["objective"])
@@ -111,7 +134,7 @@ def _resume(objective: Objective, paths: TrainPaths, fp: str, steps: int, world:
 
 def _checkpoint(objective: Objective, paths: TrainPaths, fp: str, step: int, world: World, live) -> None:
     state = objective.state_dict()  # on every process: it may gather random states across them
-    if world.is_main:
+    if world.first_on_machine:  # each machine keeps its own: whichever gets rank 0 after a restart can resume
         state = {"fingerprint": fp, "step": step, "objective": state, "torch_rng": torch.get_rng_state()}
         if live is not None:  # the logs so far, summary included: a resumed run rebuilds them from here
             live.make_summary()
@@ -131,31 +154,35 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     """Train the objective `params` describes for `params.train.steps` steps, resuming from a
     matching checkpoint; write the EMA model to `paths.generator`.
 
-    Runs alone, or as one of `train.nproc_per_node` processes under torchrun (DDP).
+    Runs alone, or as one of `train.nnodes` x `train.nproc_per_node` processes under torchrun
+    (DDP). Every machine's first process writes that machine's checkpoints, logs and outputs
+    (the weights are the same in every process), so none depends on which one is rank 0.
     """
     cfg = params.train
     set_threads()
     seed_everything(params.seed)
-    device, world = _device_and_world(cfg.device)
+    device, world = _device_and_world(cfg)
     precision = resolve_precision(cfg.precision, device)
     objective = make_objective(params, paths.prepared, device, precision, world)
-    fp = fingerprint(params, paths.prepared, objective.length_matters, device.type)
+    fp = fingerprint(params, paths.prepared, objective.length_matters, device.type, world.size)
     start, logs = _resume(objective, paths, fp, cfg.steps, world)
 
-    live = open_live(paths.live_dir, logs) if world.is_main and paths.live_dir is not None else None
+    live = open_live(paths.live_dir, logs) if world.first_on_machine and paths.live_dir is not None else None
     probe = (FidProbe(paths.evaluator, paths.prepared, params.seed)
              if cfg.fid_every and live is not None and params.task == "generate" else None)  # fmt: skip
     t0 = time.perf_counter()
     t_window, images_window = time.perf_counter(), 0
     t_said = t0
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
-               disable=not (progress and world.is_main), dynamic_ncols=True)  # fmt: skip
+               disable=not (progress and world.first_on_machine), dynamic_ncols=True)  # fmt: skip
     for step in range(start, cfg.steps):
         done = step + 1
         log_now = done % cfg.log_every == 0 or done == cfg.steps
         checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
 
         objective.step(step, log_now)
+        if checkpoint_now or done % cfg.sample_every == 0 or (cfg.fid_every and done % cfg.fid_every == 0):
+            share_buffers(objective.networks(), world)  # every machine samples and saves the same networks
 
         images_window += cfg.batch_size
         bar.update(1)
@@ -204,7 +231,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
     _check_in_sync(objective, world)
     if live is not None:
         live.end()
-    if world.is_main:
+    if world.first_on_machine:
         spec, weights = objective.model_artifact()
         save_model(paths.generator, spec, weights, cfg.steps)
         objective.save_samples(paths.samples)

@@ -46,6 +46,10 @@ class Objective(Protocol):
     def trained_modules(self) -> list[torch.nn.Module]:
         """The networks being trained (checked to agree across processes at the end)."""
 
+    def networks(self) -> list[torch.nn.Module]:
+        """Every network it holds, EMA copies included (their buffers are made rank 0's in every
+        process before anything is saved)."""
+
     def model_artifact(self) -> tuple[dict, dict]:
         """(spec, weights) of the EMA model to save as models/generator.pt."""
 

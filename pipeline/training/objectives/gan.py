@@ -87,7 +87,7 @@ class GanObjective:
         self.ada = AdaptiveProbability(acfg.ada_target, acfg.ada_interval, acfg.ada_kimg, cfg.batch_size) \
             if acfg.ada else None  # fmt: skip
 
-        shards = world.size * cfg.accumulate
+        shards = cfg.shards(world.size)  # the runner checked that the batch divides into them
         self.micro = cfg.batch_size // shards
         self.mine = [world.rank * cfg.accumulate + i for i in range(cfg.accumulate)]
         # Every draw of a step (batch indices, z, fake labels, augmentation) comes from generators
@@ -279,6 +279,9 @@ class GanObjective:
 
     def trained_modules(self) -> list[torch.nn.Module]:
         return [self.G, self.D]
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.G, self.D, self.G_ema]
 
     def model_artifact(self) -> tuple[dict, dict]:
         return self.spec, {k: v.detach().cpu() for k, v in self.G_ema.state_dict().items()}  # G_ema stays put

@@ -210,6 +210,9 @@ class TranslationObjective:
     def trained_modules(self) -> list[torch.nn.Module]:
         return [*self.G.values(), *self.D.values()]
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [*self.G.values(), *self.D.values(), *self.G_ema.values()]
+
     def model_artifact(self) -> tuple[dict, dict]:
         return self.spec, {d: {k: v.detach().cpu() for k, v in g.state_dict().items()} for d, g in self.G_ema.items()}
 
