@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -329,10 +330,15 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(prepared
     assert_same_logs(ref.live_dir, work / "dvclive")  # every curve from step 20, the grids, the summary
 
 
+DDP_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.device_count() >= 2 else [])  # NCCL needs a GPU per process
+
+
+@pytest.mark.parametrize("device", DDP_DEVICES)
 @pytest.mark.parametrize("over", [{}, {"model": {"arch": "stylegan2", "mapping_layers": 2}, "train": {"pl_every": 2}}],
                          ids=["dcgan", "stylegan2"])  # fmt: skip
-def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths(prepared_digits, tmp_path, over):
-    """DDP over 2 CPU processes (gloo) vs one process accumulating the same 2 shards."""
+def test_two_process_run_stays_in_sync_and_matches_the_single_process_maths(prepared_digits, tmp_path, over, device):
+    """DDP over 2 processes (gloo on the CPU, NCCL on 2 GPUs) vs one process accumulating the same
+    2 shards. No DVCLive: the check also runs on GPU machines with PyTorch alone."""
     import os
     import subprocess
     import sys
@@ -342,18 +348,19 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
     work = tmp_path / "ddp"
     (work / "data").mkdir(parents=True)
     (work / "data" / "prepared").symlink_to(prepared_digits)
-    ddp = {"train": {"nproc_per_node": 2, "steps": 8, "checkpoint_every": 8}}
+    ddp = {"train": {"nproc_per_node": 2, "steps": 8, "checkpoint_every": 8, "device": device}}
     write_params(work / "params.yaml", merge(merge(TINY, over), ddp))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GANPIPE_THREADS": "1"}
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "pipeline.training.worker", "--params", "params.yaml"],
+         "-m", "pipeline.training.worker", "--params", "params.yaml", "--no-logs"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "2 processes in sync" in res.stdout
-    single = paths(tmp_path / "single", prepared_digits)
-    train(merge_params(over, {"train": {"accumulate": 2, "steps": 8, "checkpoint_every": 8}}), single, progress=False)
+    single = dataclasses.replace(paths(tmp_path / "single", prepared_digits), live_dir=None)
+    train(merge_params(over, {"train": {"accumulate": 2, "steps": 8, "checkpoint_every": 8, "device": device}}), single,
+          progress=False)  # fmt: skip
     (ddp_folder,) = (work / "models/checkpoints").iterdir()
     ddp_ckpt = torch.load(ddp_folder / "ckpt_0000008.pt", weights_only=True)
     one_ckpt = torch.load(next(single.checkpoints.iterdir()) / "ckpt_0000008.pt", weights_only=True)
@@ -362,7 +369,8 @@ def test_two_process_gloo_run_stays_in_sync_and_matches_the_single_process_maths
         for name, value in one[net].items():
             if "running" in name or "num_batches" in name or name.endswith("w_avg"):
                 continue  # BN statistics and StyleGAN2's average w: DDP keeps rank 0's, accumulation sees both shards
-            torch.testing.assert_close(ddp[net][name], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{name}")
+            tol = 1e-5 if device == "cpu" else 1e-3  # cuDNN's kernels are not deterministic
+            torch.testing.assert_close(ddp[net][name], value, rtol=1e-4, atol=tol, msg=f"{net}.{name}")
 
 
 def test_adaptive_augmentation_probability_is_logged(prepared_digits, tmp_path):

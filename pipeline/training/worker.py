@@ -104,16 +104,18 @@ def launch(params_path: str, cfg: TrainConfig, rdzv: Rendezvous, echo: Callable[
 
 def main(argv: list[str] | None = None) -> int:
     """One training process (torchrun runs this in each)."""
-    from pipeline.training.runner import train  # torch: not needed by the launcher
+    from pipeline.training.runner import TrainPaths, train  # torch: not needed by the launcher
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
     parser.add_argument("--params", default=str(layout.PARAMS))
+    parser.add_argument("--no-logs", action="store_true", help="no DVCLive folder (machines without DVCLive)")
     args = parser.parse_args(argv)
     first_here = int(os.environ.get("LOCAL_RANK", "0")) == 0  # this machine's first process speaks for it
     fmt = "%(message)s" if first_here else f"rank {os.environ.get('RANK')}: %(message)s"
     logging.basicConfig(level=logging.INFO if first_here else logging.WARNING, stream=sys.stdout, format=fmt)
     try:
-        train(load_params(args.params), progress=False)  # no bar through a pipe: the log says progress every 30 s
+        paths = TrainPaths(live_dir=None) if args.no_logs else TrainPaths()
+        train(load_params(args.params), paths, progress=False)  # no bar in a pipe: progress is logged every 30 s
     except UserError as err:
         print(f"{USER_ERROR}{err}", flush=True)
         return 2
