@@ -5,6 +5,8 @@ version routes of the Open Inference Protocol, and what the unauthenticated /hea
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -311,3 +313,61 @@ def test_oip_parsing_arrays_and_response_building_run_off_the_event_loop(models,
     assert where == {"pipeline.serve.oip.parse_json": {"thread pool"}, "pipeline.serve.oip._feed": {"thread pool"},
                      "pipeline.serve.oip._answer": {"thread pool"},
                      "pipeline.serve.app.parse_json": {"thread pool"}}  # fmt: skip
+
+
+def test_large_oip_json_bodies_are_parsed_in_a_child_process_with_the_same_answers(tr_url, models):  # noqa: F811
+    """A body of 1 MiB or more is parsed by a child process (orjson and np.asarray hold the GIL, which the
+    event loop needs): the result is the model's own, and bad data gets the same 400 as a small body."""
+    from pipeline.inference import OnnxTranslator
+    from pipeline.serve import decode
+
+    image = np.random.default_rng(0).uniform(-1, 1, (1, 1, 256, 256)).astype(np.float32)
+    tensor = {"name": "images", "shape": [1, 1, 256, 256], "datatype": "FP32"}
+    for data in (image.ravel().tolist(), image.tolist()):  # flat and nested
+        body = json.dumps({"inputs": [{**tensor, "data": data}]}).encode()
+        assert len(body) > decode.MIN_BYTES
+        res = httpx.post(f"{tr_url}/v2/models/ganpipe/infer", content=body, timeout=60)
+        assert res.status_code == 200, res.content[:200]
+        got = np.array(res.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 1, 256, 256)
+        np.testing.assert_array_equal(got, OnnxTranslator(models["translate"]).translate(image))
+    assert decode._pool is not None  # the child process did the parsing (this test's server is in this process)
+    flat = image.ravel().tolist()
+    for data, words in (([*flat[:-1], "x"], "bad data"), ([[0.5] * 256] * 255 + [[0.5] * 255], "not a regular array"),
+                        ([*flat[:-1], float("nan")], "NaN"), (flat[:-1], "65535 of float64")):  # fmt: skip
+        body = json.dumps({"inputs": [{**tensor, "data": data}]}).encode()
+        res = httpx.post(f"{tr_url}/v2/models/ganpipe/infer", content=body, timeout=60)
+        assert res.status_code == 400 and words in res.json()["error"], (words, res.content[:300])
+
+
+def test_a_server_stopped_with_sigterm_leaves_no_parsing_process_behind(models):  # noqa: F811
+    """uvicorn re-raises SIGTERM once it has shut down, so exit handlers never run: the child processes
+    that parse large bodies outlived the server until it stopped them in its own shutdown."""
+    import subprocess
+    import sys
+
+    import psutil
+    from test_export import REPO
+    from test_serve import announcement
+    from test_serve_faults import SERVE
+
+    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(models["translate"])], cwd=REPO, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    children = []
+    try:
+        url = announcement(proc)["url"]
+        image = np.full((1, 1, 256, 256), 0.123456, np.float32).tolist()
+        body = json.dumps({"inputs": [{**IMAGES, "shape": [1, 1, 256, 256], "data": image}]}).encode()
+        assert len(body) > 1 << 20 and httpx.post(f"{url}/v2/models/ganpipe/infer", content=body).status_code == 200
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # the parsing process (and multiprocessing's resource tracker)
+        proc.terminate()
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        for child in children:  # should the test fail, leave nothing running
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()

@@ -78,6 +78,7 @@ from pipeline.inference import (
     open_image,
     open_model,
 )
+from pipeline.serve import decode
 from pipeline.serve.common import (
     RETRY_AFTER_S,
     ApiError,
@@ -651,9 +652,15 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     )  # fmt: skip
     request_model = _request_model(cfg.max_n)
     holder = ModelHolder(cfg, on_reload=lambda ok: reloads.labels("ok" if ok else "failed").inc())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await run_in_threadpool(decode.shutdown)  # the processes that parse large /v2 bodies
+
     # /docs: Swagger UI from the files fastapi-offline ships, served by this app (FastAPI's own loads them from a CDN)
     app = FastAPIOffline(title="ganpipe", redoc_url=None, openapi_url="/openapi.json",
-                         swagger_ui_parameters={"validatorUrl": None})  # fmt: skip
+                         swagger_ui_parameters={"validatorUrl": None}, lifespan=lifespan)  # fmt: skip
     app.add_middleware(_Instrument, requests=requests, latency=latency)
     app.state.holder, app.state.cfg = holder, cfg
     token = cfg.token.encode() if cfg.token else None

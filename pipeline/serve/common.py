@@ -140,6 +140,11 @@ def parse_json(body: bytes, model: type[M], invalid: int = 422) -> M:
         raw = orjson.loads(body)
     except orjson.JSONDecodeError:
         raw = _loads(body)
+    return validate(raw, model, invalid)
+
+
+def validate(raw: Any, model: type[M], invalid: int = 422) -> M:
+    """Parsed JSON validated by `model`; `invalid` if it does not fit."""
     try:
         return model.model_validate(raw)
     except ValidationError as err:

@@ -21,7 +21,8 @@ protocol's metadata has no way to mark a tensor optional). A translator takes `i
 extension (tritonclient's default), little-endian bytes after the JSON, whose length the header
 Inference-Header-Content-Length gives. The limits, timeouts, token and admission of /v1 apply here
 too; errors are {"error": "one line"}. Everything from the body to the response (parsing, arrays,
-inference, the response's JSON) runs in the thread pool, in an inference slot.
+inference, the response's JSON) runs in the thread pool, in an inference slot; a body of 1 MiB or
+more is parsed in a child process (see decode.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
-from pipeline.serve.common import ApiError, OipError, ascii_length, error_responses, header_value, parse_json
+from pipeline.serve.common import (
+    ApiError,
+    OipError,
+    ascii_length,
+    error_responses,
+    header_value,
+    parse_json,
+    validate,
+)
+from pipeline.serve.decode import MIN_BYTES, decode_elsewhere
 
 HEADER_LENGTH = "inference-header-content-length"
 # ONNX Runtime's tensor types -> the protocol's datatype and NumPy's little-endian dtype
@@ -124,8 +134,10 @@ def _metadata(arg) -> dict:
     return {"name": arg.name, "datatype": TYPES[arg.type][0], "shape": _shape(arg)}
 
 
-def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[str, int]) -> tuple[np.ndarray, int]:
-    """One input as the model takes it, from its JSON data or from `binary` at `offset`; and the offset after it."""
+def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[str, int],
+           parsed: np.ndarray | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
+    """One input as the model takes it, from its JSON data (or `parsed`, that data as an array already)
+    or from `binary` at `offset`; and the offset after it."""
     where, (datatype, dtype) = f"input {tensor.name!r}", TYPES[arg.type]
     if tensor.datatype != datatype:
         raise ApiError(400, "wrong datatype", f"{where} is {datatype}, got {tensor.datatype}")
@@ -146,7 +158,7 @@ def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[st
     if tensor.data is None:
         raise ApiError(400, "missing data", f"{where} has neither data nor binary_data_size")
     try:
-        values = _as_array(tensor.data)
+        values = _as_array(tensor.data) if parsed is None else parsed
     except ValueError:  # nested lists of unequal lengths
         raise ApiError(400, "bad data", f"{where}: data is not a regular array") from None
     if values.dtype.kind not in JSON_KINDS[np.dtype(dtype).kind] or values.size != count:
@@ -155,8 +167,10 @@ def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[st
     return values.astype(dtype).reshape(tensor.shape), offset
 
 
-def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg) -> dict[str, np.ndarray]:
-    """The request's inputs, checked against the model's and the service's limits."""
+def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg,
+          parsed: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The request's inputs, checked against the model's and the service's limits (`parsed`: the JSON
+    data of some of them, by index, as arrays already)."""
     required = [a.name for a in model.session.get_inputs()]
     args = {a.name: a for a in [*model.session.get_inputs(), *optional_inputs(model.session, model.info)]}
     optional = [n for n in args if n not in required]
@@ -167,8 +181,8 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
             problem = "missing" if name not in names else "unknown" if name not in args else "given twice"
             raise ApiError(400, f"{problem} input", f"{name!r}; the model takes {takes}")
     feed, offset, dims = {}, 0, {}
-    for tensor in req.inputs:
-        feed[tensor.name], offset = _array(tensor, args[tensor.name], binary, offset, dims)
+    for i, tensor in enumerate(req.inputs):
+        feed[tensor.name], offset = _array(tensor, args[tensor.name], binary, offset, dims, (parsed or {}).get(i))
         if feed[tensor.name].dtype.kind == "f" and not np.isfinite(feed[tensor.name]).all():
             raise ApiError(400, "bad data", f"input {tensor.name!r} holds NaN or infinity")
     if offset != len(binary):
@@ -350,8 +364,12 @@ def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
             if length is None:
                 raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown(given)} is not a length "
                                                   f"within the body's {len(body)} bytes")  # fmt: skip
-            req = parse_json(body[:length], InferRequest, invalid=400)
-            feed = _feed(served.model, req, body[length:], cfg)
+            decoded = decode_elsewhere(body[:length]) if length >= MIN_BYTES else None
+            if decoded is None:
+                req, parsed = parse_json(body[:length], InferRequest, invalid=400), None
+            else:
+                req, parsed = validate(decoded[0], InferRequest, invalid=400), decoded[1]
+            feed = _feed(served.model, req, body[length:], cfg, parsed)
             names = _output_names(served.model, req)
             return _answer(cfg.model_name, served, req, names, _run(served.model, feed, names))
 
