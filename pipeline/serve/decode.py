@@ -13,7 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import CancelledError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -58,7 +58,8 @@ def _ignore_interrupts() -> None:  # Ctrl-C reaches the whole process group: the
 
 def decode_elsewhere(body: bytes) -> tuple[Any, dict[int, np.ndarray]] | None:
     """decode(body) in a child process (started at the first call, shared by the process); None when
-    orjson refuses the body or the child died (then the next call starts a new one)."""
+    orjson refuses the body, the child died (then the next call starts a new one) or the processes
+    were stopped meanwhile: the caller then parses the body itself."""
     global _pool
     with _lock:
         if _pool is None:
@@ -70,6 +71,8 @@ def decode_elsewhere(body: bytes) -> tuple[Any, dict[int, np.ndarray]] | None:
         with _lock:
             if _pool is pool:
                 _pool = None
+        return None
+    except (CancelledError, RuntimeError):  # shut down meanwhile (by another app of this process, say)
         return None
 
 
