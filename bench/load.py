@@ -57,6 +57,25 @@ def small_generator(root: Path) -> Path:
     return root / "generator.onnx"
 
 
+def small_translator(root: Path) -> Path:
+    """A trained-shape CycleGAN translator (16 px, 1 channel) exported by the pipeline's own export code."""
+    import torch
+
+    from pipeline.config import ModelConfig
+    from pipeline.export import export_translators
+    from pipeline.models import build_generator, directions
+
+    cfg = ModelConfig(arch="cyclegan", g_channels=4, n_blocks=1)
+    torch.manual_seed(0)
+    state = {d: build_generator(cfg, 16, 1).state_dict() for d in directions("cyclegan")}
+    spec = {"task": "translate", "model": cfg.model_dump(mode="json"), "image_size": 16, "channels": 1,
+            "directions": ["AB", "BA"], "size_multiple": 4, "min_size": 8, "num_classes": 0,
+            "class_names": []}  # fmt: skip
+    torch.save({"spec": spec, "state_dicts": state, "steps": 0}, root / "t.pt")
+    export_translators(root / "t.pt", root / "exports")
+    return root / "exports" / "generator_AB.onnx"
+
+
 def start_server(model: Path, limits: dict) -> tuple[subprocess.Popen, str, list[str]]:
     """The server, its URL, and its log lines after startup (filled in as they come)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

@@ -36,25 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from load import small_generator, start_server  # noqa: E402
-
-
-def small_translator(root: Path) -> Path:
-    import torch
-
-    from pipeline.config import ModelConfig
-    from pipeline.export import export_translators
-    from pipeline.models import build_generator, directions
-
-    cfg = ModelConfig(arch="cyclegan", g_channels=4, n_blocks=1)
-    torch.manual_seed(0)
-    state = {d: build_generator(cfg, 16, 1).state_dict() for d in directions("cyclegan")}
-    spec = {"task": "translate", "model": cfg.model_dump(mode="json"), "image_size": 16, "channels": 1,
-            "directions": ["AB", "BA"], "size_multiple": 4, "min_size": 8, "num_classes": 0,
-            "class_names": []}  # fmt: skip
-    torch.save({"spec": spec, "state_dicts": state, "steps": 0}, root / "t.pt")
-    export_translators(root / "t.pt", root / "exports")
-    return root / "exports" / "generator_AB.onnx"
+from load import small_generator, small_translator, start_server  # noqa: E402
 
 
 def ms(xs: list[float]) -> dict:
@@ -118,9 +100,9 @@ def slow(url: str, n_requests: int, every: float) -> dict:
             "latency_ms": ms([e for *_, e in results]), **closed}  # fmt: skip
 
 
-def heavy(url: str, seconds: float) -> dict:
+def heavy(url: str, seconds: float, decimals: int = 3) -> dict:
     rng = np.random.default_rng(0)
-    image = rng.uniform(-1, 1, (1, 1, 1024, 1024)).round(3)
+    image = rng.uniform(-1, 1, (1, 1, 1024, 1024)).round(decimals)
     oip = json.dumps({"inputs": [{"name": "images", "shape": [1, 1, 1024, 1024], "datatype": "FP32",
                                   "data": image.ravel().tolist()}]}, separators=(",", ":")).encode()  # fmt: skip
     from PIL import Image
@@ -164,12 +146,17 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="slow: normal requests")
     parser.add_argument("--every", type=float, default=5.0, help="slow: seconds between a slow client's bytes")
     parser.add_argument("--seconds", type=float, default=20.0, help="heavy: seconds of each load")
+    parser.add_argument("--decimals", type=int, default=3,
+                        help="heavy: decimals of each JSON number (3: 6.7 MB of JSON; 4: about 8 MiB)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = small_generator(Path(tmp)) if args.run == "slow" else small_translator(Path(tmp))
         proc, url, log = start_server(model, {})
         try:
-            out = slow(url, args.requests, args.every) if args.run == "slow" else heavy(url, args.seconds)
+            if args.run == "slow":
+                out = slow(url, args.requests, args.every)
+            else:
+                out = heavy(url, args.seconds, args.decimals)
             out["server_tracebacks"] = sum("Traceback" in line for line in log)
         finally:
             proc.terminate()

@@ -62,22 +62,29 @@ def test_the_existing_experiment_check_leaves_a_missing_repository_or_commit_to_
     assert _experiment_exists("x") is False  # no commit yet: the same
 
 
-def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiments(tmp_path, prefect_api):
-    """`dvc exp run` leaves an experiment's params in params.yaml; the next overlay must not inherit them."""
+def one_stage_repo(root: Path, params: str):
+    """A git + DVC repository in `root` with the project's params.yaml and one stage that copies it
+    (depending on `params`, e.g. "seed, train.steps"); returns its `git(*args)` (stdout)."""
     import shutil
 
-    import yaml
-
     def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+        return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout
 
     git("init", "-q")
     git("config", "user.email", "t@example.com")
     git("config", "user.name", "t")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.yaml\n"
-                                       "    params: [seed, train.steps]\n    outs: [out.yaml]\n")  # fmt: skip
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.yaml\n"
+                                   f"    params: [{params}]\n    outs: [out.yaml]\n")  # fmt: skip
+    return git
+
+
+def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiments(tmp_path, prefect_api):
+    """`dvc exp run` leaves an experiment's params in params.yaml; the next overlay must not inherit them."""
+    import yaml
+
+    git = one_stage_repo(tmp_path, "seed, train.steps")
     (tmp_path / "steps.yaml").write_text("train:\n  steps: 7\n")
     git("add", "-A")
     git("commit", "-qm", "init")
@@ -425,18 +432,7 @@ def test_set_params_are_validated_as_dvc_would_apply_them_each_sweep_point_and_f
 def test_repro_repairs_the_stage_lock_file_a_full_disk_left_cut_short(tmp_path, prefect_api):
     """DVC rewrites .dvc/tmp/rwlock in place; a disk that fills up while it does leaves it cut short,
     and every later DVC command fails ("JSON structure is corrupted") until it is deleted by hand."""
-    import shutil
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
-
-    git("init", "-q")
-    git("config", "user.email", "t@example.com")
-    git("config", "user.name", "t")
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp params.yaml out.yaml\n"
-                                       "    params: [seed]\n    outs: [out.yaml]\n")  # fmt: skip
+    git = one_stage_repo(tmp_path, "seed")
     git("add", "-A")
     git("commit", "-qm", "init")
     rwlock = tmp_path / ".dvc" / "tmp" / "rwlock"

@@ -21,16 +21,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from fastapi import FastAPI
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from test_export import REPO, save_generator
 
-from pipeline.export import export_generator, export_translators
+from pipeline.export import export_generator
 from pipeline.inference import OnnxGenerator
 from pipeline.registry import Registry
 from pipeline.serve.app import ServeConfig, create_app, server_config
+
+sys.path.insert(0, str(REPO / "bench"))
+from load import small_translator as tiny_translator  # the benchmarks' translator
 
 
 def free_port() -> int:
@@ -58,22 +60,6 @@ def running(cfg: ServeConfig | FastAPI):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-def tiny_translator(root: Path) -> Path:
-    """A trained-shape CycleGAN translator exported by the pipeline's own export code."""
-    from pipeline.config import ModelConfig
-    from pipeline.models import build_generator, directions
-
-    cfg = ModelConfig(arch="cyclegan", g_channels=4, n_blocks=1)
-    torch.manual_seed(0)
-    state = {d: build_generator(cfg, 16, 1).state_dict() for d in directions("cyclegan")}
-    spec = {"task": "translate", "model": cfg.model_dump(mode="json"), "image_size": 16, "channels": 1,
-            "directions": ["AB", "BA"], "size_multiple": 4, "min_size": 8, "num_classes": 0,
-            "class_names": []}  # fmt: skip
-    torch.save({"spec": spec, "state_dicts": state, "steps": 0}, root / "t.pt")
-    export_translators(root / "t.pt", root / "exports")
-    return root / "exports" / "generator_AB.onnx"
 
 
 @pytest.fixture(scope="module")
