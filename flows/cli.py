@@ -639,7 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="Other arguments go to dvc repro, e.g. `ganpipe repro --force train`.")  # fmt: skip
     repro.set_defaults(fn=_cmd_repro, passes_through=True)
 
-    exp = sub.add_parser("exp", help="run a shipped params overlay (configs/*.yaml) as a DVC experiment")
+    exp = sub.add_parser("exp", help="run a shipped params overlay (configs/*.yaml) as a DVC experiment",
+                         epilog="Other arguments go to dvc exp run: -S key=value (checked like the overlay, each "
+                                "sweep point too), -f, --queue, --temp, ... e.g. `ganpipe exp "
+                                "configs/stylegan2-digits.yaml -S train.steps=500 -f`.")  # fmt: skip
     exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
     exp.add_argument("--name", help="experiment name (default: the file's stem)")
     exp.set_defaults(fn=_cmd_exp, passes_through=True)

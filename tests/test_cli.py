@@ -107,6 +107,13 @@ def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiment
     assert b"seed: 9" in (tmp_path / "params.yaml").read_bytes() and "third" not in git("for-each-ref", "refs/exps")
 
 
+def test_exp_help_says_where_its_other_arguments_go(capsys):
+    with pytest.raises(SystemExit):
+        main(["exp", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Other arguments go to dvc exp run: -S key=value (checked like the overlay, each sweep point too), -f" in out
+
+
 def test_unknown_options_are_errors_except_where_they_go_to_dvc():
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--bogus"])
