@@ -73,7 +73,8 @@ def test_page_generates_a_grid_for_a_chosen_class_and_seed(browser, models):  # 
         assert browser.find_element(By.ID, "error").text == ""
         assert severe_console_errors(browser) == []
         made = {k: v for k, v in grew(before, request_counts(url)).items() if k[1] != "latency observations"}
-        assert made == {("/", "200"): 1, ("/v1/model", "200"): 1, ("/v1/generate", "200"): 1, ("/metrics", "200"): 1}
+        # one grid on load, one asked for
+        assert made == {("/", "200"): 1, ("/v1/model", "200"): 1, ("/v1/generate", "200"): 2, ("/metrics", "200"): 1}
 
 
 def test_page_uploads_an_image_to_translate(browser, models, tmp_path):  # noqa: F811
@@ -85,6 +86,7 @@ def test_page_uploads_an_image_to_translate(browser, models, tmp_path):  # noqa:
         browser.get(url + "/")
         WebDriverWait(browser, 30).until(lambda d: not d.find_element(By.ID, "translate").get_attribute("class"))
         assert "hidden" in browser.find_element(By.ID, "generate").get_attribute("class")
+        assert not browser.find_element(By.ID, "download").is_displayed()  # no button before there is an image
         browser.find_element(By.ID, "file").send_keys(str(picture))
         browser.find_element(By.ID, "go-translate").click()
         assert wait_for_output(browser) == 40  # the translation comes back at the input's size
@@ -128,7 +130,11 @@ def test_page_all_classes_random_seed_download_and_no_stale_image(browser, model
     with running(ServeConfig(model=models["generate"], max_n=8)) as url:
         browser.get(url + "/")
         WebDriverWait(browser, 30).until(lambda d: not d.find_element(By.ID, "generate").get_attribute("class"))
-        assert "hidden" in browser.find_element(By.ID, "download").get_attribute("class")  # nothing to download yet
+        # a grid on load, with nothing asked: the default request (16 images cut to max_n 8, seed 0, the first class)
+        wait_for_output(browser)
+        on_load = {"n": 8, "seed": 0, "labels": ["cat"]}
+        assert shown_png(browser) == httpx.post(f"{url}/v1/generate", json=on_load).content
+        assert browser.find_element(By.ID, "download").is_displayed()
         # all classes: one row per class, as many images a row as max_n allows (8 // 3 = 2 of the 3 asked for)
         Select(browser.find_element(By.ID, "class")).select_by_visible_text("all classes (a row each)")
         set_field(browser, "n", "3")
