@@ -292,3 +292,33 @@ def test_a_failed_prepare_leaves_the_thumbnails_and_everything_else_as_they_were
         prepare(folder_cfg(src, on_error="skip"), out, report)
     assert {p: p.read_bytes() for p in kept if p != thumbs} == {p: b for p, b in kept.items() if p != thumbs}
     assert thumbs.is_dir() and not list(thumbs.iterdir()) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_colour_made_grey_and_a_small_validation_split_are_said_in_the_log_and_the_report(tmp_path, caplog):
+    import logging
+
+    src = tmp_path / "src"
+    for cls, colour in (("red", (200, 30, 30)), ("grey", (90, 90, 90))):
+        (src / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (10, 10), tuple(c + i for c in colour)).save(src / cls / f"{i}.png")  # grey as RGB too
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.prepare"):
+        prepare(folder_cfg(src), tmp_path / "grey", tmp_path / "grey.json")
+    report = json.loads((tmp_path / "grey.json").read_text())
+    val = report["counts"]["val"]
+    assert report["warnings"] == [
+        "5 of 10 images are in colour and were made grey (data.channels: 1); set data.channels: 3 to keep their colour",
+        f"the validation split has {val} images: FID, KID, precision and recall on fewer than 200 are mostly noise; "
+        "raise data.val_fraction (now 0.3) or add images",
+    ]
+    assert [r.getMessage() for r in caplog.records] == report["warnings"]
+    assert "- **warning**: 5 of 10 images are in colour" in (tmp_path / "grey.md").read_text()
+    # in colour, nothing is made grey; only the split's size is said
+    prepare(folder_cfg(src, channels=3), tmp_path / "rgb", tmp_path / "rgb.json")
+    assert [w.split(":")[0] for w in json.loads((tmp_path / "rgb.json").read_text())["warnings"]] == [
+        f"the validation split has {val} images"]  # fmt: skip
+
+
+def test_a_dataset_with_nothing_to_warn_about_has_no_warnings_in_its_report(tmp_path):
+    prepare(DataConfig(image_size=8), tmp_path / "prepared", tmp_path / "report.json")  # digits: 1,797 grey images
+    assert "warnings" not in json.loads((tmp_path / "report.json").read_text())

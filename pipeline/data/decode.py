@@ -59,6 +59,7 @@ class Outcome:
     sha256: str = ""
     pixhash: str = ""
     reason: str | None = None
+    coloured: bool = False  # a colour image made grey (data.channels: 1)
 
 
 def decoded(records: Iterator[Record], cfg: DataConfig, workers: int) -> Iterator[Outcome]:
@@ -96,17 +97,18 @@ def _decode_batch(records: list[Record]) -> list[Outcome]:
 
 def _outcome(record: Record, cfg: DataConfig) -> Outcome:
     try:
-        image, size, sha, pixhash = decode(record, cfg)
+        image, size, sha, pixhash, coloured = decode(record, cfg)
     except BadImage as err:
         return Outcome(record, reason=str(err))
     # the decoder already read the content: don't ship it back from a worker
     slim = Record(**{**record.__dict__, "data": None, "array": None})
-    return Outcome(slim, image, size, sha, pixhash)
+    return Outcome(slim, image, size, sha, pixhash, coloured=coloured)
 
 
-def decode(record: Record, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int], str, str]:
-    """Fully decode one record: uint8 [C, size, size], original (w, h), content sha256 and
-    the sha256 of its decoded pixels (what duplicate detection compares)."""
+def decode(record: Record, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int], str, str, bool]:
+    """Fully decode one record: uint8 [C, size, size], original (w, h), content sha256, the
+    sha256 of its decoded pixels (what duplicate detection compares), and whether a colour
+    image was made grey (data.channels: 1)."""
     if record.problem:
         raise BadImage(record.problem)
     raw = read_content(record, max_file_bytes(cfg))
@@ -134,11 +136,13 @@ def decode(record: Record, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]
                 f"(default: half of data.image_size)"
             )
     original = img.size
-    img = _to_mode(img, cfg.channels)
+    img = _to_mode(img)
+    coloured = cfg.channels == 1 and img.mode == "RGB" and _in_colour(img)
+    img = img.convert("L" if cfg.channels == 1 else "RGB")
     full = np.asarray(img, dtype=np.uint8)
     pixhash = hashlib.sha256(f"{full.shape}".encode() + full.tobytes()).hexdigest()
     arr = np.asarray(_square_resize(img, cfg.image_size), dtype=np.uint8)
-    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy(), original, sha, pixhash
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy(), original, sha, pixhash, coloured
 
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}  # per process: archives stay open across records (no re-reading the index)
@@ -188,12 +192,18 @@ def read_content(record: Record, max_bytes: int | None = None) -> bytes:
     raise BadImage("no content")
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+def _in_colour(img: Image.Image) -> bool:
+    """Whether an RGB image holds any colour (grey images saved as RGB do not)."""
+    r, g, b = (np.asarray(band) for band in img.split())
+    return not (np.array_equal(r, g) and np.array_equal(g, b))
+
+
+def _to_mode(img: Image.Image) -> Image.Image:
     """Documented conversion rules (modes outside SUPPORTED_MODES are refused): EXIF
     orientation applied; 16-bit and 32-bit integer scaled to 8-bit by their range; float
     taken as [0, 1] if its maximum is <= 1, else [0, 255]; palette expanded; alpha
-    composited onto black; CMYK, YCbCr, HSV and 1-bit converted by Pillow; then L
-    (1 channel, ITU-R 601 luma) or RGB."""
+    composited onto black; CMYK, YCbCr, HSV and 1-bit converted by Pillow; L or RGB out. The
+    caller then takes L (1 channel, ITU-R 601 luma) or RGB, as data.channels asks."""
     if img.mode not in SUPPORTED_MODES:
         hint = " (no colour-managed conversion to RGB; convert it to sRGB first)" if img.mode == "LAB" else ""
         raise BadImage(f"unsupported image mode {img.mode!r}{hint}")
@@ -213,7 +223,7 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
         img = Image.alpha_composite(black, rgba).convert("RGB")
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX, 1
-    return img.convert("L" if channels == 1 else "RGB")
+    return img
 
 
 def _square_resize(img: Image.Image, size: int) -> Image.Image:

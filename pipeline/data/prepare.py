@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ from pipeline.data.report import (
     summary_markdown,
     summary_path,
     thumbs_path,
+    warnings_note,
 )
 from pipeline.data.sources import Source, SourceError, safe_text
 from pipeline.errors import UserError
@@ -59,6 +61,8 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, so a live temporary cannot be told from a stale one
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 BUFFERED_UNITS = 256  # items held back before streaming to disk, so tiny datasets can still get a val item
 SPLITS = ("train", "val")
@@ -105,7 +109,10 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
         col = _collect(cfg, source, tmp)
         classes, empty = _classes(cfg, source, col)
         counts = _write_dataset(cfg, source, col, classes, tmp)
-        report = data_report(cfg, source.notes, counts, col.skipped, empty, seen=col.files_seen, used=len(col.files))
+        notes = {**source.notes, **warnings_note(cfg, counts, col.coloured, len(col.files), bool(source.domains))}
+        report = data_report(cfg, notes, counts, col.skipped, empty, seen=col.files_seen, used=len(col.files))
+        for warning in notes.get("warnings", []):
+            log.warning(warning)
         thumbs = figure_png(class_thumbnails(tmp, classes, bool(source.domains)))
         summary = summary_markdown(report, outputs[3].name)
         for path, content in ((tmp_report, report_json(report).encode()), (tmp_summary, summary.encode()),
@@ -169,6 +176,7 @@ class _Collector:
         self.cfg, self.source, self.tmp = cfg, source, tmp
         self.shape = (cfg.channels, cfg.image_size, cfg.image_size)
         self.files_seen = 0
+        self.coloured = 0  # colour images made grey (data.channels: 1)
         self.files: list[dict] = []
         self.skipped: list[dict[str, str]] = []
         self.labels: dict[str, list[str]] = {"train": [], "val": []}
@@ -215,6 +223,7 @@ class _Collector:
             for o in outcomes:
                 self._skip(o, f"exact duplicate of {first} (same decoded pixels); the first is kept", "duplicate")
             return
+        self.coloured += sum(o.coloured for o in outcomes)
         rec = outcomes[0].record
         if rec.split_key:
             basis = hashlib.sha256(rec.split_key.encode()).hexdigest()

@@ -40,6 +40,24 @@ def data_report(cfg: DataConfig, notes: dict, counts: dict, skipped: list, empty
     }
 
 
+MIN_VAL_IMAGES = 200  # below this, FID/KID on the validation split are mostly noise
+
+
+def warnings_note(cfg: DataConfig, counts: dict, coloured: int, used: int, domains: bool) -> dict:
+    """{"warnings": [...]} for what a user should change before training, {} when nothing: colour
+    images made grey, and a validation split too small for the quality metrics to mean much."""
+    found = []
+    if coloured:
+        found.append(f"{coloured} of {used} images are in colour and were made grey (data.channels: 1); "
+                     "set data.channels: 3 to keep their colour")  # fmt: skip
+    val = counts.get("val", 0)
+    if not domains and val < MIN_VAL_IMAGES:
+        found.append(f"the validation split has {val} images: FID, KID, precision and recall on fewer than "
+                     f"{MIN_VAL_IMAGES} are mostly noise; raise data.val_fraction (now {cfg.val_fraction}) "
+                     "or add images")  # fmt: skip
+    return {"warnings": found} if found else {}
+
+
 def report_json(report: dict) -> str:
     return json.dumps(report, indent=2, sort_keys=False) + "\n"
 
@@ -87,6 +105,7 @@ def summary_markdown(report: dict, thumbs: str | None = None) -> str:
         lines.append(f"- {md(name)}: {count}")
     if report.get("empty_classes"):
         lines.append(f"- empty classes (left out): {', '.join(md(c) for c in report['empty_classes'])}")
+    lines += [f"- **warning**: {md(w)}" for w in report.get("warnings", [])]
     if "glyphs" in report:
         g = report["glyphs"]
         lines.append(f"- glyphs: {g['kept']} of {g['requested']} characters in both fonts")
