@@ -43,10 +43,9 @@ def browser():
 
 
 def wait_for_output(driver) -> int:
-    """Wait until the result image has loaded; return its natural width."""
-    loaded = "const i = document.getElementById('output'); return i && i.complete && i.naturalWidth > 0"
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script(loaded))
-    return driver.execute_script("return document.getElementById('output').naturalWidth")
+    """Wait until the result image has loaded; return its natural width (read in the same step)."""
+    loaded = "const i = document.getElementById('output'); return i && i.complete ? i.naturalWidth : 0"
+    return WebDriverWait(driver, 30).until(lambda d: d.execute_script(loaded))
 
 
 def severe_console_errors(driver) -> list[str]:
@@ -63,12 +62,14 @@ def test_page_generates_a_grid_for_a_chosen_class_and_seed(browser, models):  # 
         options = [o.text for o in Select(browser.find_element(By.ID, "class")).options]
         assert options == ["cat", "dog", "owl", "all classes (a row each)"]
         assert "hidden" in browser.find_element(By.ID, "psi-label").get_attribute("class")  # a dcgan: no truncation
+        wait_for_output(browser)  # the grid the page shows as it loads
         Select(browser.find_element(By.ID, "class")).select_by_visible_text("owl")
         seed = browser.find_element(By.ID, "seed")
         seed.clear()
         seed.send_keys("3")
         browser.find_element(By.ID, "go").click()
         assert wait_for_output(browser) > 16
+        assert browser.find_element(By.ID, "caption").text.endswith("seed 3")
         browser.save_screenshot(str(ARTIFACTS / "serve_page_generate.png"))
         assert browser.find_element(By.ID, "error").text == ""
         assert severe_console_errors(browser) == []
