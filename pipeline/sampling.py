@@ -107,10 +107,7 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 def save_picture(images: np.ndarray, path: Path | str, nrow: int | None, scale: int, flag: str = "--out") -> Path:
     """A grid of [N, C, H, W] images, written atomically in the format its name asks for."""
     fmt = format_of(path, STILL, flag)
-    grid = make_grid(images, nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    (img,) = pictures(make_grid(images, nrow).transpose(2, 0, 1)[None], scale)  # the grid as one image
     write_bytes(path, encode(img, fmt))
     return Path(path)
 
