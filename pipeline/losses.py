@@ -1,18 +1,22 @@
 """Adversarial losses and regularisers, written on D's raw logits.
 
-One registry (LOSSES): a new objective is added in one place. Each entry is a pair
-(D loss from real and fake logits, G loss from fake logits), to be minimised.
+One registry (LOSSES): each adversarial loss is a `Loss` object that carries everything an
+objective needs of it: its D loss and G loss (the G loss sees D's logits of the real images too,
+which relativistic losses compare against), whether it adds the gradient penalty, and how D's
+logits read as scores. Objectives never test a loss by name. The torch-free facts (the names
+params accept, which losses penalise each sample's gradient) are in `pipeline/catalog.py`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-LossPair = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+from pipeline import catalog
 
 
 def nonsaturating_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -20,7 +24,7 @@ def nonsaturating_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
-def nonsaturating_g(fake: torch.Tensor) -> torch.Tensor:
+def nonsaturating_g(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
     """-log D(G(z)) (Goodfellow et al., 2014): strong gradients while D still rejects the fakes."""
     return F.softplus(-fake).mean()
 
@@ -30,7 +34,7 @@ def hinge_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
 
-def hinge_g(fake: torch.Tensor) -> torch.Tensor:
+def hinge_g(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
     return -fake.mean()
 
 
@@ -39,7 +43,7 @@ def least_squares_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((real - 1.0) ** 2).mean() + 0.5 * (fake**2).mean()
 
 
-def least_squares_g(fake: torch.Tensor) -> torch.Tensor:
+def least_squares_g(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
     return 0.5 * ((fake - 1.0) ** 2).mean()
 
 
@@ -48,15 +52,64 @@ def wasserstein_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return fake.mean() - real.mean()
 
 
-def wasserstein_g(fake: torch.Tensor) -> torch.Tensor:
+def wasserstein_g(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
     return -fake.mean()
 
 
-LOSSES: dict[str, LossPair] = {
-    "nonsaturating": (nonsaturating_d, nonsaturating_g),
-    "hinge": (hinge_d, hinge_g),
-    "lsgan": (least_squares_d, least_squares_g),
-    "wgan-gp": (wasserstein_d, wasserstein_g),
+def relativistic_d(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The relativistic pairing loss (RpGAN; Jolicoeur-Martineau, 2019; R3GAN, Huang et al., 2024):
+    -log sigmoid(D(x) - D(G(z))), each real paired with one fake of the same micro-batch."""
+    return F.softplus(fake - real).mean()
+
+
+def relativistic_g(fake: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """-log sigmoid(D(G(z)) - D(x)): G pushes each fake above its paired real."""
+    if real is None:
+        raise ValueError("the relativistic G loss needs D's logits of the real images")
+    return F.softplus(real - fake).mean()
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One adversarial loss, to be minimised. `d(real_logits, fake_logits)`; `g(fake_logits,
+    real_logits)`, where real_logits is None unless `needs_real_for_g`. The flags come from the
+    catalog entry of the same name."""
+
+    name: str
+    d: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    g: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+    @property
+    def info(self) -> catalog.LossInfo:
+        return catalog.LOSSES[self.name]
+
+    @property
+    def gradient_penalty(self) -> bool:
+        """Adds WGAN-GP's penalty on interpolates (weighted by train.gp_weight)."""
+        return self.info.per_sample_penalty
+
+    @property
+    def needs_real_for_g(self) -> bool:
+        return self.info.needs_real_for_g
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """D's logits as logged (train/D_real, train/D_fake): probabilities where they are log-odds."""
+        return (torch.sigmoid if self.info.probability else _identity)(logits)
+
+
+LOSSES: dict[str, Loss] = {
+    loss.name: loss
+    for loss in (
+        Loss("nonsaturating", nonsaturating_d, nonsaturating_g),
+        Loss("hinge", hinge_d, hinge_g),
+        Loss("lsgan", least_squares_d, least_squares_g),
+        Loss("wgan-gp", wasserstein_d, wasserstein_g),
+        Loss("relativistic", relativistic_d, relativistic_g),
+    )
 }
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch.nn.utils import parametrize
@@ -71,7 +73,7 @@ def test_spectral_norm_and_norm_options_change_the_discriminator():
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_each_loss_teaches_d_to_separate_and_g_to_move_towards_real(loss):
     """A 1-D toy GAN: real ~ N(2, 0.1), fake ~ N(-2, 0.1), D(x) = w x + b."""
-    d_loss, g_loss = LOSSES[loss]
+    d_loss, g_loss = LOSSES[loss].d, LOSSES[loss].g
     gen = torch.Generator().manual_seed(0)
     real, fake = 2 + 0.1 * torch.randn(64, generator=gen), -2 + 0.1 * torch.randn(64, generator=gen)
     w, b = torch.zeros((), requires_grad=True), torch.zeros((), requires_grad=True)
@@ -83,17 +85,26 @@ def test_each_loss_teaches_d_to_separate_and_g_to_move_towards_real(loss):
     assert w.item() > 0  # D now scores real above fake
     assert (w * real + b).mean() > (w * fake + b).mean()
     x = fake.clone().requires_grad_(True)
-    g_loss(w.detach() * x + b.detach()).backward()
+    g_loss(w.detach() * x + b.detach(), (w * real + b).detach()).backward()  # real logits: relativistic losses
     assert (x.grad < 0).all()  # descending G's loss moves every fake up, towards the real data
 
 
 def test_loss_values_on_known_inputs():
     real, fake = torch.tensor([2.0, 1.0]), torch.tensor([-1.0, -3.0])
-    assert LOSSES["hinge"][0](real, fake).item() == 0.0  # both margins satisfied
-    assert LOSSES["hinge"][1](fake).item() == 2.0
-    assert LOSSES["lsgan"][0](torch.ones(3), torch.zeros(3)).item() == 0.0
-    assert LOSSES["lsgan"][1](torch.zeros(2)).item() == 0.5
-    assert LOSSES["wgan-gp"][0](real, fake).item() == -3.5  # E[D(G(z))] - E[D(x)]
+    assert LOSSES["hinge"].d(real, fake).item() == 0.0  # both margins satisfied
+    assert LOSSES["hinge"].g(fake, None).item() == 2.0
+    assert LOSSES["lsgan"].d(torch.ones(3), torch.zeros(3)).item() == 0.0
+    assert LOSSES["lsgan"].g(torch.zeros(2), None).item() == 0.5
+    assert LOSSES["wgan-gp"].d(real, fake).item() == -3.5  # E[D(G(z))] - E[D(x)]
+    # relativistic pairing: each real against its own fake, softplus(fake - real) = log(1 + e^-3), log(1 + e^-4)
+    rp = LOSSES["relativistic"]
+    assert rp.d(real, fake).item() == pytest.approx((math.log1p(math.exp(-3)) + math.log1p(math.exp(-4))) / 2)
+    assert rp.g(fake, real).item() == pytest.approx((math.log1p(math.exp(3)) + math.log1p(math.exp(4))) / 2)
+    with pytest.raises(ValueError, match="real images"):
+        rp.g(fake, None)
+    # what the objectives read instead of the name: the penalty and how D's logits are logged
+    assert [n for n, loss in LOSSES.items() if loss.gradient_penalty] == ["wgan-gp"]
+    assert LOSSES["nonsaturating"].score(torch.zeros(1)).item() == 0.5 and LOSSES["hinge"].score(real) is real
     expected = torch.nn.functional.softplus(-real).mean() + torch.nn.functional.softplus(fake).mean()
     assert torch.allclose(nonsaturating_d(real, fake), expected)
     # non-saturating: G's gradient stays large when D confidently rejects the fake

@@ -186,6 +186,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     [
         {"train": {"loss": "hinge"}, "model": {"spectral_norm": True, "d_norm": "none"}},
         {"train": {"loss": "lsgan", "r1_gamma": 1.0, "r1_every": 2}},
+        {"train": {"loss": "relativistic", "r1_gamma": 1.0, "r1_every": 2, "accumulate": 2}},
         {"model": {"classes_from_noise": True, "arch": "resnet"}},
         {"train": {"loss": "wgan-gp", "n_critic": 2, "betas": [0.0, 0.9]}, "model": {"d_norm": "none"}},
         {"model": {"arch": "resnet", "conditional": True, "spectral_norm": True, "d_norm": "none"}},
@@ -214,6 +215,7 @@ def test_conditional_training_records_classes_for_export(prepared_digits, tmp_pa
     ids=[
         "hinge-sn",
         "lsgan-r1",
+        "relativistic-r1-accumulate",
         "resnet-classes-from-noise",
         "wgan-gp",
         "resnet-cond",

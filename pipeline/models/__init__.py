@@ -1,6 +1,8 @@
-"""The architecture registry: every family, image generation and style transfer alike.
+"""The architecture registry: how to build every family's networks, image generation and style
+transfer alike.
 
-A new family is one module beside this file plus one line in `ARCHS`. The model artifact
+A new family is its entry in the plug-in catalog (`pipeline/catalog.py`: task, objective, options),
+one module beside this file and one line in `ARCHS`. The model artifact
 (spec, save, load) is in `pipeline.models.artifact`; stages that only use a trained model
 (evaluate, export) import from here, never from `pipeline.training`.
 """
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pipeline import catalog
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.models import dcgan, resnet, stylegan2, translation
 from pipeline.models.layers import ConditionalBatchNorm2d
@@ -131,27 +134,26 @@ def _patch_discriminator(cfg: ModelConfig, image_size: int, channels: int, num_c
 
 @dataclass(frozen=True)
 class Family:
-    """How to build one architecture's networks. `directions`: the translators a style-transfer
-    family trains (empty for image generators); its D takes `channels` = what it judges."""
+    """How to build one architecture's networks (what else is known of it: `pipeline/catalog.py`).
+    A style-transfer family's D takes `channels` = what it judges."""
 
     generator: Callable[[ModelConfig, int, int, int], nn.Module]
     discriminator: Callable[[ModelConfig, int, int, int], nn.Module]
     init: Callable[[nn.Module], None]
-    directions: tuple[str, ...] = ()
 
 
 ARCHS = {
     "dcgan": Family(_adversarial_g(dcgan.Generator), _adversarial_d(dcgan.Discriminator), init_dcgan),
     "resnet": Family(_adversarial_g(resnet.Generator), _adversarial_d(resnet.Discriminator), init_resnet),
     "stylegan2": Family(_stylegan2_g, _stylegan2_d, init_stylegan2),
-    "cyclegan": Family(_translator, _patch_discriminator, translation.init_translation, ("AB", "BA")),
-    "pix2pix": Family(_translator, _patch_discriminator, translation.init_translation, ("AB",)),
+    "cyclegan": Family(_translator, _patch_discriminator, translation.init_translation),
+    "pix2pix": Family(_translator, _patch_discriminator, translation.init_translation),
 }
 
 
 def directions(arch: str) -> list[str]:
     """The translators a style-transfer family trains and exports, by direction."""
-    return list(ARCHS[arch].directions)
+    return list(catalog.arch(arch).directions)
 
 
 def build_generator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int = 0) -> nn.Module:

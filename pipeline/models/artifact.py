@@ -12,23 +12,15 @@ from pathlib import Path
 
 import torch
 
+from pipeline import catalog
 from pipeline.artifacts import save_torch
 from pipeline.config import ModelConfig, Params
 from pipeline.errors import MissingInput
 from pipeline.models import build_generator, directions
 
-# Model keys that shape some architectures only: the spec of another architecture leaves them out,
-# so adding an architecture does not change the artifacts of the others.
-ARCH_ONLY_KEYS = {
-    "mapping_layers": ("stylegan2",),
-    "mbstd_group": ("stylegan2",),
-    "translator": ("cyclegan", "pix2pix"),
-}
-
 
 def model_spec(params: Params) -> dict:
-    arch = params.model.arch
-    exclude = {k for k, archs in ARCH_ONLY_KEYS.items() if arch not in archs}
+    exclude = catalog.spec_exclusions(params.model.arch)  # other families' own keys (catalog.Arch.own_keys)
     if not params.model.noise_classes:  # left out where off: the artifacts of every other model stay as they were
         exclude.add("classes_from_noise")
     return params.model.model_dump(mode="json", exclude=exclude)

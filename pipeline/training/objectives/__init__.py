@@ -2,7 +2,7 @@
 sample panel. The runner (pipeline/training/runner.py) never knows which one it runs.
 
 A new objective is a module here with a class following `Objective`, plus one line in
-`OBJECTIVES`.
+`OBJECTIVES`; the architectures it trains name it in the plug-in catalog (`pipeline/catalog.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from pipeline import catalog
 from pipeline.config import Params
 from pipeline.training.distributed import World
 from pipeline.training.objectives.cyclegan import CycleGanObjective
@@ -66,9 +67,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
 def objective_name(params: Params) -> str:
-    if params.task == "translate":
-        return params.model.arch
-    return "stylegan2" if params.model.arch == "stylegan2" else "gan"
+    """The objective that trains `model.arch` (the plug-in catalog says which)."""
+    return catalog.arch(params.model.arch).objective
 
 
 def make_objective(params: Params, prepared: Path, device: torch.device, precision: torch.dtype,

@@ -80,7 +80,7 @@ class GanObjective:
         self.opt_g = adam(self.G.parameters(), cfg.lr_g, cfg.betas, device)
         self.opt_d = adam(self.D.parameters(), cfg.lr_d, cfg.betas, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-        self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
+        self.loss = LOSSES[cfg.loss]
         self.acgan = bool(num_classes) and mcfg.conditioning == "acgan"
         acfg = self.augment_cfg = params.augment
         self.augment = DiffAugment(acfg.diffaugment)
@@ -144,16 +144,21 @@ class GanObjective:
         with autocast(self.device, self.precision):
             real_logits, real_cls = self.D_train(real_aug, y_real)
             fake_logits, fake_cls = self.D_train(fake_aug, y_fake)
-        loss = self.d_loss_fn(real_logits.float(), fake_logits.float())
+        loss = self.loss.d(real_logits.float(), fake_logits.float())
         if self.acgan:
             loss = loss + cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
                                               + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
         y_pen = y_real if self.num_classes else None
-        if cfg.loss == "wgan-gp" and cfg.gp_weight:
+        if self.loss.gradient_penalty and cfg.gp_weight:
             loss = loss + cfg.gp_weight * gradient_penalty(D, real_aug, fake_aug, y_pen, rng)
         if cfg.r1_gamma and step % cfg.r1_every == 0:  # lazy R1, scaled up by its interval
             loss = loss + cfg.r1_gamma / 2 * cfg.r1_every * r1_penalty(D, real_aug, y_pen)
         return loss, real_logits, fake_logits
+
+    def _real_logits(self, real: torch.Tensor, y: torch.Tensor | None, s: int) -> torch.Tensor:
+        """D's logits of shard s's reals in the G step (relativistic losses): constants for G."""
+        with torch.no_grad():
+            return self.D(self.augment(real, self.shard_rng[s]), y)[0].float()
 
     def _optimiser_step(self, opt: torch.optim.Optimizer) -> None:
         self.scaler.step(opt)
@@ -169,6 +174,7 @@ class GanObjective:
             idx, z, y_fake = self._draw()
             self.opt_d.zero_grad(set_to_none=True)
             loss_d_sum = torch.zeros((), device=device)
+            reals = {}
             for k, s in enumerate(self.mine):
                 real, y_real = self.batches.take(part(idx, s))
                 if self.augment_cfg.hflip:
@@ -186,6 +192,8 @@ class GanObjective:
                     )  # fmt: skip
                     self.scaler.scale(loss_d / cfg.accumulate).backward()
                 loss_d_sum += loss_d.detach() / cfg.accumulate
+                if self.loss.needs_real_for_g:  # the G step compares each fake with the same reals
+                    reals[s] = (real, y_real if self.num_classes else None)
                 if self.ada is not None:
                     self.ada.observe(self.real_logits)
             self.grad_d = grad_norm(D) if log_now else 0.0
@@ -200,7 +208,8 @@ class GanObjective:
                 with autocast(device, self.precision):
                     fake_g = fake if self.reuse_fakes else self._generate(G_train, part(z, s), part(y_fake, s), s)
                     logits, cls = D(self.augment(fake_g, self.shard_rng[s]), part(y_fake, s))
-                loss_g = self.g_loss_fn(logits.float())
+                    real_logits = self._real_logits(*reals[s], s) if self.loss.needs_real_for_g else None
+                loss_g = self.loss.g(logits.float(), real_logits)
                 if self.acgan:
                     loss_g = loss_g + cfg.acgan_weight * F.cross_entropy(cls.float(), part(y_fake, s))
                 extra = self._g_regulariser(step, part(z, s), part(y_fake, s), s)
@@ -222,8 +231,7 @@ class GanObjective:
         return float(mean(self.loss_d_sum, self.world)), float(mean(self.loss_g_sum, self.world))
 
     def scalars(self, loss_d: float, loss_g: float) -> dict[str, float]:
-        # D(x), D(G(z)): probabilities for the non-saturating loss, raw scores for the others
-        to_score = torch.sigmoid if self.cfg.loss == "nonsaturating" else (lambda t: t)
+        to_score = self.loss.score  # D(x), D(G(z)): probabilities where the logits are log-odds
         out = {
             "train/loss_D": loss_d,
             "train/loss_G": loss_g,

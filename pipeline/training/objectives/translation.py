@@ -102,7 +102,7 @@ class TranslationObjective:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, linear_decay(cfg.steps, cfg.lr_decay_start))
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, linear_decay(cfg.steps, cfg.lr_decay_start))
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
-        self.d_loss_fn, self.g_loss_fn = LOSSES[cfg.loss]
+        self.loss = LOSSES[cfg.loss]  # config refuses the losses whose G step needs real logits here
         self.batches_a = BatchSampler(data_a, cfg.batch_size, seed=params.seed + 1, device=device)
         self.batches_b = BatchSampler(data_b, cfg.batch_size, seed=params.seed + 2, device=device)
         self.jitter_pixels = params.augment.jitter
@@ -138,12 +138,12 @@ class TranslationObjective:
     def d_loss(self, disc: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             real_logits, fake_logits = disc(real), disc(fake)
-        return self.d_loss_fn(real_logits.float(), fake_logits.float())
+        return self.loss.d(real_logits.float(), fake_logits.float())
 
     def g_adv(self, disc: torch.nn.Module, fake: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.precision):
             logits = disc(fake)
-        return self.g_loss_fn(logits.float())
+        return self.loss.g(logits.float(), None)
 
     def start_g_step(self) -> None:
         for disc in self.D.values():
