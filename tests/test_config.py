@@ -209,3 +209,9 @@ def test_a_bad_value_is_shown_cut_short_whatever_its_size():
     with pytest.raises(ConfigError) as err:
         parse_params({"data": {"glyphs": {"chars": [[["x" * 10_000] * 1000] * 1000]}}}, "p.yaml")
     assert len(str(err.value)) < 1000 and "data.glyphs.chars.0: Input should be a valid string" in str(err.value)
+
+
+def test_the_strict_yaml_reader_is_still_offered_by_config():
+    from pipeline import config, params_yaml
+
+    assert config.read_yaml is params_yaml.read_yaml and config.ConfigError is params_yaml.ConfigError

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from pipeline import layout
-from pipeline.config import Params, TrainConfig
+from pipeline.config import Params, TrainConfig, logging_only
 from pipeline.errors import UserError
 from pipeline.metrics.probe import FidProbe
 from pipeline.models.artifact import save_model
@@ -72,24 +73,30 @@ class TrainResult:
 def fingerprint(params: Params, prepared: Path, length_matters: bool = False, device_type: str = "cpu",
                 world_size: int = 1) -> str:  # fmt: skip
     """Hash of everything that shapes the weights except the run length (unless the objective's
-    schedule depends on it) and logging cadence: params, the prepared data, the training code
+    schedule depends on it) and the keys config.py marks logging-only (logging cadence, device,
+    compilation): params, the prepared data, the training code
     (this module's import closure), the kind of device the random streams live on (a CUDA
     generator's state cannot continue a CPU one's) and the number of processes (each holds its
     own shards' random streams)."""
-    volatile = {"sample_every", "fid_every", "log_every", "checkpoint_every", "device", "compile", "collapse_threshold"}
-    if not length_matters:
-        volatile.add("steps")
+    length = frozenset() if length_matters else frozenset({"steps"})
     payload = {
         "code": source_hash(__name__),  # the runner and every module it imports
         "seed": params.seed,
-        "model": params.model.model_dump(mode="json"),
-        "augment": params.augment.model_dump(mode="json"),
-        "train": {k: v for k, v in params.train.model_dump(mode="json").items() if k not in volatile},
+        "model": _shaping(params.model),
+        "augment": _shaping(params.augment),
+        "train": _shaping(params.train, length),
         "data": hashlib.sha256((prepared / "manifest.json").read_bytes()).hexdigest(),
         "rng_device": device_type,
         "world_size": world_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _shaping(section: BaseModel, leave_out: frozenset[str] = frozenset()) -> dict:
+    """A params section's keys that shape the weights: all but its logging-only ones (config.LOGGING_ONLY)
+    and `leave_out`."""
+    dropped = logging_only(type(section)) | leave_out
+    return {k: v for k, v in section.model_dump(mode="json").items() if k not in dropped}
 
 
 def _device_and_world(cfg: TrainConfig) -> tuple[torch.device, World]:
@@ -150,6 +157,46 @@ def _check_in_sync(objective: Objective, world: World) -> None:
         print(f"{world.size} processes in sync: weight checksum {sums[0]:.6f}")
 
 
+def _finite_losses(objective: Objective, done: int, live, folder: Path) -> tuple[float, float]:
+    """The objective's losses (a host sync); TrainingDiverged, the logs closed, if one is NaN or infinite."""
+    loss_d, loss_g = objective.losses()
+    if not (np.isfinite(loss_d) and np.isfinite(loss_g)):
+        if live is not None:
+            live.end()
+        raise TrainingDiverged(
+            f"loss became non-finite at step {done} (loss_D={loss_d}, loss_G={loss_g}); "
+            f"the last good checkpoint in {folder} is kept. Lower train.lr_* and rerun."
+        )
+    return loss_d, loss_g
+
+
+def _log_samples(objective: Objective, done: int, live, bar: tqdm) -> None:
+    """The objective's sample panel and its scalars (diversity) into DVCLive; its warnings to the log."""
+    image, scalars, warnings = objective.samples(done)
+    for msg in warnings:
+        log.warning(msg)
+        bar.write("WARNING " + msg)
+    live.step = done
+    for name, value in scalars.items():
+        live.log_metric(name, value)
+    live.log_image(f"samples/{done:07d}.png", image)
+
+
+def _finish(objective: Objective, paths: TrainPaths, steps: int, world: World, live) -> None:
+    """After the last step: check the processes agree, close the logs, save the EMA model and the
+    samples (each machine's first process), and leave the process group together."""
+    _check_in_sync(objective, world)
+    if live is not None:
+        live.end()
+    if world.first_on_machine:
+        spec, weights = objective.model_artifact()
+        save_model(paths.generator, spec, weights, steps)
+        objective.save_samples(paths.samples)
+    if world.enabled:
+        torch.distributed.barrier()
+    shutdown(world)
+
+
 def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = True) -> TrainResult:
     """Train the objective `params` describes for `params.train.steps` steps, resuming from a
     matching checkpoint; write the EMA model to `paths.generator`.
@@ -187,15 +234,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
         images_window += cfg.batch_size
         bar.update(1)
         if log_now or checkpoint_now:  # the only host syncs: never checkpoint or log a diverged model
-            loss_d, loss_g = objective.losses()
-            if not (np.isfinite(loss_d) and np.isfinite(loss_g)):
-                if live is not None:
-                    live.end()
-                raise TrainingDiverged(
-                    f"loss became non-finite at step {done} (loss_D={loss_d}, loss_G={loss_g}); "
-                    f"the last good checkpoint in {run_folder(paths.checkpoints, fp)} is kept. Lower train.lr_* "
-                    "and rerun."
-                )
+            loss_d, loss_g = _finite_losses(objective, done, live, run_folder(paths.checkpoints, fp))
         if log_now and live is not None:
             now = time.perf_counter()
             live.step = done
@@ -212,14 +251,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
                 log.info(f"step {done}/{cfg.steps} ({100 * done // cfg.steps}%): loss_D {loss_d:.3f}, "
                          f"loss_G {loss_g:.3f}, {rate:.0f} img/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")  # fmt: skip
         if (done % cfg.sample_every == 0 or done == cfg.steps) and live is not None:
-            image, scalars, warnings = objective.samples(done)
-            for msg in warnings:
-                log.warning(msg)
-                bar.write("WARNING " + msg)
-            live.step = done
-            for name, value in scalars.items():
-                live.log_metric(name, value)
-            live.log_image(f"samples/{done:07d}.png", image)
+            _log_samples(objective, done, live, bar)
         if probe is not None and (done % cfg.fid_every == 0 or done == cfg.steps):
             live.step = done
             for name, value in probe(*objective.model_artifact()).items():
@@ -228,16 +260,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(), progress: bool = Tru
             _checkpoint(objective, paths, fp, done, world, live)
     bar.close()
 
-    _check_in_sync(objective, world)
-    if live is not None:
-        live.end()
-    if world.first_on_machine:
-        spec, weights = objective.model_artifact()
-        save_model(paths.generator, spec, weights, cfg.steps)
-        objective.save_samples(paths.samples)
-    if world.enabled:
-        torch.distributed.barrier()
-    shutdown(world)
+    _finish(objective, paths, cfg.steps, world, live)
     return TrainResult(steps=cfg.steps, resumed_from=start, generator=paths.generator,
                        seconds=time.perf_counter() - t0, world_size=world.size,
                        checkpoints=run_folder(paths.checkpoints, fp))  # fmt: skip
