@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from prefect import flow
-
-from flows.stage import run_stage, stage_task
+from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
@@ -33,7 +31,7 @@ def train_feature_network(params_path: str) -> dict:
     return metrics
 
 
-@flow(name="evaluator")
+@stage_flow("evaluator")
 def evaluator_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """Train the small CNN whose features FID and KID are computed in."""
     return train_feature_network(params_path)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.stage import run_stage, stage_task
+from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
@@ -48,7 +46,7 @@ def export_onnx(params_path: str) -> dict:
     return metrics
 
 
-@flow(name="export")
+@stage_flow("export")
 def export_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """Export the EMA generator to ONNX and prove it matches PyTorch."""
     return export_onnx(params_path)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.stage import run_stage, stage_task
+from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.config import load_params
 from pipeline.data.prepare import prepare
@@ -20,7 +18,7 @@ def prepare_dataset(params_path: str) -> dict:
     return {"counts": result.counts, "skipped": len(result.skipped)}
 
 
-@flow(name="prepare")
+@stage_flow("prepare")
 def prepare_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """Decode, validate, resize and split the data source into data/prepared/."""
     return prepare_dataset(params_path)

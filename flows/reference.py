@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.stage import run_stage, stage_task
+from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.config import load_params
 from pipeline.metrics import reference
@@ -25,7 +23,7 @@ def embed_real_images(params_path: str) -> dict:
     return key
 
 
-@flow(name="reference")
+@stage_flow("reference")
 def reference_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """Embed the real images every evaluation compares against, once per data set and extractor."""
     return embed_real_images(params_path)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from prefect import flow
-
-from flows.stage import run_stage, stage_task
+from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.config import Params, load_params
 from pipeline.training.runner import train
@@ -31,7 +29,7 @@ def check_launch(params: Params) -> None:
     torchrun_args(params.train, Rendezvous.from_env())
 
 
-@flow(name="train")
+@stage_flow("train")
 def train_flow(params_path: str = str(layout.PARAMS)) -> dict:
     """Train the models, resuming from a matching checkpoint when one exists."""
     return train_models(params_path)

@@ -117,12 +117,11 @@ def test_the_pipeline_run_publishes_a_metrics_table_and_the_sample_grid(exp_run)
 
 def test_library_records_reach_prefect_at_info_and_above_while_a_stage_flow_runs(tmp_path, prefect_api):
     """Records of `pipeline.*` loggers in a flow run through the stage entry, without DVC."""
-    from prefect import flow
     from prefect.logging.handlers import APILogHandler
 
-    from flows.stage import run_stage
+    from flows.stage import run_stage, stage_flow
 
-    @flow(name="probe")
+    @stage_flow("probe")
     def probe(params_path: str):
         for level in (logging.DEBUG, logging.INFO, logging.WARNING):
             logging.getLogger("pipeline.probe").log(level, "probe %s", logging.getLevelName(level))
