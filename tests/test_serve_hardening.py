@@ -288,8 +288,7 @@ def test_oip_parsing_arrays_and_response_building_run_off_the_event_loop(models,
     event loop running in its thread (calling the real function), for /v2 and /v1 alike."""
     import asyncio
 
-    from pipeline.serve import app as app_module
-    from pipeline.serve import oip
+    from pipeline.serve import oip, v1
 
     where: dict[str, set[str]] = {}
 
@@ -301,7 +300,7 @@ def test_oip_parsing_arrays_and_response_building_run_off_the_event_loop(models,
 
         return call
 
-    for module, name in ((oip, "parse_json"), (oip, "_feed"), (oip, "_answer"), (app_module, "parse_json")):
+    for module, name in ((oip, "parse_json"), (oip, "_feed"), (oip, "_answer"), (v1, "parse_json")):
         monkeypatch.setattr(module, name, recorded(f"{module.__name__}.{name}", getattr(module, name)))
     with running(ServeConfig(model=models["translate"])) as url:
         res = httpx.post(f"{url}/v2/models/ganpipe/infer", json={"inputs": [IMAGES]})
@@ -312,7 +311,7 @@ def test_oip_parsing_arrays_and_response_building_run_off_the_event_loop(models,
         assert httpx.post(f"{url}/v1/generate", json={"n": 1}).status_code == 200
     assert where == {"pipeline.serve.oip.parse_json": {"thread pool"}, "pipeline.serve.oip._feed": {"thread pool"},
                      "pipeline.serve.oip._answer": {"thread pool"},
-                     "pipeline.serve.app.parse_json": {"thread pool"}}  # fmt: skip
+                     "pipeline.serve.v1.parse_json": {"thread pool"}}  # fmt: skip
 
 
 def test_large_oip_json_bodies_are_parsed_in_a_child_process_with_the_same_answers(tr_url, models):  # noqa: F811

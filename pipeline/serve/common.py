@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 RETRY_AFTER_S = 1
+BINARY = {"schema": {"type": "string", "format": "binary"}}  # OpenAPI's media type object for raw bytes
 M = TypeVar("M", bound=BaseModel)
 
 

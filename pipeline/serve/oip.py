@@ -28,18 +28,19 @@ more is parsed in a child process (see decode.py).
 from __future__ import annotations
 
 import math
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
+from pipeline.serve import release
 from pipeline.serve.common import (
+    BINARY,
     ApiError,
     OipError,
     ascii_length,
@@ -48,7 +49,10 @@ from pipeline.serve.common import (
     parse_json,
     validate,
 )
+from pipeline.serve.config import ServeConfig
 from pipeline.serve.decode import MIN_BYTES, decode_elsewhere
+from pipeline.serve.deps import AUTH, Config, Holder, Limits
+from pipeline.serve.holder import ModelHolder, Served
 
 HEADER_LENGTH = "inference-header-content-length"
 # ONNX Runtime's tensor types -> the protocol's datatype and NumPy's little-endian dtype
@@ -167,7 +171,7 @@ def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[st
     return values.astype(dtype).reshape(tensor.shape), offset
 
 
-def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg,
+def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: bytes, cfg: ServeConfig,
           parsed: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
     """The request's inputs, checked against the model's and the service's limits (`parsed`: the JSON
     data of some of them, by index, as arrays already)."""
@@ -255,7 +259,7 @@ def _json_array(array: np.ndarray) -> orjson.Fragment:
     return orjson.Fragment(b"[" + b",".join(parts) + b"]")
 
 
-def _answer(name: str, served, req: InferRequest, names: list[str], results: list[np.ndarray]) -> Response:
+def _answer(name: str, served: Served, req: InferRequest, names: list[str], results: list[np.ndarray]) -> Response:
     """The response: JSON, with the tensors asked for in binary appended after it (binary tensor extension)."""
     types = {o.name: o.type for o in served.model.session.get_outputs()}
     default = req.parameters.get("binary_data_output", False)
@@ -279,99 +283,103 @@ def _answer(name: str, served, req: InferRequest, names: list[str], results: lis
     return Response(header + b"".join(chunks), media_type="application/octet-stream", headers=headers)
 
 
-def add_oip_routes(app: FastAPI, cfg, holder, limiter, auth: list) -> None:
-    """The /v2 routes; `cfg` is the service's ServeConfig, `holder`, `limiter` and `auth` those of its /v1 routes."""
+def _errors(*statuses: int) -> dict:
+    return error_responses(*statuses, body=OipError, why={400: "the inference request is malformed or does not "
+                                                               "fit the model's inputs"})  # fmt: skip
 
-    def errors(*statuses: int) -> dict:
-        return error_responses(*statuses, body=OipError, why={400: "the inference request is malformed or does not "
-                                                                   "fit the model's inputs"})  # fmt: skip
 
-    def model_of(request: Request):
-        """The served model, if the path names it (and, under /versions/{version}, its version)."""
-        name, asked = request.path_params["name"], request.path_params.get("version")
-        if name != cfg.model_name:
-            raise ApiError(404, "unknown model", f"{shown(name)}; this server serves {cfg.model_name!r}")
-        served = holder.require()
-        if asked is not None and asked != served.name:
-            raise ApiError(404, "unknown version", f"model {name!r} has no version {shown(asked)}; this server "
-                                                   f"serves version {served.name!r}")  # fmt: skip
-        return served
+def model_of(request: Request, cfg: ServeConfig, holder: ModelHolder) -> Served:
+    """The served model, if the path names it (and, under /versions/{version}, its version)."""
+    name, asked = request.path_params["name"], request.path_params.get("version")
+    if name != cfg.model_name:
+        raise ApiError(404, "unknown model", f"{shown(name)}; this server serves {cfg.model_name!r}")
+    served = holder.require()
+    if asked is not None and asked != served.name:
+        raise ApiError(404, "unknown version", f"model {name!r} has no version {shown(asked)}; this server "
+                                               f"serves version {served.name!r}")  # fmt: skip
+    return served
 
-    # `name` and `version` declared here, not as function parameters: FastAPI would add a 422 that a string never gets
-    def path(*names: str) -> dict:
-        string = {"type": "string"}
-        return {"parameters": [{"name": n, "in": "path", "required": True, "schema": string} for n in names]}
 
-    path_name, path_version = path("name"), path("name", "version")
-    versioned = "/v2/models/{name}/versions/{version}"  # the protocol's optional version segment
+# `name` and `version` declared here, not as function parameters: FastAPI would add a 422 that a string never gets
+def _path(*names: str) -> dict:
+    string = {"type": "string"}
+    return {"parameters": [{"name": n, "in": "path", "required": True, "schema": string} for n in names]}
 
-    @app.get("/v2/health/live")
-    def live():
-        return {"live": True}
 
-    @app.get("/v2/health/ready", responses=errors(503))
-    def ready():
-        holder.require()
-        return {"ready": True}
+PATH_NAME, PATH_VERSION = _path("name"), _path("name", "version")
+VERSIONED = "/v2/models/{name}/versions/{version}"  # the protocol's optional version segment
 
-    @app.get("/v2")
-    def server_metadata():
-        try:
-            release = version("ganpipe")
-        except PackageNotFoundError:
-            release = "unknown"
-        return {"name": "ganpipe", "version": release, "extensions": ["binary_tensor_data"]}
+router = APIRouter()
 
-    @app.get("/v2/models/{name}", dependencies=auth, response_model=ModelMetadata, openapi_extra=path_name,
-             responses=errors(401, 404, 503))  # fmt: skip
-    @app.get(versioned, dependencies=auth, response_model=ModelMetadata, openapi_extra=path_version,
-             responses=errors(401, 404, 503))  # fmt: skip
-    def model_metadata(request: Request):
-        served = model_of(request)
-        session = served.model.session
-        return {"name": cfg.model_name, "versions": [served.name], "platform": "onnxruntime_onnx",
-                "inputs": [_metadata(a) for a in [*session.get_inputs(), *optional_inputs(session, served.model.info)]],
-                "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
 
-    @app.get("/v2/models/{name}/ready", openapi_extra=path_name, responses=errors(404, 503))
-    @app.get(f"{versioned}/ready", openapi_extra=path_version, responses=errors(404, 503))
-    def model_ready(request: Request):
-        model_of(request)
-        return {"name": cfg.model_name, "ready": True}
+@router.get("/v2/health/live")
+def live():
+    return {"live": True}
 
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    infer_body = {"required": True, "description": "JSON; with the binary tensor extension, that JSON (as many bytes "
-                                                   "as Inference-Header-Content-Length says), then the tensors' bytes",
-                  "content": {"application/json": {"schema": _inline(InferRequest.model_json_schema())},
-                              "application/octet-stream": binary}}  # fmt: skip
-    answer = {"model": InferResponse, "content": {"application/octet-stream": binary},
-              "description": "JSON; binary outputs asked for are appended to it (binary tensor extension)"}  # fmt: skip
 
-    @app.post("/v2/models/{name}/infer", dependencies=auth, response_class=Response,
-              openapi_extra={**path_name, "requestBody": infer_body},
-              responses={200: answer, **errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
-    @app.post(f"{versioned}/infer", dependencies=auth, response_class=Response,
-              openapi_extra={**path_version, "requestBody": infer_body},
-              responses={200: answer, **errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
-    async def infer(request: Request):
-        served = await run_in_threadpool(model_of, request)  # kept to the end: a swap does not cut this request off
-        given = request.headers.get(HEADER_LENGTH)
+@router.get("/v2/health/ready", responses=_errors(503))
+def ready(holder: Holder):
+    holder.require()
+    return {"ready": True}
 
-        def work(body: bytes) -> Response:
-            """Everything from the body to the response, in the thread pool: parsing 8 MiB of JSON numbers,
-            turning them into arrays and a 1024² result into JSON took seconds of the event loop."""
-            length = len(body) if given is None else ascii_length(given, len(body))
-            if length is None:
-                raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown(given)} is not a length "
-                                                  f"within the body's {len(body)} bytes")  # fmt: skip
-            decoded = decode_elsewhere(body[:length]) if length >= MIN_BYTES else None
-            if decoded is None:
-                req, parsed = parse_json(body[:length], InferRequest, invalid=400), None
-            else:
-                req, parsed = validate(decoded[0], InferRequest, invalid=400), decoded[1]
-            feed = _feed(served.model, req, body[length:], cfg, parsed)
-            names = _output_names(served.model, req)
-            return _answer(cfg.model_name, served, req, names, _run(served.model, feed, names))
 
-        async with limiter.body(request, cfg.max_upload_bytes) as body, limiter.admit():
-            return await limiter.run(work, body)
+@router.get("/v2")
+def server_metadata():
+    return {"name": "ganpipe", "version": release() or "unknown", "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/v2/models/{name}", dependencies=AUTH, response_model=ModelMetadata, openapi_extra=PATH_NAME,
+            responses=_errors(401, 404, 503))  # fmt: skip
+@router.get(VERSIONED, dependencies=AUTH, response_model=ModelMetadata, openapi_extra=PATH_VERSION,
+            responses=_errors(401, 404, 503))  # fmt: skip
+def model_metadata(request: Request, cfg: Config, holder: Holder):
+    served = model_of(request, cfg, holder)
+    session = served.model.session
+    return {"name": cfg.model_name, "versions": [served.name], "platform": "onnxruntime_onnx",
+            "inputs": [_metadata(a) for a in [*session.get_inputs(), *optional_inputs(session, served.model.info)]],
+            "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
+
+
+@router.get("/v2/models/{name}/ready", openapi_extra=PATH_NAME, responses=_errors(404, 503))
+@router.get(f"{VERSIONED}/ready", openapi_extra=PATH_VERSION, responses=_errors(404, 503))
+def model_ready(request: Request, cfg: Config, holder: Holder):
+    model_of(request, cfg, holder)
+    return {"name": cfg.model_name, "ready": True}
+
+
+INFER_BODY = {"required": True, "description": "JSON; with the binary tensor extension, that JSON (as many bytes "
+                                               "as Inference-Header-Content-Length says), then the tensors' bytes",
+              "content": {"application/json": {"schema": _inline(InferRequest.model_json_schema())},
+                          "application/octet-stream": BINARY}}  # fmt: skip
+ANSWER = {"model": InferResponse, "content": {"application/octet-stream": BINARY},
+          "description": "JSON; binary outputs asked for are appended to it (binary tensor extension)"}  # fmt: skip
+
+
+@router.post("/v2/models/{name}/infer", dependencies=AUTH, response_class=Response,
+             openapi_extra={**PATH_NAME, "requestBody": INFER_BODY},
+             responses={200: ANSWER, **_errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
+@router.post(f"{VERSIONED}/infer", dependencies=AUTH, response_class=Response,
+             openapi_extra={**PATH_VERSION, "requestBody": INFER_BODY},
+             responses={200: ANSWER, **_errors(400, 401, 404, 408, 413, 503)})  # fmt: skip
+async def infer(request: Request, cfg: Config, holder: Holder, limiter: Limits):
+    served = await run_in_threadpool(model_of, request, cfg, holder)  # kept to the end: a swap does not cut it off
+    given = request.headers.get(HEADER_LENGTH)
+
+    def work(body: bytes) -> Response:
+        """Everything from the body to the response, in the thread pool: parsing 8 MiB of JSON numbers,
+        turning them into arrays and a 1024² result into JSON took seconds of the event loop."""
+        length = len(body) if given is None else ascii_length(given, len(body))
+        if length is None:
+            raise ApiError(400, "bad header", f"Inference-Header-Content-Length {shown(given)} is not a length "
+                                              f"within the body's {len(body)} bytes")  # fmt: skip
+        decoded = decode_elsewhere(body[:length]) if length >= MIN_BYTES else None
+        if decoded is None:
+            req, parsed = parse_json(body[:length], InferRequest, invalid=400), None
+        else:
+            req, parsed = validate(decoded[0], InferRequest, invalid=400), decoded[1]
+        feed = _feed(served.model, req, body[length:], cfg, parsed)
+        names = _output_names(served.model, req)
+        return _answer(cfg.model_name, served, req, names, _run(served.model, feed, names))
+
+    async with limiter.body(request, cfg.max_upload_bytes) as body, limiter.admit():
+        return await limiter.run(work, body)
