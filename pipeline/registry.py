@@ -22,9 +22,7 @@ serving the old one instead of answering 500.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import math
@@ -33,32 +31,21 @@ import re
 import reprlib
 import shlex
 import shutil
-import stat
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import layout
 from pipeline.artifacts import write_bytes
-from pipeline.errors import UserError
 from pipeline.provenance import git_revision
+from pipeline.registry_files import RegistryError, claim_staging, locked, read_json, read_text, remove_stale_staging
 
 VERSION = re.compile(r"^v(\d{4,})$")
 REQUIRED = (layout.MODEL_CARD, layout.EVAL_METRICS, layout.EXPORT_METRICS, layout.PARAMS, layout.DVC_LOCK)
-LOCK = ".lock"
-STAGING_PREFIX = ".promote."  # a promotion's folder until it is complete; then renamed to its version
-STAGING = re.compile(rf"{re.escape(STAGING_PREFIX)}[a-z0-9_]{{8}}")  # as tempfile.mkdtemp names it
-LOCK_TIMEOUT_S = 120.0  # the lock covers numbering and renaming only, never the copy: seconds at most
 # version.json keys every reader relies on, with the type each must have
 RECORD_KEYS: dict[str, type] = {"version": str, "created": str, "git_rev": str, "files": list,
                                                    "metrics": dict}  # fmt: skip
-
-
-class RegistryError(UserError, ValueError):
-    """A promotion or rollback cannot be done; the message says which file or version."""
 
 
 def artifact_version(version: str) -> str:
@@ -151,26 +138,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RegistryError(f"{path}: cannot be read: {err.strerror or err}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RegistryError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-                            "the file is corrupt") from None  # fmt: skip
-
-
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise RegistryError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-
-
 def _check_record(path: Path, record: Any, version: str) -> dict:
     """version.json as promote writes it; anything else names the file and the key."""
     if not isinstance(record, dict):
@@ -215,7 +182,7 @@ class Registry:
         pointer = self.root / "champion"
         if not pointer.is_file():
             return None
-        name = _read_text(pointer).strip()
+        name = read_text(pointer).strip()
         if not VERSION.match(name) or not (self.root / name).is_dir():
             raise RegistryError(f"{pointer} names {name[:40]!r}, which is not a version in {self.root}")
         return name
@@ -229,7 +196,7 @@ class Registry:
             raise RegistryError(f"{self.root}: no version {version!r} (have: {', '.join(self.versions()) or 'none'})")
         if not path.is_file():
             raise RegistryError(f"{path}: missing; the version folder is incomplete")
-        return _check_record(path, _read_json(path), version)
+        return _check_record(path, read_json(path), version)
 
     def champion_metrics(self) -> dict | None:
         champ = self.champion()
@@ -250,7 +217,7 @@ class Registry:
         if not path.is_file():
             return []
         events = []
-        for number, line in enumerate(_read_text(path).splitlines(), 1):
+        for number, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -264,24 +231,6 @@ class Registry:
         return events
 
     # -- writing ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold registry/.lock; released by the kernel if the holder dies, so it never goes stale."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / LOCK
-        with open(path, "a+b") as fh:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise RegistryError(f"{path}: still held by another promotion or rollback after "
-                                            f"{LOCK_TIMEOUT_S:.0f} s; is one stuck?") from None  # fmt: skip
-                    time.sleep(0.02)
-            yield
-
     def promote(self, workdir: Path | str = ".", reason: str = "", git_rev: str | None = None,
                 fetch: FetchSource | None = None) -> str:  # fmt: skip
         """Copy the pipeline's current outputs from `workdir` into a new version and make it
@@ -297,13 +246,13 @@ class Registry:
             missing.append(f"{layout.EXPORTS}/*.onnx")
         if missing:
             raise RegistryError(f"{work}: cannot promote, missing {', '.join(missing)} (run the pipeline first)")
-        export = _read_json(work / layout.EXPORT_METRICS)
+        export = read_json(work / layout.EXPORT_METRICS)
         parity = export.get("parity_passed") if isinstance(export, dict) else None
         if parity is not True:  # the JSON value true only: "false" (a string) is truthy
             raise RegistryError(f"{work / layout.EXPORT_METRICS}: parity_passed is "
                                 f"{'false' if parity in (False, None) else _shown(parity) + ', not true'}; "
                                 "refusing to promote")  # fmt: skip
-        metrics = {p.stem: _read_json(p) for p in sorted((work / "metrics").glob("*.json"))}
+        metrics = {p.stem: read_json(p) for p in sorted((work / "metrics").glob("*.json"))}
         fid = metrics["eval"].get("fid") if isinstance(metrics.get("eval"), dict) else None
         if fid is not None and not finite_number(fid):
             raise RegistryError(f"{work / layout.EVAL_METRICS}: fid is {_shown(fid)}, not a finite number; "
@@ -312,7 +261,7 @@ class Registry:
         # Copied before the lock is taken (a large model takes seconds), numbered under it. Not
         # artifacts.atomic_path, which replaces an existing target: renaming a directory onto a
         # non-empty one fails instead, so even a writer that ignores the lock never erases a version.
-        staging, held = self._claim_staging()
+        staging, held = claim_staging(self.root)
         try:
             for f in [*onnx_files, work / layout.MODEL_CARD]:
                 shutil.copy2(f, staging / f.name)
@@ -332,8 +281,8 @@ class Registry:
                 "reason": reason,
                 "fetch": None,
             }
-            with self._locked():
-                self._remove_stale_staging()
+            with locked(self.root):
+                remove_stale_staging(self.root)
                 version = self._place(staging, record, fetch)
                 self._set_champion(version, {"action": "promote", "reason": reason})
         except BaseException:
@@ -342,48 +291,6 @@ class Registry:
         finally:
             os.close(held)
         return version
-
-    def _claim_staging(self) -> tuple[Path, int]:
-        """A new staging folder and a descriptor holding its flock until the promotion ends: a
-        promotion killed by SIGKILL loses the lock, which is how the next one tells its folder
-        from a concurrent promotion's live one (as prepare does with its temporaries). If a
-        clean-up removed the folder between its creation and the lock, another is made."""
-        while True:
-            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
-            try:
-                fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
-                continue
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.stat(staging), os.fstat(fd)):
-                    # mkdtemp makes it 0700: a service running as another user could not read the version
-                    os.fchmod(fd, stat.S_IMODE(os.stat(self.root).st_mode))  # as readable as the registry
-                    return staging, fd
-            os.close(fd)
-
-    def _remove_stale_staging(self) -> list[Path]:
-        """Remove the staging folders of killed promotions (a model's size each, forever otherwise):
-        only names tempfile.mkdtemp gives them here, and only those no live promotion holds.
-        Called under the registry lock. Returns what was removed."""
-        removed = []
-        for entry in os.scandir(self.root):
-            if not STAGING.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
-                continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
-                    shutil.rmtree(entry.path)
-                    removed.append(Path(entry.path))
-            except OSError:  # held by its live promotion, or already gone
-                continue
-            finally:
-                os.close(fd)
-        return removed
 
     def _place(self, staging: Path, record: dict, fetch: FetchSource | None = None) -> str:
         """Rename the staged version into place under the next free number (called locked)."""
@@ -408,7 +315,7 @@ class Registry:
         rollback steps one promotion further back)."""
         if not self.root.is_dir():  # checked before locking, which would create the folder
             raise RegistryError(f"{self.root}: no champion to roll back from (no registry there)")
-        with self._locked():
+        with locked(self.root):
             champ = self.champion()
             if champ is None:
                 raise RegistryError(f"{self.root}: no champion to roll back from")
