@@ -461,3 +461,30 @@ def test_repro_repairs_the_stage_lock_file_a_full_disk_left_cut_short(tmp_path, 
     again = subprocess.run([sys.executable, "-m", "flows.cli", "repro"], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert again.returncode == 0 and "rwlock" not in again.stderr  # a readable file is left alone
+
+
+def test_serve_flags_left_out_keep_serveconfigs_defaults_which_its_help_shows(capsys):
+    from flows.cli import build_parser
+    from flows.cli.common import given, resolve
+    from pipeline.serve.app import ServeConfig
+
+    args = build_parser().parse_args(["serve"])
+    for name in ("registry", "direction", "max_n", "max_upload_bytes", "max_pixels", "max_concurrency", "max_queue",
+                 "reload_check_s", "device", "model_name"):  # fmt: skip
+        assert not given(getattr(args, name)) and resolve(getattr(args, name)) == getattr(ServeConfig, name), name
+    assert build_parser().parse_args(["serve", "--max-n", "7"]).max_n == 7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {ServeConfig.max_n})" in shown and f"(default {ServeConfig.max_queue})" in shown
+
+
+def test_parsing_a_command_imports_neither_torch_nor_the_service():
+    # `ganpipe generate` / `translate` need only onnxruntime, NumPy and Pillow; the parser imports none of the
+    # heavy modules, not even for the defaults that serve and translate take from the library
+    commands = [["generate"], ["interpolate", "--seeds", "0,1"], ["translate", "a", "b"], ["serve"], ["train"]]
+    code = ("import sys; from flows.cli import build_parser; p = build_parser(); "
+            f"[p.parse_args(a) for a in {commands!r}]; "
+            "print(sorted(m for m in ('torch', 'fastapi', 'onnxruntime', 'prefect') if m in sys.modules))")  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
