@@ -9,12 +9,16 @@ The headline is FID as a multiple of the floor (`fid_vs_floor`; 1 = as good as r
 with precision (how many samples look real) and recall (how much of the real variety they
 reach), each beside what real held-out images score. The FID/KID reference is the whole
 training split; precision and recall use as many training images as there are samples.
+
+Every metric is a function registered in `GENERATION` (pipeline/metrics/registry.py) with
+its columns and anchors; `evaluate` builds the image sets and the registry measures them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,21 +26,21 @@ from torch import nn
 
 from pipeline import layout
 from pipeline.config import ModelConfig, Params
-from pipeline.data.dataset import load_split, to_float
-from pipeline.grid import labelled_figure, save_figure
+from pipeline.data.dataset import PreparedSplit, load_split, to_float
+from pipeline.grid import save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid, fid_kid, prdc
 from pipeline.metrics.features import EvaluatorFeatures, extractor_for
+from pipeline.metrics.figures import comparison_figure, memorisation_figure, samples_figure
 from pipeline.metrics.probe import generate
+from pipeline.metrics.registry import MODEL, Column, ImageSet, Registry
 from pipeline.models import build_generator
 from pipeline.models.artifact import built_classes, load_generator
 from pipeline.runtime import seed_everything, set_threads
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-MANIFOLD = ("precision", "recall", "density", "coverage")
-CLASSIFIER = ("confidence", "classifier_score")
+GENERATION = Registry()
+REAL_FLOOR, CEILING = "real_floor", "untrained_ceiling"  # the anchor sets
+COPY_QUANTILE = 0.05
 
 
 def classifier_scores(probs: torch.Tensor) -> dict[str, float]:
@@ -61,9 +65,6 @@ def nearest(features: torch.Tensor, reference: torch.Tensor, batch_size: int = 4
     return torch.cat(dist), torch.cat(idx)
 
 
-COPY_QUANTILE = 0.05
-
-
 def copy_share(fake_nn: torch.Tensor, real_nn: torch.Tensor) -> float:
     """The memorisation check: the share of samples nearer to their closest training image than
     95% of real held-out images are to theirs (threshold: the 5th percentile of the held-out
@@ -84,6 +85,188 @@ def bootstrap_fid(ref: torch.Tensor, features: torch.Tensor, rounds: int = 50, s
     return float(lo), float(hi)
 
 
+@dataclass
+class GenerationRun:
+    """What every generation metric shares: the params, the networks, the training split's features."""
+
+    params: Params
+    evaluator: EvaluatorFeatures  # the classifier: confidence, class accuracy, in any feature space
+    extractor: Any  # the FID feature space
+    g: nn.Module
+    gspec: dict
+    train: PreparedSplit
+    val: PreparedSplit
+    val_idx: np.ndarray  # the held-out images of the real-data floor
+    ref: torch.Tensor  # features of the training split
+    ref_subset: torch.Tensor  # as many of them as samples (precision/recall compare sets of one size)
+    sets: dict[str, ImageSet] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.val_idx)
+
+    @property
+    def classes(self) -> bool:  # the evaluator is a classifier of the data's classes
+        return self.evaluator.spec["task"] == "classes"
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.gspec["num_classes"]) and self.classes
+
+    @torch.no_grad()
+    def probabilities(self, s: ImageSet) -> torch.Tensor:
+        """The evaluator's class probabilities (its own features, whatever the FID extractor)."""
+        own = s.features if self.extractor is self.evaluator else self.evaluator(s.images)
+        return self.evaluator.net.classifier(own).softmax(1)
+
+    def nearest_train(self, s: ImageSet) -> tuple[torch.Tensor, ...]:
+        """Each image's distance to its nearest training image in feature space, and that image's index."""
+        if "nearest" not in s.cache:
+            s.cache["nearest"] = nearest(s.features, self.ref)
+        return s.cache["nearest"]
+
+
+def _fid_vs_floor(raw: dict[str, dict]) -> float | None:
+    model, floor = round(raw[MODEL]["fid"], 4), round(raw[REAL_FLOOR]["fid"], 4)
+    return round(model / floor, 2) if floor > 0 else None
+
+
+@GENERATION.register(
+    Column("fid", "Fréchet distance to the training split's features", label="FID", anchors=(REAL_FLOOR, CEILING)),
+    Column("kid", "kernel inception distance to the training split (unbiased: can be slightly negative)",
+           fmt=".5f", digits=6, anchors=(REAL_FLOOR, CEILING), source="kid_mean", label="KID"),
+    Column("kid_std", "KID's spread over its random subsets", better="", digits=6, in_table=False),
+    derived={"fid_vs_floor": _fid_vs_floor},
+)  # fmt: skip
+def distance(run: GenerationRun, s: ImageSet) -> dict[str, float]:
+    ecfg = run.params.evaluate
+    return fid_kid(run.ref, s.features, ecfg.kid_subset_size, ecfg.kid_subsets, run.params.seed)
+
+
+@GENERATION.register(
+    Column("precision", "share of the samples inside the real images' k-NN manifold (do they look real?)",
+           better="higher", anchors=(REAL_FLOOR,)),
+    Column("recall", "share of real images inside the samples' manifold (is the variety there?)", better="higher",
+           anchors=(REAL_FLOOR,)),
+    Column("density", "how many real neighbourhoods hold each sample, on average (1 for real data)",
+           better="higher", anchors=(REAL_FLOOR,)),
+    Column("coverage", "share of real images with a sample among their nearest neighbours", better="higher",
+           anchors=(REAL_FLOOR,)),
+    group="samples",
+)  # fmt: skip
+def manifold(run: GenerationRun, s: ImageSet) -> dict[str, float]:
+    return prdc(run.ref_subset, s.features)
+
+
+@GENERATION.register(
+    Column("confidence", "the evaluator's mean top-class probability", better="higher", anchors=(REAL_FLOOR,)),
+    Column("classifier_score", "the Inception Score computed with the evaluator", better="higher",
+           anchors=(REAL_FLOOR,)),
+    group="samples",
+    when=lambda run: run.classes,
+)  # fmt: skip
+def classifier(run: GenerationRun, s: ImageSet) -> dict[str, float]:
+    return classifier_scores(run.probabilities(s))
+
+
+def _interval_note(m: dict) -> list[str]:
+    lo, hi = m["fid_ci95"]
+    return [f"- FID 95% bootstrap interval (resampling the generated set): {lo:.3f} to {hi:.3f}."]
+
+
+@GENERATION.register(
+    Column("fid_ci95", "95% bootstrap interval of FID, resampling the generated set", better="", in_table=False),
+    note=_interval_note,
+)
+def fid_ci95(run: GenerationRun, s: ImageSet) -> dict[str, tuple[float, float]]:
+    return {"fid_ci95": bootstrap_fid(run.ref, s.features, seed=run.params.seed)}
+
+
+def _copy_note(m: dict) -> list[str]:
+    return [f"- Memorisation: {m['copy_share']:.1%} of the samples are nearer to a training image than 95% "
+            f"of real held-out images are (about {COPY_QUANTILE:.0%} if nothing is copied)."]  # fmt: skip
+
+
+@GENERATION.register(
+    Column("copy_share", "share of samples nearer to a training image than 95% of held-out images are",
+           in_table=False),
+    note=_copy_note,
+)  # fmt: skip
+def memorisation(run: GenerationRun, s: ImageSet) -> dict[str, float]:
+    return {"copy_share": copy_share(run.nearest_train(s)[0], run.nearest_train(run.sets[REAL_FLOOR])[0])}
+
+
+@GENERATION.register(
+    Column("num_samples", "images per set", better="", in_table=False),
+    Column("num_reference", "training images the distances are measured to", better="", in_table=False),
+    Column("resolution", "image side in pixels", better="", in_table=False),
+    Column("feature_extractor", "the feature space", better="", in_table=False),
+    Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+)  # fmt: skip
+def setup(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
+    """Not a score: what every number above was measured with."""
+    return {
+        "num_samples": run.n,
+        "num_reference": len(run.train.labels),
+        "resolution": run.gspec["image_size"],
+        "feature_extractor": run.extractor.description,
+        "extractor_sha256": run.extractor.identity["extractor_sha256"],
+    }
+
+
+def _accuracy_note(m: dict) -> list[str]:
+    return [f"- Samples classified as the class asked for: {m['class_accuracy']:.1%}."]
+
+
+@GENERATION.register(
+    Column("class_accuracy", "share of conditional samples classified as the class asked for", better="higher",
+           in_table=False),
+    Column("class_accuracy_per_class", "the same, per class", better="higher", in_table=False),
+    when=lambda run: run.conditional,
+    note=_accuracy_note,
+)  # fmt: skip
+def class_accuracy(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
+    """The share of conditional samples the evaluator classifies as the class they were asked for."""
+    net, names, labels = run.evaluator.net, run.gspec["class_names"], s.labels
+    pred = torch.cat([net(s.images[i : i + 1024]).argmax(1) for i in range(0, len(s.images), 1024)])
+    hit = (pred == labels).float()
+    return {
+        "class_accuracy": float(hit.mean()),
+        "class_accuracy_per_class": {names[c]: float(hit[labels == c].mean()) for c in range(len(names))},
+    }
+
+
+def _per_class_note(m: dict) -> list[str]:
+    if not m["fid_per_class"]:
+        return []
+    names = list(m["fid_per_class"])
+    return ["", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+            "| FID | " + " | ".join(f"{m['fid_per_class'][c]:.2f}" for c in names) + " |",
+            "| floor | " + " | ".join(f"{m['fid_per_class_real_floor'][c]:.2f}" for c in names) + " |",
+            "| classified as asked | " + " | ".join(f"{m['class_accuracy_per_class'][c]:.0%}" for c in names)
+            + " |"]  # fmt: skip
+
+
+@GENERATION.register(
+    Column("fid_per_class", "FID of each class's samples against its training images", in_table=False),
+    Column("fid_per_class_real_floor", "the same for each class's held-out images", in_table=False),
+    when=lambda run: run.conditional,
+    note=_per_class_note,
+)  # fmt: skip
+def per_class_fid(run: GenerationRun, s: ImageSet) -> dict[str, dict[str, float]]:
+    """FID of each class's samples against that class's training images, beside its floor (the
+    class's held-out images). Few images per class make both noisy: compare a class with its floor."""
+    real, ref_labels = run.sets[REAL_FLOOR], np.asarray(run.train.labels)
+    out: dict[str, dict[str, float]] = {"fid_per_class": {}, "fid_per_class_real_floor": {}}
+    for c, name in enumerate(run.gspec["class_names"]):
+        ref_c, fake_c, real_c = run.ref[ref_labels == c], s.features[s.labels == c], real.features[real.labels == c]
+        if min(len(ref_c), len(fake_c), len(real_c)) < 2:
+            continue
+        out["fid_per_class"][name] = fid(ref_c, fake_c)
+        out["fid_per_class_real_floor"][name] = fid(ref_c, real_c)
+    return out
+
+
 def evaluate(
     params: Params,
     generator_path: Path | str = layout.GENERATOR,
@@ -93,9 +276,30 @@ def evaluate(
     figures_dir: Path | str | None = layout.FIGURES,
     reference_path: Path | str | None = None,
 ) -> dict:
-    """Compute the metrics dict written to metrics/eval.json; draw reports/eval_comparison.png and,
-    in `figures_dir`, samples.png and memorisation.png. The real images' features come from
-    `reference_path` (the reference stage's output) when it exists."""
+    """Compute the metrics dict written to metrics/eval.json (every metric in `GENERATION`, on the
+    samples and on its anchor sets); draw reports/eval_comparison.png and, in `figures_dir`,
+    samples.png and memorisation.png. The real images' features come from `reference_path`
+    (the reference stage's output) when it exists."""
+    run = _run(params, generator_path, evaluator_path, prepared_dir, reference_path)
+    result = GENERATION.measure(run, run.sets)
+    if comparison_png:
+        k = min(32, run.n)
+        real = to_float(np.asarray(run.val.images[run.val_idx[:k]])).numpy()
+        save_figure(comparison_figure(real, run.sets[MODEL].images[:k].numpy(), result), comparison_png)
+    if figures_dir:
+        fakes = run.sets[MODEL]
+        fake_nn, fake_nearest = run.nearest_train(fakes)
+        closest = torch.argsort(fake_nn)[: min(8, run.n)]
+        nearest_train = to_float(np.asarray(run.train.images[np.asarray(fake_nearest[closest])])).numpy()
+        save_figure(memorisation_figure(fakes.images[closest].numpy(), nearest_train, result, COPY_QUANTILE),
+                    Path(figures_dir) / layout.MEMORISATION.name)  # fmt: skip
+        save_figure(samples_figure(run.g, run.gspec, params.seed + 2), Path(figures_dir) / layout.SAMPLE_GRID.name)
+    return result
+
+
+def _run(params: Params, generator_path: Path | str, evaluator_path: Path | str, prepared_dir: Path | str,
+         reference_path: Path | str | None) -> GenerationRun:  # fmt: skip
+    """Load the networks and the real features, and build the samples' set and every anchor set."""
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
@@ -105,144 +309,22 @@ def evaluate(
     g, gspec = load_generator(generator_path)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     n = ecfg.num_samples or len(val.labels)
-    num_classes, latent_dim = gspec["num_classes"], gspec["model"]["latent_dim"]
-    classes = evaluator.spec["task"] == "classes"
-
     refs = reference.features(params, prepared_dir, extractor, reference_path)
-    ref = refs["train"]
     rng = np.random.default_rng(params.seed)
     val_idx = np.sort(rng.choice(len(val.labels), size=n, replace=n > len(val.labels)))
-    # precision/recall compare k-NN manifolds of sets of one size: as many training images as samples
-    ref_subset = ref[np.sort(rng.choice(len(ref), size=min(n, len(ref)), replace=False))]
-
-    @torch.no_grad()
-    def probabilities(images, features: torch.Tensor) -> torch.Tensor:
-        """The evaluator's class probabilities (its own features, whatever the FID extractor)."""
-        own = features if extractor is evaluator else evaluator(images)
-        return evaluator.net.classifier(own).softmax(1)
-
-    def score(images, features: torch.Tensor, manifolds: bool = True) -> dict:
-        scores = fid_kid(ref, features, ecfg.kid_subset_size, ecfg.kid_subsets, params.seed)
-        if classes:
-            scores |= classifier_scores(probabilities(images, features))
-        return scores | (prdc(ref_subset, features) if manifolds else {})
-
-    real_images = val.images[val_idx]
-    real_features = refs["val"][val_idx]
-    floor = score(real_images, real_features)
+    ref_subset = refs["train"][np.sort(rng.choice(len(refs["train"]), size=min(n, len(refs["train"])), replace=False))]
+    run = GenerationRun(params, evaluator, extractor, g, gspec, train, val, val_idx, refs["train"], ref_subset)
+    num_classes, latent_dim = gspec["num_classes"], gspec["model"]["latent_dim"]
     fakes, fake_labels = generate(g, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)
-    fake_features = extractor(fakes, label="generated")
-    model = score(fakes, fake_features)
-    torch.manual_seed(params.seed)  # the untrained G is the one training started from
-    untrained = build_generator(ModelConfig(**gspec["model"]), gspec["image_size"], gspec["channels"],
-                                built_classes(gspec))  # fmt: skip
-    ceiling_images = generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)[0]
-    ceiling = score(ceiling_images, extractor(ceiling_images, label="untrained"), False)
-
-    fake_nn, fake_nearest = nearest(fake_features, ref)
-    share = copy_share(fake_nn, nearest(real_features, ref)[0])
-    result = _result(model, floor, ceiling) | {
-        "fid_ci95": [round(v, 4) for v in bootstrap_fid(ref, fake_features, seed=params.seed)],
-        "copy_share": round(share, 4),
-        "num_samples": n,
-        "num_reference": len(train.labels),
-        "resolution": gspec["image_size"],
-        "feature_extractor": extractor.description,
-        "extractor_sha256": extractor.identity["extractor_sha256"],
-    }
-    if num_classes and classes:
-        names = gspec["class_names"]
-        result |= _class_accuracy(evaluator.net, fakes, fake_labels, names)
-        result |= _per_class_fid(ref, np.asarray(train.labels), fake_features, fake_labels, real_features,
-                                 np.asarray(val.labels)[val_idx], names)  # fmt: skip
-    if comparison_png:
-        k = min(32, n)
-        real = to_float(np.asarray(val.images[val_idx[:k]])).numpy()
-        save_figure(comparison_figure(real, fakes[:k].numpy(), result), comparison_png)
-    if figures_dir:
-        closest = torch.argsort(fake_nn)[: min(8, n)]
-        nearest_train = to_float(np.asarray(train.images[np.asarray(fake_nearest[closest])])).numpy()
-        save_figure(memorisation_figure(fakes[closest].numpy(), nearest_train, result),
-                    Path(figures_dir) / layout.MEMORISATION.name)  # fmt: skip
-        save_figure(samples_figure(g, gspec, params.seed + 2), Path(figures_dir) / layout.SAMPLE_GRID.name)
-    return result
-
-
-def _result(model: dict, floor: dict, ceiling: dict) -> dict:
-    r4, r6 = (lambda x: round(x, 4)), (lambda x: round(x, 6))
-    classifier = [name for name in CLASSIFIER if name in model]
-    return {
-        "fid": r4(model["fid"]),
-        "kid": r6(model["kid_mean"]),
-        "kid_std": r6(model["kid_std"]),
-        "fid_real_floor": r4(floor["fid"]),
-        "fid_untrained_ceiling": r4(ceiling["fid"]),
-        "kid_real_floor": r6(floor["kid_mean"]),
-        "kid_untrained_ceiling": r6(ceiling["kid_mean"]),
-        "fid_vs_floor": round(r4(model["fid"]) / r4(floor["fid"]), 2) if r4(floor["fid"]) > 0 else None,
-        **{name: r4(model[name]) for name in MANIFOLD + tuple(classifier)},
-        **{f"{name}_real_floor": r4(floor[name]) for name in MANIFOLD + tuple(classifier)},
-    }
-
-
-def _class_accuracy(net: nn.Module, fakes: torch.Tensor, labels: torch.Tensor, names: list[str]) -> dict:
-    """The share of conditional samples the evaluator classifies as the class they were asked for."""
-    pred = torch.cat([net(fakes[i : i + 1024]).argmax(1) for i in range(0, len(fakes), 1024)])
-    hit = (pred == labels).float()
-    return {
-        "class_accuracy": round(float(hit.mean()), 4),
-        "class_accuracy_per_class": {names[c]: round(float(hit[labels == c].mean()), 4) for c in range(len(names))},
-    }
-
-
-def _per_class_fid(ref: torch.Tensor, ref_labels: np.ndarray, fake: torch.Tensor, fake_labels: torch.Tensor,
-                   real: torch.Tensor, real_labels: np.ndarray, names: list[str]) -> dict:  # fmt: skip
-    """FID of each class's samples against that class's training images, beside its floor (the
-    class's held-out images). Few images per class make both noisy: compare a class with its floor."""
-    out: dict[str, dict[str, float]] = {"fid_per_class": {}, "fid_per_class_real_floor": {}}
-    for c, name in enumerate(names):
-        ref_c, fake_c, real_c = ref[ref_labels == c], fake[fake_labels == c], real[real_labels == c]
-        if min(len(ref_c), len(fake_c), len(real_c)) < 2:
-            continue
-        out["fid_per_class"][name] = round(fid(ref_c, fake_c), 4)
-        out["fid_per_class_real_floor"][name] = round(fid(ref_c, real_c), 4)
-    return out
-
-
-def comparison_figure(real: np.ndarray, generated: np.ndarray, m: dict) -> Figure:
-    """reports/eval_comparison.png: real held-out images beside generated ones, with the numbers."""
-
-    def line(label: str, sfx: str) -> str:
-        confidence = f", confidence {m['confidence' + sfx]:.3f}" if "confidence" in m else ""
-        return f"{label}\nFID {m['fid' + sfx]:.3f}{confidence}\nprecision {m['precision' + sfx]:.2f}, recall " \
-            f"{m['recall' + sfx]:.2f}"  # fmt: skip
-
-    title = f"real held-out vs generated: FID {m['fid_vs_floor']}x the real-data floor"
-    return labelled_figure([real, generated], [line("real held-out", "_real_floor"), line("generated", "")], title,
-                           nrow=4, scale=3)  # fmt: skip
-
-
-def samples_figure(g: nn.Module, gspec: dict, seed: int, per_row: int = 8) -> Figure:
-    """A grid of samples with seeded noise: a row per class, named, for conditional models; 8x8 otherwise."""
-    k, latent_dim = gspec["num_classes"], gspec["model"]["latent_dim"]
-    if not k:
-        images = generate(g, per_row * per_row, latent_dim, 0, seed)[0].numpy()
-        return labelled_figure([images], [""], f"{per_row * per_row} samples of the generator", nrow=per_row, scale=3)
-    z = torch.randn(k * per_row, latent_dim, generator=torch.Generator().manual_seed(seed))
-    labels = torch.arange(k).repeat_interleave(per_row)
-    with torch.no_grad():
-        images = g.eval()(z, labels).float().numpy()
-    rows = [images[c * per_row : (c + 1) * per_row] for c in range(k)]
-    return labelled_figure(rows, gspec["class_names"], f"{per_row} samples of the generator per class", nrow=per_row,
-                           stacked=True, scale=3)  # fmt: skip
-
-
-def memorisation_figure(samples: np.ndarray, nearest_train: np.ndarray, m: dict) -> Figure:
-    """reports/figures/memorisation.png: the samples nearest to a training image, above those images."""
-    title = (f"the {len(samples)} samples nearest to a training image (evaluator features); "
-             f"copy share {m['copy_share']:.3f} (about {COPY_QUANTILE} if nothing is copied)")  # fmt: skip
-    return labelled_figure([samples, nearest_train], ["generated", "nearest\ntraining\nimage"], title,
-                           nrow=len(samples), stacked=True, scale=3)  # fmt: skip
+    run.sets[MODEL] = ImageSet(fakes, extractor(fakes, label="generated"), fake_labels)
+    run.sets[REAL_FLOOR] = ImageSet(val.images[val_idx], refs["val"][val_idx], np.asarray(val.labels)[val_idx])
+    if CEILING in GENERATION.anchors(run):
+        torch.manual_seed(params.seed)  # the untrained G is the one training started from
+        untrained = build_generator(ModelConfig(**gspec["model"]), gspec["image_size"], gspec["channels"],
+                                    built_classes(gspec))  # fmt: skip
+        images = generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)[0]
+        run.sets[CEILING] = ImageSet(images, extractor(images, label="untrained"))
+    return run
 
 
 def headline(m: dict) -> str:
@@ -259,37 +341,18 @@ def headline(m: dict) -> str:
 
 
 def generation_markdown(m: dict) -> str:
-    """The headline, then the metrics table with its two anchors, as a reader should see it."""
-    rows = [("real held-out images (floor)", "_real_floor", ""), ("**trained generator**", "", "**"),
-            ("untrained generator (ceiling)", "_untrained_ceiling", "")]  # fmt: skip
-    columns = MANIFOLD + tuple(name for name in CLASSIFIER if name in m)
+    """The headline, then the metrics table with its two anchors (from the registry), then each
+    metric's note, as a reader should see it."""
+    rows = [("real held-out images (floor)", REAL_FLOOR, ""), ("**trained generator**", "", "**"),
+            ("untrained generator (ceiling)", CEILING, "")]  # fmt: skip
+    columns = GENERATION.table_columns(m)
     table = [
-        f"| {label} | {b}{m['fid' + sfx]:.3f}{b} | {b}{m['kid' + sfx]:.5f}{b} | "
-        + " | ".join(f"{b}{m[k + sfx]:.3f}{b}" if k + sfx in m else "–" for k in columns)
-        + " |"
-        for label, sfx, b in rows
+        f"| {label} | " + " | ".join(c.cell(m, anchor, mark) for c in columns) + " |" for label, anchor, mark in rows
     ]
-    notes = []
-    if "fid_ci95" in m:
-        lo, hi = m["fid_ci95"]
-        notes.append(f"- FID 95% bootstrap interval (resampling the generated set): {lo:.3f} to {hi:.3f}.")
-    if "copy_share" in m:
-        notes.append(f"- Memorisation: {m['copy_share']:.1%} of the samples are nearer to a training image than 95% "
-                     f"of real held-out images are (about {COPY_QUANTILE:.0%} if nothing is copied).")  # fmt: skip
-    if "class_accuracy" in m:
-        notes.append(f"- Samples classified as the class asked for: {m['class_accuracy']:.1%}.")
-    if m.get("fid_per_class"):
-        names = list(m["fid_per_class"])
-        notes += ["", "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
-                  "| FID | " + " | ".join(f"{m['fid_per_class'][c]:.2f}" for c in names) + " |",
-                  "| floor | " + " | ".join(f"{m['fid_per_class_real_floor'][c]:.2f}" for c in names) + " |",
-                  "| classified as asked | " + " | ".join(f"{m['class_accuracy_per_class'][c]:.0%}" for c in names)
-                  + " |"]  # fmt: skip
-    header = ["FID", "KID", *columns]
     return "\n".join([
         headline(m) + ".", "",
         f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "
         "training images (precision and recall: vs as many training images, k = 5 nearest neighbours).", "",
-        "| | " + " | ".join(h.replace("_", " ") for h in header) + " |", "|---" * (len(header) + 1) + "|", *table,
-        "", *notes,
+        "| | " + " | ".join(c.heading for c in columns) + " |", "|---" * (len(columns) + 1) + "|", *table,
+        "", *GENERATION.notes(m),
     ])  # fmt: skip

@@ -9,12 +9,17 @@ so the gain is plain:
       measures of the untranslated input; `l1_gain` = 1 - L1 / L1(identity);
   CycleGAN: the cycle-consistency error |G_BA(G_AB(a)) - a| on val A (and B -> A -> B).
 PSNR and SSIM come from torchmetrics (data range 2 for images in [-1, 1]).
+
+Every metric is a function registered in `TRANSLATION` (pipeline/metrics/registry.py) with
+its columns and anchors; `evaluate_translation` builds the image sets and the registry
+measures them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +33,7 @@ from pipeline.grid import labelled_figure, save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.features import extractor_for
+from pipeline.metrics.registry import MODEL, Column, ImageSet, Registry
 from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
 
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 GRID_ROWS = 16
+TRANSLATION = Registry()
+REAL_FLOOR, IDENTITY = "real_floor", "identity_baseline"  # the anchor sets: real B, the untranslated input
 
 
 @torch.no_grad()
@@ -53,6 +61,102 @@ def paired_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     }
 
 
+@dataclass
+class TranslationRun:
+    """What every translation metric shares: the translators, the held-out pairs, real B's features."""
+
+    params: Params
+    gens: dict[str, torch.nn.Module]
+    val_a: torch.Tensor
+    val_b: torch.Tensor  # the targets, row by row, when the data is paired
+    paired: bool
+    ref: torch.Tensor  # features of the training split of B
+    extractor: Any
+    kid_subset_size: int
+
+
+def _fid_position(raw: dict[str, dict]) -> float | None:
+    """Where the translation's FID lies between real B (0) and the untranslated input (1)."""
+    model, floor, identity = (raw[k]["fid"] for k in (MODEL, REAL_FLOOR, IDENTITY))
+    span = identity - floor
+    return round((model - floor) / span, 4) if span > 0 else None
+
+
+@TRANSLATION.register(
+    Column("fid", "Fréchet distance of the translations to real B's features", label="FID",
+           anchors=(REAL_FLOOR, IDENTITY)),
+    Column("kid", "kernel inception distance to real B", digits=6, anchors=(IDENTITY,), source="kid_mean",
+           in_table=False),
+    derived={"fid_position": _fid_position},
+)  # fmt: skip
+def distance(run: TranslationRun, s: ImageSet) -> dict[str, float]:
+    return fid_kid(run.ref, s.features, run.kid_subset_size, run.params.evaluate.kid_subsets, run.params.seed)
+
+
+@TRANSLATION.register(
+    Column("num_val_a", "held-out inputs", better="", in_table=False),
+    Column("num_val_b", "held-out images of B", better="", in_table=False),
+    Column("num_reference", "training images of B the distances are measured to", better="", in_table=False),
+    Column("resolution", "image side in pixels", better="", in_table=False),
+    Column("feature_extractor", "the feature space", better="", in_table=False),
+    Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+)  # fmt: skip
+def setup(run: TranslationRun, s: ImageSet) -> dict[str, Any]:
+    """Not a score: what every number was measured with."""
+    return {
+        "num_val_a": len(run.val_a),
+        "num_val_b": len(run.val_b),
+        "num_reference": len(run.ref),
+        "resolution": int(run.val_a.shape[-1]),
+        "feature_extractor": f"{run.extractor.description}, of domain B",
+        "extractor_sha256": run.extractor.identity["extractor_sha256"],
+    }
+
+
+def _l1_gain(raw: dict[str, dict]) -> float | None:
+    ours, base = raw[MODEL]["l1"], raw[IDENTITY]["l1"]
+    return round(1.0 - ours / base, 4) if base > 0 else None
+
+
+def _gain_note(m: dict) -> list[str]:
+    return ["", f"L1 gain over the untranslated input: {m['l1_gain']:.1%}"]
+
+
+@TRANSLATION.register(
+    Column("l1", "mean absolute difference from the target", label="L1", fmt=".4f", digits=5,
+           anchors=(IDENTITY,), ideal="0"),
+    Column("psnr", "peak signal-to-noise ratio against the target", better="higher", label="PSNR (dB)",
+           fmt=".2f", digits=5, anchors=(IDENTITY,), ideal="∞"),
+    Column("ssim", "structural similarity to the target", better="higher", label="SSIM", fmt=".4f", digits=5,
+           anchors=(IDENTITY,), ideal="1"),
+    by_column=True,
+    when=lambda run: run.paired,
+    derived={"l1_gain": _l1_gain},
+    note=_gain_note,
+)  # fmt: skip
+def paired(run: TranslationRun, s: ImageSet) -> dict[str, float]:
+    return paired_scores(s.images, run.val_b)
+
+
+def _cycle_note(m: dict) -> list[str]:
+    return [f"Cycle error |G_BA(G_AB(a)) - a|: {m['cycle_l1_aba']:.4f}; B→A→B: {m['cycle_l1_bab']:.4f}"]
+
+
+@TRANSLATION.register(
+    Column("cycle_l1_aba", "|G_BA(G_AB(a)) - a| on held-out A", digits=5, in_table=False),
+    Column("cycle_l1_bab", "|G_AB(G_BA(b)) - b| on held-out B", digits=5, in_table=False),
+    when=lambda run: "BA" in run.gens,
+    note=_cycle_note,
+)  # fmt: skip
+def cycle(run: TranslationRun, s: ImageSet) -> dict[str, float]:
+    rec_a = translate_all(run.gens["BA"], s.images)
+    rec_b = translate_all(run.gens["AB"], translate_all(run.gens["BA"], run.val_b))
+    return {
+        "cycle_l1_aba": float((rec_a - run.val_a).abs().mean()),
+        "cycle_l1_bab": float((rec_b - run.val_b).abs().mean()),
+    }
+
+
 def evaluate_translation(
     params: Params,
     generator_path: Path | str = layout.GENERATOR,
@@ -61,8 +165,9 @@ def evaluate_translation(
     comparison_png: Path | str | None = layout.EVAL_COMPARISON,
     reference_path: Path | str | None = None,
 ) -> dict:
-    """The metrics dict written to metrics/eval.json for task: translate (real images' features
-    from `reference_path`, the reference stage's output, when it exists)."""
+    """The metrics dict written to metrics/eval.json for task: translate: every metric in
+    `TRANSLATION` on G_AB(val A) and on its anchors (real B's features from `reference_path`,
+    the reference stage's output, when it exists)."""
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
@@ -72,44 +177,15 @@ def evaluate_translation(
     val_a = to_float(load_split(prepared_dir, "val", "A").images)
     val_b = to_float(load_split(prepared_dir, "val", "B").images)
     out_ab = translate_all(gens["AB"], val_a)
-
     refs = reference.features(params, prepared_dir, extractor, reference_path)
-    ref = refs["train_B"]
     subset = min(ecfg.kid_subset_size, len(val_a), len(val_b))
-
-    def distance(features: torch.Tensor) -> dict:
-        return fid_kid(ref, features, subset, ecfg.kid_subsets, params.seed)
-
-    model = distance(extractor(out_ab, label="translated"))
-    floor, identity = distance(refs["val_B"]), distance(refs["val_A"])
-    span = identity["fid"] - floor["fid"]
-    result: dict = {
-        "task": "translate",
-        "direction": "AB",
-        "fid": round(model["fid"], 4),
-        "kid": round(model["kid_mean"], 6),
-        "fid_real_floor": round(floor["fid"], 4),
-        "fid_identity_baseline": round(identity["fid"], 4),
-        "kid_identity_baseline": round(identity["kid_mean"], 6),
-        "fid_position": round((model["fid"] - floor["fid"]) / span, 4) if span > 0 else None,
-        "num_val_a": len(val_a),
-        "num_val_b": len(val_b),
-        "num_reference": len(ref),
-        "resolution": int(val_a.shape[-1]),
-        "feature_extractor": f"{extractor.description}, of domain B",
-        "extractor_sha256": extractor.identity["extractor_sha256"],
+    run = TranslationRun(params, gens, val_a, val_b, paired, refs["train_B"], extractor, subset)
+    sets = {
+        MODEL: ImageSet(out_ab, extractor(out_ab, label="translated")),
+        REAL_FLOOR: ImageSet(val_b, refs["val_B"]),
+        IDENTITY: ImageSet(val_a, refs["val_A"]),
     }
-    if paired:
-        ours, base = paired_scores(out_ab, val_b), paired_scores(val_a, val_b)
-        for k in ("l1", "psnr", "ssim"):
-            result[k] = round(ours[k], 5)
-            result[f"{k}_identity_baseline"] = round(base[k], 5)
-        result["l1_gain"] = round(1.0 - ours["l1"] / base["l1"], 4) if base["l1"] > 0 else None
-    if "BA" in gens:
-        rec_a = translate_all(gens["BA"], out_ab)
-        rec_b = translate_all(gens["AB"], translate_all(gens["BA"], val_b))
-        result["cycle_l1_aba"] = round(float((rec_a - val_a).abs().mean()), 5)
-        result["cycle_l1_bab"] = round(float((rec_b - val_b).abs().mean()), 5)
+    result = {"task": "translate", "direction": "AB"} | TRANSLATION.measure(run, sets)
     if comparison_png:
         k = min(GRID_ROWS, len(val_a))
         panels = [val_a[:k].numpy(), out_ab[:k].numpy()] + ([val_b[:k].numpy()] if paired else [])
@@ -126,22 +202,17 @@ def translation_figure(panels: list[np.ndarray], m: dict) -> Figure:
 
 
 def translation_markdown(m: dict) -> str:
-    """The translation metrics as a reader should see them."""
-    lines = [
-        f"Held-out pairs: {m['num_val_a']} inputs; FID in {m['feature_extractor']} vs {m['num_reference']} real B.",
-        "",
-        "| | translated A→B | untranslated input | real B (floor) |",
-        "|---|---|---|---|",
-        f"| FID | **{m['fid']:.3f}** | {m['fid_identity_baseline']:.3f} | {m['fid_real_floor']:.3f} |",
-    ]
-    if "l1" in m:
-        lines += [
-            f"| L1 | **{m['l1']:.4f}** | {m['l1_identity_baseline']:.4f} | 0 |",
-            f"| PSNR (dB) | **{m['psnr']:.2f}** | {m['psnr_identity_baseline']:.2f} | ∞ |",
-            f"| SSIM | **{m['ssim']:.4f}** | {m['ssim_identity_baseline']:.4f} | 1 |",
+    """The translation metrics as a reader should see them: the table from the registry (a row
+    per metric: translated, untranslated, real B), then each metric's note."""
+    rows = [f"| {c.heading} | {c.cell(m, mark='**')} | {c.cell(m, IDENTITY)} | {c.cell(m, REAL_FLOOR)} |"
+            for c in TRANSLATION.table_columns(m)]  # fmt: skip
+    return "\n".join(
+        [
+            f"Held-out pairs: {m['num_val_a']} inputs; FID in {m['feature_extractor']} vs {m['num_reference']} real B.",
             "",
-            f"L1 gain over the untranslated input: {m['l1_gain']:.1%}",
+            "| | translated A→B | untranslated input | real B (floor) |",
+            "|---|---|---|---|",
+            *rows,
+            *TRANSLATION.notes(m),
         ]
-    if "cycle_l1_aba" in m:
-        lines.append(f"Cycle error |G_BA(G_AB(a)) - a|: {m['cycle_l1_aba']:.4f}; B→A→B: {m['cycle_l1_bab']:.4f}")
-    return "\n".join(lines)
+    )
