@@ -8,12 +8,19 @@ that actually ran, each a child of the `run_dvc` task run (flows/stage.py). Run 
 
 from __future__ import annotations
 
+import base64
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.states import Failed, State
 
 from flows.stage import child_env, run_labels, stage_task
@@ -114,11 +121,21 @@ def pipeline_flow(dvc_args: list[str] | None = None) -> dict | State:
             description=f"metrics after dvc repro ({layout.PARAMS})",
         )
         create_table_artifact(key="ganpipe-metrics", table=metric_rows(metrics), description="metrics/*.json, flat")
-    if layout.SAMPLES.is_file():  # a local file: the UI shows its address, not the image
-        create_link_artifact(
-            key="ganpipe-samples",
-            link=layout.SAMPLES.resolve().as_uri(),
-            link_text=str(layout.SAMPLES),
-            description="the sample grid, on the machine that ran it",
-        )
+    if layout.SAMPLES.is_file():
+        publish_samples(layout.SAMPLES)
     return metrics
+
+
+SAMPLES_INLINE_MAX = 2_000_000  # bytes of PNG the artifact carries itself; a bigger picture is linked
+
+
+def publish_samples(path: Path) -> None:
+    """The sample grid as a Prefect image artifact, the picture itself inside it (a data: URL), so
+    the UI shows it on any machine; a picture too big for that is linked as a local file."""
+    data = path.read_bytes()
+    if len(data) > SAMPLES_INLINE_MAX:
+        create_link_artifact(key="ganpipe-samples", link=path.resolve().as_uri(), link_text=str(path),
+                             description="the sample grid, on the machine that ran it (too big to show)")  # fmt: skip
+        return
+    create_image_artifact(image_url="data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+                          key="ganpipe-samples", description=f"{path}: samples of the trained generator")  # fmt: skip

@@ -216,6 +216,17 @@ def test_changing_train_steps_reruns_train_evaluate_export_only(repo, first_run,
     assert "resumed from 12" in out  # the checkpoint (outside DVC's outputs) is continued, not retrained
     assert flow_run_names(prefect_api)[len(before) :] == ["ganpipe-pipeline", "train", "evaluate", "export"]
     assert (repo / "data/prepared/train_images.npy").stat().st_mtime_ns == prepared_mtime
+    # the pipeline's sample artifact is the picture itself, readable on any machine that opens the UI
+    import base64
+
+    import httpx
+
+    found = httpx.post(f"{prefect_api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["ganpipe-samples"]}},
+                                                                "sort": "CREATED_DESC", "limit": 1}).json()  # fmt: skip
+    assert found[0]["type"] == "image"
+    prefix, encoded = found[0]["data"].split(",", 1)
+    assert prefix == "data:image/png;base64"
+    assert base64.b64decode(encoded) == (repo / "reports/samples.png").read_bytes()
     steps = [
         int(r.split("\t")[0])
         for r in (repo / "dvclive/plots/metrics/train/loss_D.tsv").read_text().split("\n")[1:]
