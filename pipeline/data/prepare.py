@@ -14,7 +14,8 @@ adding images never moves existing ones between splits.
 Files are decoded in worker processes (`decode`) and streamed to disk (`arrays`): memory stays
 flat whatever the dataset size. The four outputs (data/prepared/, the JSON report, its Markdown
 summary and the summary's per-class thumbnails) are built as temporaries and renamed into place
-together once all four are complete.
+together once all four are complete; `temporaries` locks them while in use and removes those a
+killed run left behind.
 """
 
 from __future__ import annotations
@@ -23,14 +24,11 @@ import contextlib
 import hashlib
 import logging
 import os
-import re
-import shutil
-import stat
 import tarfile
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -54,13 +52,9 @@ from pipeline.data.report import (
     warnings_note,
 )
 from pipeline.data.sources import Source, SourceError, safe_text
+from pipeline.data.temporaries import claim, create_file, remove_stale_temporaries
 from pipeline.errors import UserError
 from pipeline.grid import figure_png
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks, so a live temporary cannot be told from a stale one
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +99,7 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
     # before their locks are released
     with contextlib.ExitStack() as locks, contextlib.ExitStack() as staged:
         tmp, tmp_report, tmp_summary, tmp_thumbs = (staged.enter_context(atomic_path(p)) for p in outputs)
-        _claim(locks, tmp, tmp.mkdir)
+        claim(locks, tmp, tmp.mkdir)
         col = _collect(cfg, source, tmp)
         classes, empty = _classes(cfg, source, col)
         counts = _write_dataset(cfg, source, col, classes, tmp)
@@ -117,7 +111,7 @@ def prepare(cfg: DataConfig, out_dir: Path | str, report_path: Path | str) -> Pr
         summary = summary_markdown(report, outputs[3].name)
         for path, content in ((tmp_report, report_json(report).encode()), (tmp_summary, summary.encode()),
                               (tmp_thumbs, thumbs)):  # fmt: skip
-            _claim(locks, path, lambda p=path: _create_file(p))
+            claim(locks, path, lambda p=path: create_file(p))
             path.write_bytes(content)
     return PrepareResult(out_dir=out_dir, counts=counts, skipped=col.skipped)
 
@@ -354,70 +348,3 @@ def _stats(source: Source, col: _Collector, classes: list[str]) -> dict:
             stats["splits"][split] = {"count": w.n, "per_class": per_class, **w.stats()}
     stats["original_sizes"] = dict(col.sizes)
     return stats
-
-
-# --- temporaries: held while in use, removed once stale ------------------------------------
-
-
-def _create_file(path: Path) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-
-
-def _claim(locks: contextlib.ExitStack, path: Path, create: Callable[[], None]) -> None:
-    """Create a temporary with `create` and hold an exclusive lock on it until `locks` closes:
-    a run killed by SIGKILL loses its locks, which is how the next run tells its leftovers
-    from a concurrent run's live temporaries. If a clean-up removed the new temporary
-    between its creation and the lock, it is created again."""
-    if fcntl is None:
-        create()
-        return
-    while True:
-        create()
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without locks, where the clean-up cannot lock (so remove) anything either
-            break
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.samestat(os.lstat(path), os.fstat(fd)):
-                break
-        os.close(fd)
-    locks.callback(os.close, fd)
-
-
-def remove_stale_temporaries(targets: Iterable[Path], started: float) -> list[Path]:
-    """Remove the temporaries that killed runs left beside `targets`: only names of the form
-    `atomic_path` gives them, only ones older than this run (`started`), and only if no live
-    process holds their lock. Everything else there is left alone. Returns what was removed."""
-    if fcntl is None:
-        return []
-    removed = []
-    for target in targets:
-        # the names `atomic_path` gives its temporaries of `target` (tempfile's 8 random characters)
-        pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.tmp")
-        try:
-            entries = [e for e in os.scandir(target.parent) if pattern.fullmatch(e.name)]
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) or st.st_mtime >= started:
-                    continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if not os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except OSError:  # locked by its live owner, or already gone
-                continue
-            finally:
-                os.close(fd)
-    return removed
