@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY, merge, tiny_params
 
 from pipeline.artifacts import write_json
@@ -55,6 +57,9 @@ def test_layout_anchors_rounding_derived_numbers_table_and_notes():
     assert reg.notes(m) == ["a is 2.47"] and reg.notes({"b": 1}) == []
     with pytest.raises(ValueError, match="better"):
         Column("x", "y", better="up")
+    # a metric reads pixels in [-1, 1] from real (uint8) and generated (float) sets alike
+    assert ImageSet(np.array([[0, 255]], dtype=np.uint8), None).pixels().tolist() == [[-1.0, 1.0]]
+    assert ImageSet(torch.tensor([[-1.0, 0.5]]), None).pixels().tolist() == [[-1.0, 0.5]]
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
+
+from pipeline.data.dataset import to_float
+
 MODEL = "model"  # the raw results of the set under test, beside those of the anchors
 
 
@@ -33,6 +38,12 @@ class ImageSet:
     features: Any  # torch.Tensor [N, F] in the FID feature space
     labels: Any = None  # the class of each image (conditional samples, real images)
     cache: dict = field(default_factory=dict)
+
+    def pixels(self) -> torch.Tensor:
+        """The images as float32 in [-1, 1], whether they are stored as uint8 or already as floats."""
+        if isinstance(self.images, np.ndarray) and self.images.dtype == np.uint8:
+            return to_float(self.images)
+        return torch.as_tensor(self.images).float()
 
 
 @dataclass(frozen=True)
