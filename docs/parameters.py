@@ -152,7 +152,7 @@ def render(dvc_yaml: Path = ROOT / "dvc.yaml") -> str:
         lines.append("| key | type | default | allowed | read by | meaning |")
         lines.append("|---|---|---|---|---|---|")
         for key, field, quiet in rows:
-            meaning = ("*logging only.* " if quiet else "") + (field.description or "")
+            meaning = ("*logging only.* " if quiet else "") + (field.description or "").replace("*", "\\*")
             default = field.get_default(call_default_factory=True)
             lines.append(f"| `{key}` | {_cell(_type_text(field.annotation))} | {_cell(_value(default))} | "
                          f"{_cell(_allowed(field))} | {_readers(key, reading)} | {_cell(meaning)} |")  # fmt: skip

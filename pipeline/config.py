@@ -23,12 +23,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-LOGGING_ONLY = {"logging_only": True}  # a Field's json_schema_extra: the key shapes no weights (see logging_only)
+LOGGING_ONLY = {"logging_only": True}  # a Field's json_schema_extra: how a run logs or runs, not what it learns
 
 
 def logging_only(section: type[BaseModel]) -> frozenset[str]:
     """The keys of `section` marked LOGGING_ONLY: left out of the resume fingerprint, so changing one resumes."""
-    return frozenset(k for k, f in section.model_fields.items() if (f.json_schema_extra or {}) == LOGGING_ONLY)
+    return frozenset(k for k, f in section.model_fields.items()
+                     if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("logging_only"))  # fmt: skip
 
 
 class GlyphConfig(_Section):
