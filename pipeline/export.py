@@ -110,6 +110,8 @@ def export_generator(
         "ganpipe.params_hash": params_hash,
         "ganpipe.inputs": json.dumps(names),
     }
+    if spec.get("noise_classes"):  # only then: every other model's file keeps its bytes
+        metadata["ganpipe.noise_classes"] = str(spec["noise_classes"])
     onnx_path = Path(onnx_path)
     with atomic_path(onnx_path) as tmp:
         example = _inputs(spec, 2, 0, psi=1.0 if graph.truncation else None)
@@ -229,6 +231,10 @@ def model_card(spec: dict, metadata: dict, metrics: dict, onnx_path: Path) -> di
             "meaning": "standard normal noise",
         }
     ]
+    if k := spec.get("noise_classes"):
+        inputs[0]["meaning"] += (f"; the sample's class (of {k}, in the training data's class order) is the "
+                                 f"argmax of z's first {k} entries: for class c, swap the largest of them with "
+                                 "entry c")  # fmt: skip
     if spec["num_classes"]:
         inputs.append(
             {"name": "labels", "dtype": "int64", "shape": ["N"], "meaning": f"class index into {spec['class_names']}"}

@@ -134,6 +134,12 @@ class ModelInfo:
     arch: str
     metadata: dict[str, str]
     inputs: list[str]  # what the graph takes, optional ones included (ONNX Runtime's get_inputs() leaves those out)
+    noise_classes: int = 0  # classes from the noise: the class of a sample is the argmax of z's first K entries
+
+    @property
+    def classes(self) -> int:
+        """How many classes a caller may ask for: the labels the graph takes, or the classes drawn from z."""
+        return self.num_classes or self.noise_classes
 
     @property
     def truncation(self) -> bool:
@@ -179,6 +185,7 @@ def model_info(session: ort.InferenceSession, path: Path | str = "model") -> Mod
             arch=meta.get("ganpipe.arch", "?"),
             metadata=meta,
             inputs=_input_names(session, meta, path),
+            noise_classes=int(meta.get("ganpipe.noise_classes", 0)),
         )
     except ModelError:
         raise
@@ -226,11 +233,26 @@ def check_graph(session: ort.InferenceSession, info: ModelInfo, path: Path | str
     labels = "labels" in inputs
     if info.num_classes < 0 or (info.num_classes > 0) != labels:
         raise refuse("num_classes", f"is {info.num_classes}, but the graph {'takes' if labels else 'has no'} labels")
+    if info.noise_classes and (info.num_classes or not 0 < info.noise_classes <= info.latent_dim):
+        raise refuse("noise_classes", f"is {info.noise_classes}: classes drawn from z need 1 to latent_dim "
+                     f"({info.latent_dim}) of its entries and a graph without labels")  # fmt: skip
     names = info.class_names
     named = isinstance(names, list) and all(isinstance(n, str) for n in names)
-    if not named or len(names) not in (0, info.num_classes):
+    if not named or len(names) not in (0, info.classes):
         got = len(names) if isinstance(names, list) else type(names).__name__
-        raise refuse("class_names", f"must list {info.num_classes} names (ganpipe.num_classes), got {got}")
+        raise refuse("class_names", f"must list {info.classes} names (ganpipe.num_classes), got {got}")
+
+
+def with_classes(z: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
+    """Latents whose class, for a generator that draws it from the noise (the argmax of z's first k
+    entries), is `classes`: in each row the largest of the first k entries trades places with the
+    entry of the class asked for. For z ~ N(0, I) that is exactly a draw of z given its class (the k
+    entries are exchangeable), so the samples of a class are as varied as the generator makes them."""
+    z = np.array(z, dtype=np.float32, copy=True)
+    rows = np.arange(len(z))
+    top = z[:, :k].argmax(1)
+    z[rows, top], z[rows, classes] = z[rows, classes], z[rows, top]
+    return z
 
 
 class OnnxGenerator:
@@ -253,13 +275,13 @@ class OnnxGenerator:
     def resolve_labels(self, n: int, labels: list[str | int] | None) -> np.ndarray | None:
         """Class indices for n samples: given names/indices cycled, or every class in turn. A string
         label is a class name or an index written in ASCII digits ("2"); an int label is an index."""
-        if not self.info.num_classes:
+        if not self.info.classes:
             if labels:
                 raise ModelError(f"{self.path}: unconditional model; it takes no labels")
             return None
-        if not labels:
-            return np.arange(n, dtype=np.int64) % self.info.num_classes
-        names, count = self.info.class_names, self.info.num_classes
+        if not labels:  # a model with classes from the noise draws them itself
+            return np.arange(n, dtype=np.int64) % self.info.num_classes if self.info.num_classes else None
+        names, count = self.info.class_names, self.info.classes
 
         def written_as_index(s: str) -> bool:  # "3", "-1"; not "²" or "①" (str.isdigit() is true of both)
             digits = s.removeprefix("-")
@@ -312,13 +334,20 @@ class OnnxGenerator:
         y = self.resolve_labels(n, labels)
         out = []
         for i in range(0, n, batch_size):
-            feed = {"z": z[i : i + batch_size]}
-            if y is not None:
-                feed["labels"] = y[i : i + batch_size]
+            feed = self.feed(z[i : i + batch_size], None if y is None else y[i : i + batch_size])
             if psi is not None:
                 feed[PSI] = psi
             out.append(self.session.run(["images"], feed)[0])
         return np.concatenate(out)
+
+    def feed(self, z: np.ndarray, classes: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The graph's inputs for latents `z` of the class indices `classes` (None: no class asked for):
+        a `labels` input, or, for a model that draws classes from the noise, latents of those classes."""
+        if classes is None:
+            return {"z": z}
+        if self.info.noise_classes:
+            return {"z": with_classes(z, classes, self.info.noise_classes)}
+        return {"z": z, "labels": classes}
 
 
 class OnnxTranslator:

@@ -60,10 +60,8 @@ def seed_latents(model: OnnxGenerator, seeds: list[int]) -> np.ndarray:
 
 def render(model: OnnxGenerator, z: np.ndarray, label: str | None = None, psi: float | None = None) -> np.ndarray:
     """[N, C, H, W] images in [-1, 1] of the latents `z` ([N, latent_dim]), all of class `label`."""
-    feed = {"z": z.astype(np.float32)}
     labels = model.resolve_labels(len(z), None if label is None else [label])
-    if labels is not None:
-        feed["labels"] = labels
+    feed = model.feed(z.astype(np.float32), labels)
     truncation = model.resolve_psi(psi)
     if truncation is not None:
         feed[PSI] = truncation

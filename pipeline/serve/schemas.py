@@ -56,10 +56,10 @@ class GeneratedArray(BaseModel):
 def _labels_schema(model: OnnxGenerator | OnnxTranslator) -> dict:
     """What `labels` the served model takes: none for an unconditional one, else its class names
     and indices (resolve_labels refuses anything else)."""
-    if not isinstance(model, OnnxGenerator) or not model.info.num_classes:
+    if not isinstance(model, OnnxGenerator) or not model.info.classes:
         return {"anyOf": [{"type": "array", "maxItems": 0}, {"type": "null"}], "default": None,
                 "description": "this model is unconditional: no labels"}  # fmt: skip
-    count = model.info.num_classes
+    count = model.info.classes  # a model with classes from the noise gets latents of the classes asked for
     names = list(dict.fromkeys([*model.info.class_names, *map(str, range(count))]))
     item = {"anyOf": [{"type": "string", "enum": names}, {"type": "integer", "minimum": 0, "maximum": count - 1}]}
     return {"anyOf": [{"type": "array", "items": item}, {"type": "null"}], "default": None,

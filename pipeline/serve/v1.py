@@ -33,6 +33,7 @@ def model_meta(cfg: Config, holder: Holder):
     out = {"file": served.path.name, "version": served.version, "task": info.task, "arch": info.arch,
            "image_size": info.image_size, "channels": info.channels, "latent_dim": info.latent_dim,
            "num_classes": info.num_classes, "class_names": info.class_names, "inputs": info.inputs,
+           "classes": info.classes, "noise_classes": info.noise_classes,
            "truncation": info.truncation, "providers": model.providers,
            "loaded_at": served.loaded_at, "metadata": info.metadata,
            "limits": {"max_n": cfg.max_n, "max_upload_bytes": cfg.max_upload_bytes,
