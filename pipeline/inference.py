@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import UserError
+from pipeline.noise_classes import with_classes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -241,18 +242,6 @@ def check_graph(session: ort.InferenceSession, info: ModelInfo, path: Path | str
     if not named or len(names) not in (0, info.classes):
         got = len(names) if isinstance(names, list) else type(names).__name__
         raise refuse("class_names", f"must list {info.classes} names (ganpipe.num_classes), got {got}")
-
-
-def with_classes(z: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
-    """Latents whose class, for a generator that draws it from the noise (the argmax of z's first k
-    entries), is `classes`: in each row the largest of the first k entries trades places with the
-    entry of the class asked for. For z ~ N(0, I) that is exactly a draw of z given its class (the k
-    entries are exchangeable), so the samples of a class are as varied as the generator makes them."""
-    z = np.array(z, dtype=np.float32, copy=True)
-    rows = np.arange(len(z))
-    top = z[:, :k].argmax(1)
-    z[rows, top], z[rows, classes] = z[rows, classes], z[rows, top]
-    return z
 
 
 class OnnxGenerator:

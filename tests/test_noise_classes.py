@@ -21,8 +21,9 @@ from test_serve_page import browser, set_field, shown_png, wait_for_output  # no
 from pipeline.config import ModelConfig
 from pipeline.export import export_generator
 from pipeline.grid import to_uint8
-from pipeline.inference import ModelError, OnnxGenerator, with_classes
+from pipeline.inference import ModelError, OnnxGenerator
 from pipeline.models import ClassesFromNoise, build_generator
+from pipeline.noise_classes import with_classes
 from pipeline.sampling import render
 from pipeline.serve.app import ServeConfig
 
