@@ -203,7 +203,7 @@ def metrics_rows(candidate: dict, champion: dict | None) -> list[dict]:
 @flow(name="ganpipe-retrain")
 def retrain_flow(
     repo: str = ".",
-    registry: str = "registry",
+    registry: str = str(layout.REGISTRY),
     margin: float | None = None,
     force: bool = False,
     overrides: list[str] | None = None,
@@ -273,7 +273,7 @@ def serve_retraining(cron: str | None, repo: str, registry: str, margin: float |
     SIGTERM), it pauses the schedule so no runs pile up unserved; the next start resumes it."""
     runner = _Runner(name=name, pause_on_shutdown=True, limit=1)
     runner.add_flow(retrain_flow, name=name, cron=cron, concurrency_limit=1,
-                    parameters={"repo": str(Path(repo).resolve()), "registry": registry, "margin": margin},
+                    parameters=dict(repo=str(Path(repo).resolve()), registry=registry, margin=margin),
                     description="Retrain as a DVC experiment; promote only if FID improves by the margin")  # fmt: skip
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.start())

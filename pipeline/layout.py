@@ -39,3 +39,6 @@ EXPORT_DETAILS = Path("reports/export_details.json")  # per-input parity, latenc
 # held by `ganpipe exp`, `ganpipe repro` and retraining while they use the workspace (pipeline/workspace.py);
 # beside DVC's own locks, in the folder DVC keeps out of git
 WORKSPACE_LOCK = Path(".dvc/tmp/ganpipe-workspace.lock")
+
+# the model registry's default folder: promoted versions and the champion pointer (pipeline/registry.py)
+REGISTRY = Path("registry")

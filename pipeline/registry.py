@@ -168,7 +168,7 @@ def _verify_onnx(staged: Path, source: Path) -> None:
 
 
 class Registry:
-    def __init__(self, root: Path | str = "registry"):
+    def __init__(self, root: Path | str = layout.REGISTRY):
         self.root = Path(root)
 
     # -- reading ---------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     tt.add_argument("--model", action="append",
                     help="exported ONNX file (repeatable; default: every file of the export stage)")  # fmt: skip
     tt.add_argument("--version", help="a registry version instead (v0003, or champion); its number is Triton's")
-    tt.add_argument("--registry", default="registry", help="registry folder, with --version")
+    tt.add_argument("--registry", default=str(layout.REGISTRY), help="registry folder, with --version")
     tt.add_argument("--name", default="generator", help="Triton model name")
     tt.add_argument("--max-batch-size", type=int_arg(1), default=None,
                     help="largest batch Triton forms (default: 64 for a generator, 8 for a translator)")  # fmt: skip

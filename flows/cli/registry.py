@@ -9,6 +9,7 @@ import os
 import sys
 
 from flows.cli.common import fraction_arg
+from pipeline import layout
 from pipeline.errors import UserError
 
 
@@ -97,12 +98,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     reg.add_argument("action", choices=("list", "show", "promote", "rollback"),
                      help="list exits 1 if a version or the champion pointer is unreadable")  # fmt: skip
     reg.add_argument("version", nargs="?", help="show: a version (default: the champion)")
-    reg.add_argument("--registry", default="registry", help="registry folder")
+    reg.add_argument("--registry", default=str(layout.REGISTRY), help="registry folder")
     reg.add_argument("--workdir", default=".", help="promote: the pipeline checkout whose outputs to promote")
     reg.set_defaults(fn=_cmd_registry)
 
     rt = sub.add_parser("retrain", help="run the retraining flow once: retrain if inputs changed, promote if better")
-    rt.add_argument("--registry", default="registry", help="registry folder")
+    rt.add_argument("--registry", default=str(layout.REGISTRY), help="registry folder")
     rt.add_argument("--margin", type=fraction_arg, default=None,
                     help="relative FID improvement needed, 0 <= m < 1 (default: retrain.fid_margin)")  # fmt: skip
     rt.add_argument("--force", action="store_true", help="retrain even if no input changed")
@@ -112,6 +113,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sc = sub.add_parser("schedule", help="serve the retraining deployment on a cron schedule (needs a Prefect server)")
     sc.add_argument("--cron", default="0 3 * * *", help="cron expression (default: every day at 03:00)")
     sc.add_argument("--name", default="nightly", help="deployment name")
-    sc.add_argument("--registry", default="registry", help="registry folder")
+    sc.add_argument("--registry", default=str(layout.REGISTRY), help="registry folder")
     sc.add_argument("--margin", type=fraction_arg, default=None, help="as retrain --margin")
     sc.set_defaults(fn=_cmd_schedule)

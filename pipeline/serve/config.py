@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.errors import UserError
 from pipeline.inference import MAX_PIXELS
 
@@ -16,7 +17,7 @@ TOKEN_ENV = "GANPIPE_SERVE_TOKEN"
 @dataclass
 class ServeConfig:
     model: Path | None = None  # a fixed ONNX file; None = the registry's champion
-    registry: Path = Path("registry")
+    registry: Path = layout.REGISTRY
     direction: str = "AB"  # which translator of a CycleGAN champion to serve
     max_n: int = 64
     max_upload_bytes: int = 8 * 1024 * 1024
