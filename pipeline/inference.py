@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from pipeline.errors import UserError
+from pipeline.image_input import MAX_PIXELS, ImageRejected
 from pipeline.noise_classes import with_classes
 
 if TYPE_CHECKING:
@@ -29,9 +30,6 @@ if TYPE_CHECKING:
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-# Decoders an input image may reach: plain raster formats only (Pillow hands EPS to Ghostscript, for one).
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
-MAX_PIXELS = 1024 * 1024  # a 64-channel layer of a 1024x1024 translation is already 256 MB
 PSI = "truncation_psi"  # the optional input of generators with truncation (stylegan2)
 # |psi| beyond this is refused: 1 is no truncation, 0 the average image, and past about 2 the images are already far
 # off the training distribution; far larger values overflow w in float32 (psi 3e38 gives NaN images).
@@ -40,44 +38,6 @@ MAX_PSI = 100.0
 
 class ModelError(UserError, ValueError):
     """The ONNX file is missing, unreadable, or not a ganpipe generator."""
-
-
-class ImageRejected(UserError, ValueError):
-    """An input image that cannot be translated. `too_large`: refused for its size (the service
-    answers 413), otherwise not a readable image (400)."""
-
-    def __init__(self, message: str, too_large: bool = False):
-        super().__init__(message)
-        self.too_large = too_large
-
-
-def open_image(source: bytes | Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode an image file or in-memory bytes, refusing non-images and, from the header alone,
-    before any pixel is decompressed, images over `max_pixels` (the decompression-bomb guard)."""
-    import io
-
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(source, bytes | bytearray) and not source:
-        raise ImageRejected("empty: no image data")
-    fh = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
-    try:
-        img = Image.open(fh, formats=IMAGE_FORMATS)
-    except UnidentifiedImageError:
-        raise ImageRejected(f"not a {', '.join(IMAGE_FORMATS)} image") from None
-    except Image.DecompressionBombError as err:
-        raise ImageRejected(str(err), too_large=True) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageRejected(f"cannot decode image: {err}") from None
-    w, h = img.size
-    if w * h > max_pixels:
-        img.close()
-        raise ImageRejected(f"{w}x{h} = {w * h} pixels > {max_pixels} (decompression-bomb guard)", too_large=True)
-    try:
-        img.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageRejected(f"cannot decode image: {err}") from None
-    return img
 
 
 def gpu_present() -> bool:

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from pipeline.artifacts import atomic_path
 from pipeline.errors import UserError
-from pipeline.inference import ImageRejected, OnnxTranslator, open_image
+from pipeline.image_input import ImageRejected, open_image
+from pipeline.inference import OnnxTranslator
 
 WRITTEN_AS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")  # output suffixes kept; any other is written as PNG
 

@@ -285,9 +285,9 @@ def test_only_the_supported_image_formats_are_decoded(tmp_path, mode):
     # Before: any format Pillow knows was opened (PCX, TGA, ICO passed), and an EPS went to Ghostscript
     # where it is installed: an interpreter run on input data.
     from pipeline.data.decode import IMAGE_FORMATS
-    from pipeline.inference import IMAGE_FORMATS as SERVICE_FORMATS
+    from pipeline.image_input import IMAGE_FORMATS as SERVICE_FORMATS
 
-    assert IMAGE_FORMATS == SERVICE_FORMATS  # prepare decodes what the service decodes
+    assert IMAGE_FORMATS is SERVICE_FORMATS  # prepare decodes what the service decodes: one list
     src = good_folder(tmp_path / "src")
     (src / "cat" / "p.pcx").write_bytes(png(90, fmt="PCX"))
     (src / "cat" / "t.tga").write_bytes(png(91, fmt="TGA"))

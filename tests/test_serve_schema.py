@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from test_serve import grew, models, request_counts, running  # noqa: F401  (models: the fixture)
 
-from pipeline.inference import IMAGE_FORMATS
+from pipeline.image_input import IMAGE_FORMATS
 from pipeline.serve.app import ServeConfig
 
 MAX_N = 8

@@ -11,7 +11,7 @@ from pipeline import layout
 
 
 def _max_pixels() -> int:
-    from pipeline.inference import MAX_PIXELS  # here: parsing must not import onnxruntime
+    from pipeline.image_input import MAX_PIXELS  # Pillow-free and ONNX-Runtime-free: parsing imports neither
 
     return MAX_PIXELS
 

@@ -23,14 +23,14 @@ from pipeline.config import DataConfig
 from pipeline.data.sources import Record, safe_text, too_large
 from pipeline.errors import UserError
 
+# the decoders a file may reach: plain raster formats, the service's list (Pillow would try every format it
+# knows, and hand EPS to Ghostscript, an interpreter, where one is installed)
+from pipeline.image_input import IMAGE_FORMATS
+
 # Modes with a documented conversion rule (see `_to_mode`); anything else is refused.
 # LAB is refused: Pillow converts it to RGB by copying channels, not by colour management.
 SUPPORTED_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "LA", "PA", "RGBa", "CMYK", "YCbCr", "HSV"}
 SUPPORTED_MODES |= {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-# The decoders an input file may reach: plain raster formats, the service's list (pipeline/inference.py's
-# IMAGE_FORMATS, kept equal by a test; not imported: prepare would load ONNX Runtime). Pillow would
-# otherwise try every format it knows, and hands EPS to Ghostscript, an interpreter, where one is installed.
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 BATCH = 32  # records per worker task
 # The most bytes per pixel an image file can need: 16-bit RGBA/CMYK (PNG, TIFF) and 64-bit
 # float greyscale (TIFF) take 8; plus room for metadata (ICC profiles, EXIF, XMP, thumbnails).

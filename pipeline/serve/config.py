@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.errors import UserError
-from pipeline.inference import MAX_PIXELS
+from pipeline.image_input import MAX_PIXELS
 
 TOKEN_ENV = "GANPIPE_SERVE_TOKEN"
 

@@ -12,7 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pipeline.grid import make_grid, png_bytes
-from pipeline.inference import IMAGE_FORMATS, ImageRejected, ModelError, OnnxGenerator, OnnxTranslator, open_image
+from pipeline.image_input import IMAGE_FORMATS, ImageRejected, open_image
+from pipeline.inference import ModelError, OnnxGenerator, OnnxTranslator
 from pipeline.serve.common import BINARY, ApiError, error_responses, header_value, media_type, parse_json
 from pipeline.serve.deps import AUTH, Config, Holder, Limits
 from pipeline.serve.schemas import GeneratedArray, GenerateRequest
