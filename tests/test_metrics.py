@@ -158,3 +158,50 @@ def test_the_suite_reports_precision_recall_and_fid_as_a_multiple_of_the_real_fl
     assert "Memorisation:" in md and "| classified as asked |" in md
     assert evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
                     figures_dir=None) == m
+
+
+def test_a_model_with_classes_from_the_noise_is_judged_by_the_class_each_z_names(prepared_digits, tmp_path):
+    """Its samples have a class (the argmax of z's first K entries): the share the evaluator classifies as
+    that class, per class too, and the sample grid has a row per class made from latents of that class."""
+    from pipeline.metrics.probe import generate
+    from pipeline.metrics.suite import evaluate, generation_markdown
+    from pipeline.models.artifact import load_generator
+    from pipeline.training.runner import TrainPaths, train
+
+    params = tiny_params(model={"classes_from_noise": True}, evaluate={"evaluator": {"steps": 150, "batch_size": 64}})
+    train_evaluator(params.evaluate.evaluator, load_split(prepared_digits, "train"),
+                    load_split(prepared_digits, "val"), tmp_path / "ev.pt", progress=False)  # fmt: skip
+    paths = TrainPaths(prepared=prepared_digits, checkpoints=tmp_path / "ckpt", generator=tmp_path / "g.pt",
+                       live_dir=None, samples=tmp_path / "s.png")  # fmt: skip
+    train(params, paths, progress=False)
+    m = evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
+                 figures_dir=tmp_path / "figures")  # fmt: skip
+    # the same numbers, computed here from the samples the suite draws (seed + 1) and the class each z names
+    g, spec = load_generator(tmp_path / "g.pt")
+    assert spec["num_classes"] == 0 and spec["noise_classes"] == 10
+    n = len(load_split(prepared_digits, "val").labels)
+    images, classes = generate(g, n, spec["model"]["latent_dim"], 0, params.seed + 1)
+    z = torch.randn(n, spec["model"]["latent_dim"], generator=torch.Generator().manual_seed(params.seed + 1))
+    assert torch.equal(classes, z[:, :10].argmax(1))
+    net, _ = load_evaluator(tmp_path / "ev.pt")
+    with torch.no_grad():
+        hit = (net(images).argmax(1) == classes).float()
+    assert m["class_accuracy"] == pytest.approx(float(hit.mean()), abs=1e-4)
+    assert m["class_accuracy_per_class"] == pytest.approx(
+        {str(c): float(hit[classes == c].mean()) for c in range(10)}, abs=1e-4)
+    assert set(m["fid_per_class"]) <= {str(c) for c in range(10)}
+    assert "Samples classified as their class (asked for, or named by their noise)" in generation_markdown(m)
+    assert (tmp_path / "figures" / "samples.png").is_file()
+
+
+def test_prdc_prints_nothing_even_where_print_itself_is_replaced(monkeypatch, capsys):
+    """Prefect's log_prints replaces builtins.print inside a task, so redirecting stdout did not keep prdc's
+    'Num real: 385 Num fake: 385' out of every evaluate run's log."""
+    import builtins
+
+    said = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: said.append(args))
+    gen = torch.Generator().manual_seed(0)
+    scores = prdc(torch.randn(40, 4, generator=gen), torch.randn(40, 4, generator=gen))
+    assert set(scores) == {"precision", "recall", "density", "coverage"}
+    assert said == [] and capsys.readouterr().out == ""

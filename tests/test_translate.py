@@ -93,7 +93,8 @@ def test_translation_training_resumes_exactly(tmp_path, glyphs16, arch):
             assert torch.equal(p, q), f"{d}.{name} differs after resume"
     assert (paths.samples).stat().st_size > 0
     curves = (paths.live_dir / "plots" / "metrics" / "train").glob("*.tsv")
-    assert {"loss_G.tsv", "loss_D.tsv", "lr_G.tsv"} <= {c.name for c in curves}
+    names = {c.name for c in curves}
+    assert {"loss_G.tsv", "loss_D.tsv"} <= names and "lr_G.tsv" not in names  # constant learning rates: no flat plot
 
 
 def test_a_run_of_another_length_does_not_resume_when_the_learning_rates_decay_over_it(tmp_path, glyphs16):
@@ -109,6 +110,10 @@ def test_a_run_of_another_length_does_not_resume_when_the_learning_rates_decay_o
     b, _ = load_translators(fresh.generator)
     for (name, p), q in zip(a["AB"].state_dict().items(), b["AB"].state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+    # decaying learning rates are a curve worth plotting: logged, falling
+    lr = (fresh.live_dir / "plots" / "metrics" / "train" / "lr_G.tsv").read_text().split("\n")[1:]
+    values = [float(row.split("\t")[-1]) for row in lr if row]
+    assert values and values == sorted(values, reverse=True) and values[-1] < values[0]
 
 
 def test_learning_rate_decays_linearly_to_zero():

@@ -8,15 +8,18 @@ ceiling). torchmetrics accepts a custom feature module when it has an integer
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 
+import prdc.prdc as _prdc_module
 import torch
 from prdc import compute_prdc
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
+
+# prdc prints the two set sizes on every call. Under Prefect (log_prints) a print becomes a log record
+# whatever sys.stdout is, so the package's own name `print` is pointed at a function that says nothing.
+_prdc_module.print = lambda *args, **kwargs: None
 
 
 class PrecomputedFeatures(nn.Module):
@@ -71,6 +74,5 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, nearest_k: int = 5) -> dict[str
     real data's variety the samples reach."""
     if min(len(real), len(fake)) <= nearest_k:
         raise ValueError(f"precision/recall need more than {nearest_k} images per set, got {len(real)} and {len(fake)}")
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints the set sizes
-        scores = compute_prdc(real.double().numpy(), fake.double().numpy(), nearest_k)
+    scores = compute_prdc(real.double().numpy(), fake.double().numpy(), nearest_k)
     return {name: float(value) for name, value in scores.items()}

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline.grid import labelled_figure
 from pipeline.metrics.probe import generate
+from pipeline.noise_classes import with_classes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,19 +30,24 @@ def comparison_figure(real: np.ndarray, generated: np.ndarray, m: dict) -> Figur
                            nrow=4, scale=3)  # fmt: skip
 
 
-def samples_figure(g: nn.Module, gspec: dict, seed: int, per_row: int = 8) -> Figure:
-    """A grid of samples with seeded noise: a row per class, named, for conditional models; 8x8 otherwise."""
-    k, latent_dim = gspec["num_classes"], gspec["model"]["latent_dim"]
-    if not k:
+def samples_figure(g: nn.Module, gspec: dict, seed: int, per_row: int = 8, names: list[str] | None = None) -> Figure:
+    """A grid of samples with seeded noise: a row per class, named (`names`, else the spec's), for conditional
+    models and for models that draw their classes from the noise (latents of each class); 8x8 otherwise."""
+    k, noise, latent_dim = gspec["num_classes"], gspec.get("noise_classes", 0), gspec["model"]["latent_dim"]
+    if not (k or noise):
         images = generate(g, per_row * per_row, latent_dim, 0, seed)[0].numpy()
         return labelled_figure([images], [""], f"{per_row * per_row} samples of the generator", nrow=per_row, scale=3)
-    z = torch.randn(k * per_row, latent_dim, generator=torch.Generator().manual_seed(seed))
-    labels = torch.arange(k).repeat_interleave(per_row)
+    count = k or noise
+    z = torch.randn(count * per_row, latent_dim, generator=torch.Generator().manual_seed(seed))
+    labels = torch.arange(count).repeat_interleave(per_row)
+    if noise:  # the class is read from z: latents of each class
+        z = with_classes(z, labels, noise)
     with torch.no_grad():
         images = g.eval()(z, labels).float().numpy()
-    rows = [images[c * per_row : (c + 1) * per_row] for c in range(k)]
-    return labelled_figure(rows, gspec["class_names"], f"{per_row} samples of the generator per class", nrow=per_row,
-                           stacked=True, scale=3)  # fmt: skip
+    rows = [images[c * per_row : (c + 1) * per_row] for c in range(count)]
+    how = "per class" if k else "per class (drawn from latents of that class)"
+    return labelled_figure(rows, names or gspec["class_names"], f"{per_row} samples of the generator {how}",
+                           nrow=per_row, stacked=True, scale=3)  # fmt: skip
 
 
 def memorisation_figure(samples: np.ndarray, nearest_train: np.ndarray, m: dict, quantile: float) -> Figure:

@@ -22,16 +22,19 @@ from pipeline.data.dataset import load_split
 from pipeline.metrics.distance import fid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.metrics.features import embed
-from pipeline.models import build_generator
+from pipeline.models import ClassesFromNoise, build_generator
 from pipeline.models.artifact import built_classes
 
 
 @torch.no_grad()
 def generate(g: nn.Module, n: int, latent_dim: int, num_classes: int, seed: int, batch_size: int = 256):
-    """n images from `g` with seeded noise; class-balanced labels for conditional models."""
+    """n images from `g` with seeded noise, and their classes: class-balanced labels for conditional
+    models, the class each z names for a model that draws its classes from the noise, else None."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, latent_dim, generator=gen)
     labels = torch.arange(n) % num_classes if num_classes else None
+    if labels is None and isinstance(g, ClassesFromNoise):  # it reads the class from z and ignores labels
+        labels = ClassesFromNoise.classes(z, g.num_classes)
     g.eval()
     chunks = [
         g(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).float()

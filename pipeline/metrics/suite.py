@@ -111,7 +111,15 @@ class GenerationRun:
 
     @property
     def conditional(self) -> bool:
-        return bool(self.gspec["num_classes"]) and self.classes
+        """Whether each sample has a class to be judged by: asked for (a conditional model) or named by its
+        noise (classes from the noise), and the evaluator classifies the data's classes."""
+        return bool(self.gspec["num_classes"] or self.gspec.get("noise_classes")) and self.classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes' names: a conditional model's own, else the training data's (a model with classes from
+        the noise was trained on them, in that order)."""
+        return self.gspec["class_names"] or list(self.train.classes)
 
     @torch.no_grad()
     def probabilities(self, s: ImageSet) -> torch.Tensor:
@@ -215,19 +223,20 @@ def setup(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
 
 
 def _accuracy_note(m: dict) -> list[str]:
-    return [f"- Samples classified as the class asked for: {m['class_accuracy']:.1%}."]
+    return [f"- Samples classified as their class (asked for, or named by their noise): {m['class_accuracy']:.1%}."]
 
 
 @GENERATION.register(
-    Column("class_accuracy", "share of conditional samples classified as the class asked for", better="higher",
-           in_table=False),
+    Column("class_accuracy", "share of samples classified as their class (asked for, or named by the noise)",
+           better="higher", in_table=False),
     Column("class_accuracy_per_class", "the same, per class", better="higher", in_table=False),
     when=lambda run: run.conditional,
     note=_accuracy_note,
 )  # fmt: skip
 def class_accuracy(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
-    """The share of conditional samples the evaluator classifies as the class they were asked for."""
-    net, names, labels = run.evaluator.net, run.gspec["class_names"], s.labels
+    """The share of samples the evaluator classifies as their class: the class a conditional model was
+    asked for, or the one a model with classes from the noise read from each z."""
+    net, names, labels = run.evaluator.net, run.class_names, s.labels
     pred = torch.cat([net(s.images[i : i + 1024]).argmax(1) for i in range(0, len(s.images), 1024)])
     hit = (pred == labels).float()
     return {
@@ -258,7 +267,7 @@ def per_class_fid(run: GenerationRun, s: ImageSet) -> dict[str, dict[str, float]
     class's held-out images). Few images per class make both noisy: compare a class with its floor."""
     real, ref_labels = run.sets[REAL_FLOOR], np.asarray(run.train.labels)
     out: dict[str, dict[str, float]] = {"fid_per_class": {}, "fid_per_class_real_floor": {}}
-    for c, name in enumerate(run.gspec["class_names"]):
+    for c, name in enumerate(run.class_names):
         ref_c, fake_c, real_c = run.ref[ref_labels == c], s.features[s.labels == c], real.features[real.labels == c]
         if min(len(ref_c), len(fake_c), len(real_c)) < 2:
             continue
@@ -293,7 +302,8 @@ def evaluate(
         nearest_train = to_float(np.asarray(run.train.images[np.asarray(fake_nearest[closest])])).numpy()
         save_figure(memorisation_figure(fakes.images[closest].numpy(), nearest_train, result, COPY_QUANTILE),
                     Path(figures_dir) / layout.MEMORISATION.name)  # fmt: skip
-        save_figure(samples_figure(run.g, run.gspec, params.seed + 2), Path(figures_dir) / layout.SAMPLE_GRID.name)
+        save_figure(samples_figure(run.g, run.gspec, params.seed + 2, names=run.class_names),
+                    Path(figures_dir) / layout.SAMPLE_GRID.name)  # fmt: skip
     return result
 
 

@@ -239,9 +239,7 @@ class GanObjective:
             "train/D_fake": float(to_score(self.fake_logits.detach().float()).mean()),
             "train/grad_norm_D": self.grad_d,
             "train/grad_norm_G": self.grad_g,
-            "train/lr_D": self.opt_d.param_groups[0]["lr"],
-            "train/lr_G": self.opt_g.param_groups[0]["lr"],
-        }
+        }  # no learning rates: they are constant here, a flat line
         if self.ada is not None:
             out.update({"train/augment_p": self.ada.p, "train/ada_rt": self.ada.last_rt})
         return out

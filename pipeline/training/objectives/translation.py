@@ -175,10 +175,12 @@ class TranslationObjective:
         return float(self.loss_d.detach()), float(self.loss_g.detach())
 
     def scalars(self, loss_d: float, loss_g: float) -> dict[str, float]:
-        return {"train/loss_G": loss_g, "train/loss_D": loss_d,
-                **{f"train/{name}": float(value.detach()) for name, value in self.terms.items()},
-                "train/grad_norm_G": self.grad_g, "train/lr_G": self.opt_g.param_groups[0]["lr"],
-                "train/lr_D": self.opt_d.param_groups[0]["lr"]}  # fmt: skip
+        out = {"train/loss_G": loss_g, "train/loss_D": loss_d,
+               **{f"train/{name}": float(value.detach()) for name, value in self.terms.items()},
+               "train/grad_norm_G": self.grad_g}  # fmt: skip
+        if self.length_matters:  # the learning rates decay (train.lr_decay_start < 1); constant ones make flat plots
+            out.update({"train/lr_G": self.opt_g.param_groups[0]["lr"], "train/lr_D": self.opt_d.param_groups[0]["lr"]})
+        return out
 
     def samples(self, step: int) -> tuple[np.ndarray, dict[str, float], list[str]]:
         a, out, b = _panels(self.G_ema["AB"], self.val_a, self.val_b, self.device)
