@@ -11,12 +11,18 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so a live temporary cannot be told from a stale one
+    fcntl = None  # type: ignore[assignment]
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
 
@@ -122,3 +128,30 @@ def read_json(path: Path | str) -> Any:
 def read_metrics(workdir: Path | str = ".") -> dict[str, Any]:
     """Every `metrics/*.json` of a pipeline checkout, keyed by file stem (eval, export, ...)."""
     return {p.stem: read_json(p) for p in sorted((Path(workdir) / "metrics").glob("*.json"))}
+
+
+def remove_unless_locked(path: str | os.PathLike) -> bool:
+    """Remove the file or folder at `path` unless a live process holds a lock on it (flock: whoever
+    writes a temporary or a staging folder holds one until done, and a killed process loses it).
+    Never through a link, and not if the name was given to something else meanwhile. True: removed;
+    False: locked, gone, or no locks here (Windows), so nothing can be told stale."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if not os.path.samestat(os.lstat(path), st):
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+        return True
+    except OSError:  # locked by its live owner, or already gone
+        return False
+    finally:
+        os.close(fd)

@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import remove_unless_locked
 from pipeline.errors import UserError
 
 LOCK = ".lock"
@@ -101,17 +101,6 @@ def remove_stale_staging(root: Path) -> list[Path]:
     for entry in os.scandir(root):
         if not STAGING.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
-                shutil.rmtree(entry.path)
-                removed.append(Path(entry.path))
-        except OSError:  # held by its live promotion, or already gone
-            continue
-        finally:
-            os.close(fd)
+        if remove_unless_locked(entry.path):  # unless its live promotion holds it
+            removed.append(Path(entry.path))
     return removed

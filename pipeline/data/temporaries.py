@@ -11,10 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from pipeline.artifacts import remove_unless_locked
 
 try:
     import fcntl
@@ -66,22 +67,9 @@ def remove_stale_temporaries(targets: Iterable[Path], started: float) -> list[Pa
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
-                if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) or st.st_mtime >= started:
-                    continue
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if not os.path.samestat(os.lstat(entry.path), os.fstat(fd)):
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+            if (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)) and st.st_mtime < started \
+                    and remove_unless_locked(entry.path):  # fmt: skip
                 removed.append(Path(entry.path))
-            except OSError:  # locked by its live owner, or already gone
-                continue
-            finally:
-                os.close(fd)
     return removed
