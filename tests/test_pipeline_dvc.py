@@ -273,7 +273,7 @@ def test_dvc_plots_page_renders_offline_with_vega_inlined(repo, first_run, tmp_p
     assert "index.html" in res.stdout
     assert "<script src=" not in page and "cdn.jsdelivr" not in page  # nothing fetched from a CDN
     assert "vega-embed 6" in page and "vegaEmbed" in page  # the libraries are in the page itself
-    assert "GAN losses" in page and "dvclive/plots/metrics/train/loss_D.tsv" in page
+    assert "GAN losses" in page and "loss_D.tsv::loss_D" in page  # the losses together, and each curve alone
     # every curve titled in words (.dvc/plots/ganpipe-curve.json), none of them a flat line of a constant
     assert "'grad_norm_D': 'Gradient norm of D'" in page and "lr_G.tsv" not in page
 
