@@ -108,6 +108,14 @@ def rounded(value: Any, digits: int) -> Any:
     return value
 
 
+# What every suite's numbers were measured with (its `setup` metric lists them after its own counts).
+FEATURE_SPACE = (
+    Column("resolution", "image side in pixels", better="", in_table=False),
+    Column("feature_extractor", "the feature space", better="", in_table=False),
+    Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+)
+
+
 @dataclass
 class Registry:
     """The metrics of one suite (generation, translation), in the order eval.json lists them."""

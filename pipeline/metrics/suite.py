@@ -33,7 +33,7 @@ from pipeline.metrics.distance import fid, fid_kid, prdc
 from pipeline.metrics.features import EvaluatorFeatures, extractor_for
 from pipeline.metrics.figures import comparison_figure, memorisation_figure, samples_figure
 from pipeline.metrics.probe import generate
-from pipeline.metrics.registry import MODEL, Column, ImageSet, Registry
+from pipeline.metrics.registry import FEATURE_SPACE, MODEL, Column, ImageSet, Registry
 from pipeline.models import build_generator
 from pipeline.models.artifact import built_classes, load_generator
 from pipeline.runtime import seed_everything, set_threads
@@ -207,9 +207,7 @@ def memorisation(run: GenerationRun, s: ImageSet) -> dict[str, float]:
 @GENERATION.register(
     Column("num_samples", "images per set", better="", in_table=False),
     Column("num_reference", "training images the distances are measured to", better="", in_table=False),
-    Column("resolution", "image side in pixels", better="", in_table=False),
-    Column("feature_extractor", "the feature space", better="", in_table=False),
-    Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+    *FEATURE_SPACE,
 )  # fmt: skip
 def setup(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
     """Not a score: what every number above was measured with."""

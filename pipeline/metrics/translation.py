@@ -33,7 +33,7 @@ from pipeline.grid import labelled_figure, save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.features import extractor_for
-from pipeline.metrics.registry import MODEL, Column, ImageSet, Registry
+from pipeline.metrics.registry import FEATURE_SPACE, MODEL, Column, ImageSet, Registry
 from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
 
@@ -97,9 +97,7 @@ def distance(run: TranslationRun, s: ImageSet) -> dict[str, float]:
     Column("num_val_a", "held-out inputs", better="", in_table=False),
     Column("num_val_b", "held-out images of B", better="", in_table=False),
     Column("num_reference", "training images of B the distances are measured to", better="", in_table=False),
-    Column("resolution", "image side in pixels", better="", in_table=False),
-    Column("feature_extractor", "the feature space", better="", in_table=False),
-    Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+    *FEATURE_SPACE,
 )  # fmt: skip
 def setup(run: TranslationRun, s: ImageSet) -> dict[str, Any]:
     """Not a score: what every number was measured with."""
