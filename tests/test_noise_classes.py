@@ -135,3 +135,32 @@ def test_v1_and_the_page_offer_the_classes(noise_model, browser):  # noqa: F811
         browser.find_element(By.ID, "go").click()
         expected = httpx.post(f"{url}/v1/generate", json={"n": 16, "seed": 3, "labels": ["2"]}).content
         WebDriverWait(browser, 30).until(lambda d: wait_for_output(d) and shown_png(d) == expected)
+
+
+def test_oip_takes_labels_for_a_model_whose_classes_come_from_the_noise(noise_model):
+    """The graph takes only z; the Open Inference Protocol endpoint takes `labels` [N] as for a conditional
+    model and feeds z of those classes, so KServe/Triton clients ask for a class the same way."""
+    onnx_path, _ = noise_model
+    model = OnnxGenerator(onnx_path)
+    z = np.random.default_rng(0).standard_normal((4, model.info.latent_dim)).astype(np.float32)
+    labels = [2, 0, 1, 2]
+    with running(ServeConfig(model=onnx_path, model_name="g")) as url:
+        meta = httpx.get(f"{url}/v2/models/g").json()
+        assert {"name": "labels", "datatype": "INT64", "shape": [-1]} in meta["inputs"]
+
+        def infer(*inputs: dict) -> httpx.Response:
+            return httpx.post(f"{url}/v2/models/g/infer", json={"inputs": list(inputs)})
+
+        zin = {"name": "z", "shape": list(z.shape), "datatype": "FP32", "data": z.ravel().tolist()}
+        res = infer(zin, {"name": "labels", "shape": [4], "datatype": "INT64", "data": labels})
+        assert res.status_code == 200, res.text
+        want = model.session.run(["images"], {"z": with_classes(z, np.array(labels), 3)})[0]
+        images = np.asarray(res.json()["outputs"][0]["data"], np.float32).reshape(want.shape)
+        np.testing.assert_allclose(images, want, atol=1e-6)
+        plain = infer(zin).json()["outputs"][0]["data"]  # no labels: z as sent, each sample of its own class
+        np.testing.assert_allclose(np.asarray(plain, np.float32).reshape(want.shape),
+                                   model.session.run(["images"], {"z": z})[0], atol=1e-6)  # fmt: skip
+        bad = infer(zin, {"name": "labels", "shape": [4], "datatype": "INT64", "data": [0, 1, 3, 0]})
+        assert bad.status_code == 400 and "class indices are 0-2" in bad.json()["error"]
+        short = infer(zin, {"name": "labels", "shape": [3], "datatype": "INT64", "data": [0, 1, 2]})
+        assert short.status_code == 400 and "labels" in short.json()["error"]

@@ -16,7 +16,11 @@ The tensors are the ONNX model's own: a generator takes `z` FP32 [N, latent_dim]
 INT64 [N] if conditional) and gives `images` FP32 [N, C, H, W]; a generator with truncation
 (stylegan2) also takes the optional `truncation_psi` FP32 [1] (the whole batch) or [N] (one per
 sample), 1 (no truncation) when left out. The model metadata lists it among the inputs (the
-protocol's metadata has no way to mark a tensor optional). A translator takes `images` and gives
+protocol's metadata has no way to mark a tensor optional). A generator trained with classes drawn
+from its noise (ganpipe.noise_classes) has no labels input in its graph, yet takes the optional
+`labels` INT64 [N] here too: the service turns each z into one of that class (the largest of its
+first noise_classes entries trades places with the class's entry, as `ganpipe generate --class` and
+/v1 do), so a client asks for a class as it would of a conditional model. A translator takes `images` and gives
 `translated`. Tensor data is JSON (flat or nested, row-major) or, with Triton's binary tensor
 extension (tritonclient's default), little-endian bytes after the JSON, whose length the header
 Inference-Header-Content-Length gives. The limits, timeouts, token and admission of /v1 apply here
@@ -28,6 +32,7 @@ more is parsed in a child process (see decode.py).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +43,7 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
+from pipeline.noise_classes import with_classes
 from pipeline.serve import release
 from pipeline.serve.common import (
     BINARY,
@@ -50,7 +56,7 @@ from pipeline.serve.common import (
     validate,
 )
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.decode import MIN_BYTES, decode_elsewhere
+from pipeline.serve.decode import MIN_BYTES, as_array, decode_elsewhere, json_array
 from pipeline.serve.deps import AUTH, Config, Holder, Limits
 from pipeline.serve.holder import ModelHolder, Served
 
@@ -138,6 +144,26 @@ def _metadata(arg) -> dict:
     return {"name": arg.name, "datatype": TYPES[arg.type][0], "shape": _shape(arg)}
 
 
+@dataclass(frozen=True)
+class ServiceInput:
+    """An input the service takes on the graph's behalf (shaped like an ONNX Runtime NodeArg)."""
+
+    name: str
+    type: str
+    shape: list
+
+
+def extra_inputs(model: OnnxGenerator | OnnxTranslator) -> list:
+    """The inputs a run may leave out: the graph's optional ones, and `labels` [N] for a generator whose
+    classes come from the noise (the service picks z of those classes; N is z's batch dimension)."""
+    session = model.session
+    extra = optional_inputs(session, model.info)
+    if isinstance(model, OnnxGenerator) and model.info.noise_classes:
+        z = next(a for a in session.get_inputs() if a.name == "z")
+        extra.append(ServiceInput("labels", "tensor(int64)", [z.shape[0]]))
+    return extra
+
+
 def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[str, int],
            parsed: np.ndarray | None = None) -> tuple[np.ndarray, int]:  # fmt: skip
     """One input as the model takes it, from its JSON data (or `parsed`, that data as an array already)
@@ -162,7 +188,7 @@ def _array(tensor: RequestTensor, arg, binary: bytes, offset: int, dims: dict[st
     if tensor.data is None:
         raise ApiError(400, "missing data", f"{where} has neither data nor binary_data_size")
     try:
-        values = _as_array(tensor.data) if parsed is None else parsed
+        values = as_array(tensor.data) if parsed is None else parsed
     except ValueError:  # nested lists of unequal lengths
         raise ApiError(400, "bad data", f"{where}: data is not a regular array") from None
     if values.dtype.kind not in JSON_KINDS[np.dtype(dtype).kind] or values.size != count:
@@ -176,7 +202,7 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
     """The request's inputs, checked against the model's and the service's limits (`parsed`: the JSON
     data of some of them, by index, as arrays already)."""
     required = [a.name for a in model.session.get_inputs()]
-    args = {a.name: a for a in [*model.session.get_inputs(), *optional_inputs(model.session, model.info)]}
+    args = {a.name: a for a in [*model.session.get_inputs(), *extra_inputs(model)]}
     optional = [n for n in args if n not in required]
     takes = f"{required}" + (f" and optionally {optional}" if optional else "")
     names = [t.name for t in req.inputs]
@@ -206,9 +232,12 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
         if (np.abs(psi) > MAX_PSI).any():
             raise ApiError(400, "bad data", f"input {PSI!r}: values from -{MAX_PSI:g} to {MAX_PSI:g} (1: no "
                                             "truncation, 0: the average image)")  # fmt: skip
-    count = model.info.num_classes
+    count = model.info.classes
     if "labels" in feed and ((feed["labels"] < 0) | (feed["labels"] >= count)).any():
-        raise ApiError(400, "bad labels", f"input 'labels': class indices are 0-{count - 1} ({model.info.class_names})")
+        names = f" ({model.info.class_names})" if model.info.class_names else ""
+        raise ApiError(400, "bad labels", f"input 'labels': class indices are 0-{count - 1}{names}")
+    if "labels" in feed and model.info.noise_classes:  # z of those classes, as the graph has no labels input
+        feed["z"] = with_classes(feed["z"], feed.pop("labels"), model.info.noise_classes)
     return feed
 
 
@@ -232,33 +261,6 @@ def _run(model: OnnxGenerator | OnnxTranslator, feed: dict[str, np.ndarray], nam
     return model.session.run(names, feed)
 
 
-JSON_CHUNK = 1 << 16  # values
-
-
-def _as_array(data: list) -> np.ndarray:
-    """np.asarray(data); a long flat list JSON_CHUNK values at a time (see _json_array: the GIL), with
-    np.asarray's own answer whenever the slices differ (nesting, mixed kinds)."""
-    if len(data) <= JSON_CHUNK or isinstance(data[0], list):
-        return np.asarray(data)
-    parts = [np.asarray(data[i : i + JSON_CHUNK]) for i in range(0, len(data), JSON_CHUNK)]
-    if any(p.ndim != 1 or p.dtype != parts[0].dtype for p in parts):
-        return np.asarray(data)
-    return np.concatenate(parts)
-
-
-def _json_array(array: np.ndarray) -> orjson.Fragment:
-    """The array's values as a flat JSON array, JSON_CHUNK values at a time: the GIL is held for the
-    whole of each C call (tolist, dumps), and between calls the event loop's thread may take it; at
-    once, a 1024² result held it for about 0.1 s (json's dumps: 0.6 s)."""
-    flat = array.ravel()
-    if flat.dtype.kind in "fiub" and flat.dtype.itemsize in (1, 4, 8):  # what orjson writes from NumPy itself
-        option, dump = orjson.OPT_SERIALIZE_NUMPY, lambda part: part  # float32: its shortest form (same value)
-    else:
-        option, dump = 0, np.ndarray.tolist
-    parts = [orjson.dumps(dump(flat[i : i + JSON_CHUNK]), option=option)[1:-1] for i in range(0, flat.size, JSON_CHUNK)]
-    return orjson.Fragment(b"[" + b",".join(parts) + b"]")
-
-
 def _answer(name: str, served: Served, req: InferRequest, names: list[str], results: list[np.ndarray]) -> Response:
     """The response: JSON, with the tensors asked for in binary appended after it (binary tensor extension)."""
     types = {o.name: o.type for o in served.model.session.get_outputs()}
@@ -272,7 +274,7 @@ def _answer(name: str, served: Served, req: InferRequest, names: list[str], resu
             chunks.append(np.ascontiguousarray(array, dtype).tobytes())
             tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
-            tensor["data"] = _json_array(array)
+            tensor["data"] = json_array(array)
         outputs.append(tensor)
     body = {"model_name": name, "model_version": served.name, **({} if req.id is None else {"id": req.id})}
     header = orjson.dumps({**body, "outputs": outputs})  # compact, as json's separators=(",", ":") was
@@ -336,7 +338,7 @@ def model_metadata(request: Request, cfg: Config, holder: Holder):
     served = model_of(request, cfg, holder)
     session = served.model.session
     return {"name": cfg.model_name, "versions": [served.name], "platform": "onnxruntime_onnx",
-            "inputs": [_metadata(a) for a in [*session.get_inputs(), *optional_inputs(session, served.model.info)]],
+            "inputs": [_metadata(a) for a in [*session.get_inputs(), *extra_inputs(served.model)]],
             "outputs": [_metadata(a) for a in session.get_outputs()]}  # fmt: skip
 
 
