@@ -1,23 +1,20 @@
 """Sampling as StyleGAN users know it, from an exported ONNX generator (no torch): one image per
 seed (`ganpipe generate --seeds 0-15 --outdir out`) and walks between seeds (`ganpipe
-interpolate`). A seed's image is the one `ganpipe generate -n 1 --seed S` draws: z comes from
-NumPy's generator seeded with S, as in OnnxGenerator.generate.
-
-Walks run in z space along the great circle between two seeds' z (spherical interpolation, as
-StyleGAN's and BigGAN's tools do for Gaussian z: a straight line would pass through
-lower-norm z that the generator never saw). The exported graph maps z to images, so w space
-(StyleGAN2's) is not reachable from the ONNX file.
+interpolate`). A seed's image is the one `ganpipe generate -n 1 --seed S` draws, and walks run in
+z space along the great circle between seeds' z (pipeline/latents.py, shared with the train
+stage's walk picture). The exported graph maps z to images, so w space (StyleGAN2's) is not
+reachable from the ONNX file.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pipeline import latents
 from pipeline.artifacts import write_bytes
 from pipeline.errors import UserError
 from pipeline.grid import make_grid, to_uint8
@@ -54,8 +51,7 @@ def format_of(path: Path | str, formats: dict[str, str], flag: str) -> str:
 
 def seed_latents(model: OnnxGenerator, seeds: list[int]) -> np.ndarray:
     """[len(seeds), latent_dim]: each seed's z, the one generate(1, seed) draws."""
-    return np.concatenate([np.random.default_rng(s).standard_normal((1, model.info.latent_dim), dtype=np.float32)
-                           for s in seeds])  # fmt: skip
+    return latents.seed_latents(seeds, model.info.latent_dim)
 
 
 def render(model: OnnxGenerator, z: np.ndarray, label: str | None = None, psi: float | None = None) -> np.ndarray:
@@ -68,23 +64,11 @@ def render(model: OnnxGenerator, z: np.ndarray, label: str | None = None, psi: f
     return model.session.run(["images"], feed)[0]
 
 
-def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Points at fractions `t` along the great circle from `a` to `b` (straight where they are parallel)."""
-    cos = float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
-    angle = np.arccos(np.clip(cos, -1.0, 1.0))
-    t = t[:, None]
-    if angle < 1e-6:
-        return (1 - t) * a + t * b
-    return (np.sin((1 - t) * angle) * a + np.sin(t * angle) * b) / np.sin(angle)
-
-
 def walk(model: OnnxGenerator, seeds: list[int], steps: int) -> np.ndarray:
     """[(len(seeds) - 1) * steps + 1, latent_dim] z: `steps` per leg, each seed's own z at its place."""
     if len(seeds) < 2:
         raise UserError("--seeds: a walk needs two seeds or more, e.g. 0,7 or 0-3")
-    zs = seed_latents(model, seeds)
-    legs = [slerp(a, b, np.arange(steps) / steps) for a, b in itertools.pairwise(zs)]
-    return np.concatenate([*legs, zs[-1:]]).astype(np.float32)
+    return latents.walk(seed_latents(model, seeds), steps)
 
 
 def pictures(images: np.ndarray, scale: int) -> list[Image.Image]:

@@ -14,7 +14,8 @@ from flows.cli import main
 from pipeline.export import export_generator
 from pipeline.grid import to_uint8
 from pipeline.inference import OnnxGenerator
-from pipeline.sampling import render, seed_latents, slerp
+from pipeline.latents import slerp
+from pipeline.sampling import render, seed_latents
 
 
 @pytest.fixture(scope="module")

@@ -412,3 +412,26 @@ def test_only_the_most_recent_parameter_sets_keep_their_checkpoint_folders(tmp_p
     assert sorted(removed) == folders[KEEP_RUNS - 1 : -1]
     kept = [*folders[: KEEP_RUNS - 1], folders[-1]]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in kept)
+
+
+def test_the_train_stage_draws_the_walk_that_ganpipe_interpolate_takes(prepared_digits, tmp_path):
+    """DVCLive's walk.png (a plot of the train stage) shows the EMA generator along the z that
+    `ganpipe interpolate --seeds 0-4 --steps 8` walks through on the exported model."""
+    from pipeline import sampling
+    from pipeline.export import export_generator
+    from pipeline.inference import OnnxGenerator
+    from pipeline.training.objectives.gan import WALK_SEEDS, WALK_STEPS, walk_rows
+
+    p = paths(tmp_path, prepared_digits)
+    train(tiny_params(), p, progress=False)
+    picture = p.live_dir / "plots/images/walk.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    g, spec = load_generator(p.generator)
+    rows = walk_rows(g, spec["model"]["latent_dim"], 0, torch.device("cpu"))
+    assert [len(r) for r in rows] == [WALK_STEPS + 1] * (len(WALK_SEEDS) - 1)
+    export_generator(p.generator, tmp_path / "g.onnx")
+    model = OnnxGenerator(tmp_path / "g.onnx")
+    frames = sampling.render(model, sampling.walk(model, list(WALK_SEEDS), WALK_STEPS))
+    for i, row in enumerate(rows):  # each leg, its two seeds' images at its ends
+        np.testing.assert_allclose(row, frames[i * WALK_STEPS : (i + 1) * WALK_STEPS + 1], atol=1e-4)
+    assert not np.allclose(rows[0][0], rows[0][-1], atol=1e-2)  # the walk moves

@@ -11,6 +11,7 @@ Every RNG an objective draws from is seeded from params and saved in its checkpo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -19,12 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel
 from tqdm import tqdm
 
 from pipeline import layout
 from pipeline.config import Params, TrainConfig, logging_only
 from pipeline.errors import UserError
+from pipeline.grid import figure_png
 from pipeline.metrics.probe import FidProbe
 from pipeline.models.artifact import save_model
 from pipeline.provenance import source_hash
@@ -187,6 +190,8 @@ def _finish(objective: Objective, paths: TrainPaths, steps: int, world: World, l
     samples (each machine's first process), and leave the process group together."""
     _check_in_sync(objective, world)
     if live is not None:
+        if (walk := objective.walk_figure(steps)) is not None:
+            live.log_image("walk.png", Image.open(io.BytesIO(figure_png(walk))))
         live.end()
     if world.first_on_machine:
         spec, weights = objective.model_artifact()

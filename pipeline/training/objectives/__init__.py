@@ -8,7 +8,7 @@ A new objective is a module here with a class following `Objective`, plus one li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from pipeline.training.objectives.cyclegan import CycleGanObjective
 from pipeline.training.objectives.gan import GanObjective
 from pipeline.training.objectives.pix2pix import Pix2PixObjective
 from pipeline.training.objectives.stylegan2 import StyleGan2Objective
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Objective(Protocol):
@@ -56,6 +59,10 @@ class Objective(Protocol):
 
     def save_samples(self, path: Path) -> None:
         """The final sample picture (reports/samples.png)."""
+
+    def walk_figure(self, steps: int) -> Figure | None:
+        """The generator along walks between fixed seeds after `steps` steps (DVCLive's walk.png, a plot
+        of the train stage), or None where the model has no latent to walk (translation)."""
 
 
 OBJECTIVES: dict[str, type[Objective]] = {

@@ -12,16 +12,19 @@ generator s, so the maths do not depend on how the work is split.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import latents
 from pipeline.config import Params
 from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
 from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
-from pipeline.grid import make_grid, save_grid
+from pipeline.grid import labelled_figure, make_grid, save_grid
 from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
 from pipeline.models import ClassesFromNoise, build_discriminator, build_generator, classes_of
 from pipeline.models.artifact import generator_spec
@@ -31,6 +34,10 @@ from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm
 
 NUM_FIXED_SAMPLES = 64
+WALK_SEEDS, WALK_STEPS = (0, 1, 2, 3, 4), 8  # the train stage's walk picture: 4 legs, 9 images each
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def fixed_inputs(latent_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,6 +56,16 @@ def sample(g: torch.nn.Module, z: torch.Tensor, labels: torch.Tensor | None, dev
     out = g(z.to(device), None if labels is None else labels.to(device)).float().cpu().numpy()
     g.train(g_was_training)
     return out
+
+
+def walk_rows(g: torch.nn.Module, latent_dim: int, num_classes: int, device: torch.device) -> list[np.ndarray]:
+    """`g` along the walk `ganpipe interpolate --seeds 0-4 --steps 8` takes (pipeline/latents.py), a
+    [WALK_STEPS + 1, C, H, W] array per leg, each leg from one seed's image to the next one's. A model
+    that takes labels (`num_classes`) walks leg i in class i."""
+    z = torch.from_numpy(latents.walk(latents.seed_latents(list(WALK_SEEDS), latent_dim), WALK_STEPS))
+    legs = [z[i * WALK_STEPS : (i + 1) * WALK_STEPS + 1] for i in range(len(WALK_SEEDS) - 1)]
+    return [sample(g, leg, torch.full((len(leg),), i % num_classes) if num_classes else None, device)
+            for i, leg in enumerate(legs)]  # fmt: skip
 
 
 def diversity(images: np.ndarray | torch.Tensor) -> float:
@@ -295,3 +312,13 @@ class GanObjective:
     def save_samples(self, path: Path) -> None:
         g = self.G_ema.to("cpu")
         save_grid(sample(g, self.z_fixed, self.y_fixed, torch.device("cpu")), path, nrow=8, scale=3)
+
+    def walk_figure(self, steps: int) -> Figure:
+        """The EMA generator along walks between WALK_SEEDS, a row per leg (`walk_rows`)."""
+        labelled = 0 if self.noise_classes else self.num_classes
+        rows = walk_rows(self.G_ema, self.latent_dim, labelled, self.device)
+        names = self.spec["class_names"] or [str(c) for c in range(self.num_classes)]
+        labels = [f"seed {a} → {b}" + (f"\nclass {names[i % labelled]}" if labelled else "")
+                  for i, (a, b) in enumerate(itertools.pairwise(WALK_SEEDS))]  # fmt: skip
+        title = f"Walks between seeds (z, spherical interpolation): the EMA generator after {steps} steps"
+        return labelled_figure(rows, labels, title=title, nrow=WALK_STEPS + 1, stacked=True, scale=2)

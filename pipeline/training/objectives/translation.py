@@ -222,3 +222,6 @@ class TranslationObjective:
         cpu = torch.device("cpu")
         save_panels(_panels(self.G_ema["AB"].cpu(), self.val_a, self.val_b, cpu), path, nrow=1, scale=3)
 
+    def walk_figure(self, steps: int) -> None:
+        """A translator has no latent to walk."""
+        return None
