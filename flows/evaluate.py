@@ -1,4 +1,5 @@
-"""evaluate: generator + evaluator + prepared data -> metrics/eval.json, reports/report.html and .md, figures."""
+"""evaluate: generator + evaluator + prepared data -> metrics/eval.json (what experiments are compared by),
+metrics/eval_details.json (the rest), reports/report.html and .md, figures."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from pipeline.tasks import report, task_of
 @stage_task
 def compute_metrics(params_path: str) -> dict:
     params = load_params(params_path)
-    metrics = task_of(params).evaluate(params, reference_path=layout.REFERENCE)
-    write_json(layout.EVAL_METRICS, metrics)
+    task = task_of(params)
+    metrics = task.evaluate(params, reference_path=layout.REFERENCE)
+    compared, details = task.metrics.split(metrics)
+    write_json(layout.EVAL_METRICS, compared)
+    write_json(layout.EVAL_DETAILS, details)
     return metrics
 
 

@@ -15,9 +15,10 @@ DETAILS = ("latency_ms_batch16", "max_abs_diff_per_batch", "max_abs_diff_per_inp
 
 
 def split_details(metrics: dict) -> tuple[dict, dict]:
-    """What `dvc metrics diff` should compare (parity passed, the worst difference, size: metrics/export.json)
-    apart from the details: the difference per input and the latency, which measures the machine as much
-    as the model (reports/export_details.json). Per direction for translators."""
+    """The export's summary (parity passed, the worst difference, size: metrics/export.json, what the model
+    registry checks) apart from the details: the difference per input and the latency, which measures the
+    machine as much as the model (reports/export_details.json). Per direction for translators. Neither is a
+    DVC metric: the stage fails when parity fails, so a finished export has passed; nothing here ranks models."""
     quality = {k: v for k, v in metrics.items() if k not in DETAILS}
     details = {k: v for k, v in metrics.items() if k in DETAILS}
     if "directions" in metrics:

@@ -12,7 +12,7 @@ DATA_REPORT = Path("reports/data_report.json")
 DATA_REPORT_THUMBS = Path("reports/data_report_thumbs.png")  # beside it, as pipeline/data/report.py names it
 
 EVALUATOR = Path("models/evaluator.pt")
-EVALUATOR_METRICS = Path("metrics/evaluator.json")
+EVALUATOR_METRICS = Path("metrics/evaluator.json")  # how well the feature network learned the data: descriptive
 REFERENCE = Path("models/reference.pt")  # real-data features, keyed by data + extractor + resolution
 
 CHECKPOINTS = Path("models/checkpoints")  # resume points: <fingerprint>/ckpt_*.pt; git-ignored, no DVC output
@@ -20,7 +20,8 @@ GENERATOR = Path("models/generator.pt")
 DVCLIVE = Path("dvclive")
 SAMPLES = Path("reports/samples.png")
 
-EVAL_METRICS = Path("metrics/eval.json")
+EVAL_METRICS = Path("metrics/eval.json")  # what experiments are compared by: the one DVC metrics file
+EVAL_DETAILS = Path("metrics/eval_details.json")  # the rest: anchors, spreads, counts, feature space, per class
 EVAL_COMPARISON = Path("reports/eval_comparison.png")
 FIGURES = Path("reports/figures")  # the evaluate stage's other pictures (DVC plots)
 MEMORISATION = FIGURES / "memorisation.png"
@@ -33,7 +34,7 @@ EXPORTS = Path("exports")
 ONNX_GENERATOR = EXPORTS / "generator.onnx"  # task generate
 ONNX_TRANSLATORS = {d: EXPORTS / f"generator_{d}.onnx" for d in ("AB", "BA")}  # task translate (BA: CycleGAN)
 MODEL_CARD = Path("exports/model_card.json")
-EXPORT_METRICS = Path("metrics/export.json")  # parity and size: quality only
+EXPORT_METRICS = Path("metrics/export.json")  # parity and size: a gate, not compared (no DVC metric)
 EXPORT_DETAILS = Path("reports/export_details.json")  # per-input parity, latency (the machine as much as the model)
 
 # held by `ganpipe exp`, `ganpipe repro` and retraining while they use the workspace (pipeline/workspace.py);

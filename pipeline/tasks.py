@@ -14,14 +14,16 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.export import export_generator, export_translators
-from pipeline.metrics.suite import evaluate, generation_markdown
-from pipeline.metrics.translation import evaluate_translation, translation_markdown
+from pipeline.metrics.registry import Registry
+from pipeline.metrics.suite import GENERATION, evaluate, generation_markdown
+from pipeline.metrics.translation import TRANSLATION, evaluate_translation, translation_markdown
 
 
 @dataclass(frozen=True)
 class Task:
-    evaluate: Callable[..., dict]  # params (, paths) -> metrics/eval.json
-    report: Callable[[dict], str]  # metrics/eval.json as Markdown
+    evaluate: Callable[..., dict]  # params (, paths) -> the metrics of metrics/eval.json and eval_details.json
+    metrics: Registry  # which of them go to each file (`Registry.split`)
+    report: Callable[[dict], str]  # the metrics as Markdown
     export: Callable[..., dict]  # generator.pt -> ONNX file(s), parity, model card
     export_target: Path  # the file (generate) or folder (translate) `export` writes to
     onnx_files: Callable[[dict], list[Path]]  # the files one export wrote, from its metrics
@@ -30,6 +32,7 @@ class Task:
 TASKS = {
     "generate": Task(
         evaluate=evaluate,
+        metrics=GENERATION,
         report=generation_markdown,
         export=export_generator,
         export_target=layout.ONNX_GENERATOR,
@@ -37,6 +40,7 @@ TASKS = {
     ),
     "translate": Task(
         evaluate=evaluate_translation,
+        metrics=TRANSLATION,
         report=translation_markdown,
         export=export_translators,
         export_target=layout.EXPORTS,
@@ -50,5 +54,5 @@ def task_of(params: Params) -> Task:
 
 
 def report(eval_metrics: dict) -> str:
-    """The Markdown of a metrics/eval.json, whichever task wrote it."""
+    """The Markdown of an evaluation's metrics (eval.json and eval_details.json together), whichever task wrote it."""
     return TASKS[eval_metrics.get("task", "generate")].report(eval_metrics)

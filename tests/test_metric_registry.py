@@ -68,7 +68,7 @@ def added_generation_metrics():
     from pipeline.metrics.suite import CEILING, GENERATION, REAL_FLOOR
 
     @GENERATION.register(
-        Column("fid_recomputed", "FID, computed again by this test", anchors=(REAL_FLOOR, CEILING)),
+        Column("fid_recomputed", "FID, computed again by this test", anchors=(REAL_FLOOR, CEILING), compared=True),
         Column("set_size", "images in the set", better="", fmt="d", anchors=(REAL_FLOOR, CEILING)),
         note=lambda m: [f"- Recomputed FID: {m['fid_recomputed']:.4f}."],
     )
@@ -82,7 +82,7 @@ def added_generation_metrics():
 def test_a_registered_metric_is_measured_on_every_anchor_and_reported(
     added_generation_metrics, prepared_digits, tmp_path
 ):
-    from pipeline.metrics.suite import evaluate, generation_markdown
+    from pipeline.metrics.suite import GENERATION, evaluate, generation_markdown
 
     params = tiny_params(train={"fid_every": 0})
     train_evaluator(params.evaluate.evaluator, load_split(prepared_digits, "train"),
@@ -108,6 +108,12 @@ def test_a_registered_metric_is_measured_on_every_anchor_and_reported(
     assert floor.endswith(f"| {m['fid_real_floor']:.3f} | {m['num_samples']} |")
     assert ceiling.endswith(f"| {m['fid_untrained_ceiling']:.3f} | {m['num_samples']} |")
     assert md[-1] == f"- Recomputed FID: {m['fid']:.4f}."
+    # a compared column is a DVC metric (eval.json); its anchors and the other columns are details
+    compared, details = GENERATION.split(m)
+    assert list(compared)[:5] == ["fid", "fid_vs_floor", "precision", "recall", "coverage"]
+    assert list(compared)[-1] == "fid_recomputed" and set(compared) <= {*GENERATION.compared(), "class_accuracy"}
+    assert {"fid_recomputed_real_floor", "set_size", "kid", "num_samples"} <= set(details)
+    assert compared | details == m and not set(compared) & set(details)
 
 
 def test_a_registered_translation_metric_gets_its_row_and_baselines(tmp_path):

@@ -71,24 +71,33 @@ def test_repro_writes_every_artifact_of_the_contract(repo, first_run):
                 "models/evaluator.pt", "metrics/evaluator.json", "models/generator.pt", "reports/samples.png",
                 "dvclive/metrics.json", "reports/eval_comparison.png", "reports/figures/samples.png",
                 "reports/figures/memorisation.png", "reports/figures/curves.png", "reports/report.md",
-                "reports/report.html", "metrics/eval.json", "exports/generator.onnx", "exports/model_card.json",
+                "reports/report.html", "metrics/eval.json", "metrics/eval_details.json", "exports/generator.onnx",
+                "exports/model_card.json",
                 "metrics/export.json", "reports/export_details.json", "dvc.lock"]:  # fmt: skip
         assert (repo / rel).is_file(), rel
     # resume points: one folder per parameter set, git-ignored and outside DVC's outputs
     assert len(list((repo / "models/checkpoints").glob("*/ckpt_*.pt"))) == 2
     assert "models/checkpoints" not in (repo / "dvc.lock").read_text()
     assert Image.open(repo / "reports/samples.png").format == "PNG"
-    ev = json.loads((repo / "metrics/eval.json").read_text())
+    ev = json.loads((repo / "metrics/eval_details.json").read_text())
     assert ev["fid_real_floor"] < ev["fid_untrained_ceiling"]
     assert ev["num_samples"] == len(np.load(repo / "data/prepared/val_labels.npy"))
     assert 0 <= json.loads((repo / "metrics/evaluator.json").read_text())["val_accuracy"] <= 1
 
 
-def test_metrics_files_hold_quality_only_and_the_report_links_the_stage_pictures(repo, first_run):
+def test_dvc_metrics_are_what_experiments_are_compared_by_and_the_report_links_the_stage_pictures(repo, first_run):
     shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout)
     files = {f: v["data"] for rev in shown.values() for f, v in rev["data"].items()}
-    assert set(files) == {"metrics/eval.json", "metrics/evaluator.json", "metrics/export.json"}  # no training scalars
-    assert "latency" not in json.dumps(files) and "images_per_s" not in json.dumps(files)
+    # one metrics file, quality only: the evaluator's accuracy, the export's parity gate and every
+    # descriptive number (anchors, counts, hashes) are files DVC caches, not metrics
+    assert set(files) == {"metrics/eval.json"}
+    assert list(files["metrics/eval.json"]) == ["fid", "fid_vs_floor", "precision", "recall", "coverage",
+                                                "class_accuracy"]  # its classes come from the noise
+    details = json.loads((repo / "metrics/eval_details.json").read_text())
+    assert {"fid_real_floor", "kid", "extractor_sha256", "num_samples"} <= set(details)
+    assert not set(details) & set(files["metrics/eval.json"])  # each number in one file
+    assert json.loads((repo / "metrics/evaluator.json").read_text())["val_accuracy"] > 0
+    assert "latency" not in json.dumps(json.loads((repo / "metrics/export.json").read_text()))
     details = json.loads((repo / "reports/export_details.json").read_text())
     assert set(details["latency_ms_batch16"]) == {"onnxruntime", "torch"} and "batch_16" in details[
         "max_abs_diff_per_batch"]
@@ -97,9 +106,20 @@ def test_metrics_files_hold_quality_only_and_the_report_links_the_stage_pictures
         assert picture in plots  # `dvc plots diff` puts two experiments' pictures side by side
     md = (repo / "reports/report.md").read_text()
     ev = json.loads((repo / "metrics/eval.json").read_text())
-    assert f"FID {ev['fid']:.3f} is {ev['fid_vs_floor']}x the real-data floor" in md
+    assert f"FID {ev['fid']:.3f} is {ev['fid_vs_floor']}x the real-data floor ({details['fid_real_floor']:.3f})" in md
     for link in ("figures/samples.png", "eval_comparison.png", "figures/memorisation.png", "figures/curves.png"):
         assert f"]({link})" in md
+
+
+def test_dvc_exp_show_leads_with_the_metrics_in_at_most_120_columns_and_rounds_none_to_zero(repo, first_run):
+    header = sh([sys.executable, "-m", "dvc", "exp", "show", "--csv"], repo).stdout.splitlines()[0].split(",")
+    table = [c for c in header if c not in ("rev", "typ", "parent")]  # columns only --csv adds
+    assert len(table) <= 120, len(table)
+    assert table[:7] == ["Experiment", "Created", "fid", "fid_vs_floor", "precision", "recall", "coverage"]
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo).stdout)
+    values = [v for rev in shown.values() for f in rev["data"].values() for v in f["data"].values()]
+    # dvc rounds to 5 decimals: a number that matters must not show as 0.0 (or one file would hide it)
+    assert values and all(round(v, 5) != 0 for v in values if isinstance(v, float) and v != 0)
 
 
 def test_exported_model_matches_pytorch_and_carries_metadata(repo, first_run):
@@ -300,7 +320,10 @@ def test_translate_pipeline_runs_from_one_params_change(tmp_path_factory, prefec
     assert not (root / "reports/figures/memorisation.png").exists()
     assert not (root / "exports/generator.onnx").exists()
     ev = json.loads((root / "metrics/eval.json").read_text())
-    assert ev["task"] == "translate" and ev["l1_identity_baseline"] > 0 and "cycle_l1_aba" in ev
+    # glyph pairs are paired: L1, PSNR, SSIM beside the distance; the cycle error is CycleGAN's own
+    assert list(ev) == ["fid", "fid_position", "l1", "psnr", "ssim", "l1_gain", "cycle_l1_aba", "cycle_l1_bab"]
+    details = json.loads((root / "metrics/eval_details.json").read_text())
+    assert details["task"] == "translate" and details["fid_real_floor"] < details["fid_identity"]
     export = json.loads((root / "metrics/export.json").read_text())
     assert export["parity_passed"] and set(export["directions"]) == {"AB", "BA"}
     assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "repro"], root).stdout

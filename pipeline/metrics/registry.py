@@ -14,6 +14,12 @@ eval.json lists the registered metrics in order. Metrics registered under one `g
 written together: the values of all their columns, then each column's anchors
 (`<key>_<anchor>`), then the group's derived numbers (a ratio to the floor, a gain over the
 baseline); `by_column` writes each column's anchors right after it instead.
+
+What people compare between experiments is small: the columns declared `compared` and every
+derived number (a ratio to the floor, a gain over the baseline). `split` puts those in
+metrics/eval.json, the file DVC shows as metrics (`dvc exp show`, `dvc metrics diff`), and the
+rest (anchors, spreads, counts, the feature space, per-class breakdowns) in the descriptive
+metrics/eval_details.json beside it. The report reads both.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class Column:
     label: str = ""  # the report's heading; by default the key, with spaces
     in_table: bool = True  # in the report's table (the others can have a note)
     ideal: str = "–"  # the table's cell for an anchor it is not measured on
+    compared: bool = False  # a DVC metric (metrics/eval.json): what experiments are compared by
 
     def __post_init__(self) -> None:
         if self.better not in ("higher", "lower", ""):
@@ -174,6 +181,19 @@ class Registry:
             for metric, raw in members:
                 out |= {key: f(raw) for key, f in metric.derived}
         return out
+
+    def compared(self) -> list[str]:
+        """The keys of metrics/eval.json: the compared columns and the derived numbers, in eval.json order."""
+        keys: list[str] = []
+        for metric in self.metrics.values():
+            keys += [c.key for c in metric.columns if c.compared] + [key for key, _ in metric.derived]
+        return keys
+
+    def split(self, m: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """`m` as the two files it is written to: what experiments are compared by (metrics/eval.json,
+        a DVC metric) and everything else, in `m`'s order (metrics/eval_details.json)."""
+        keys = set(self.compared())
+        return {k: v for k, v in m.items() if k in keys}, {k: v for k, v in m.items() if k not in keys}
 
     def table_columns(self, m: Mapping[str, Any]) -> list[Column]:
         """The report table's columns present in the metrics `m`, in registration order."""

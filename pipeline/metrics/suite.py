@@ -140,7 +140,8 @@ def _fid_vs_floor(raw: dict[str, dict]) -> float | None:
 
 
 @GENERATION.register(
-    Column("fid", "Fréchet distance to the training split's features", label="FID", anchors=(REAL_FLOOR, CEILING)),
+    Column("fid", "Fréchet distance to the training split's features", label="FID", anchors=(REAL_FLOOR, CEILING),
+           compared=True),
     Column("kid", "kernel inception distance to the training split (unbiased: can be slightly negative)",
            fmt=".5f", digits=6, anchors=(REAL_FLOOR, CEILING), source="kid_mean", label="KID"),
     Column("kid_std", "KID's spread over its random subsets", better="", digits=6, in_table=False),
@@ -153,13 +154,13 @@ def distance(run: GenerationRun, s: ImageSet) -> dict[str, float]:
 
 @GENERATION.register(
     Column("precision", "share of the samples inside the real images' k-NN manifold (do they look real?)",
-           better="higher", anchors=(REAL_FLOOR,)),
+           better="higher", anchors=(REAL_FLOOR,), compared=True),
     Column("recall", "share of real images inside the samples' manifold (is the variety there?)", better="higher",
-           anchors=(REAL_FLOOR,)),
+           anchors=(REAL_FLOOR,), compared=True),
     Column("density", "how many real neighbourhoods hold each sample, on average (1 for real data)",
            better="higher", anchors=(REAL_FLOOR,)),
     Column("coverage", "share of real images with a sample among their nearest neighbours", better="higher",
-           anchors=(REAL_FLOOR,)),
+           anchors=(REAL_FLOOR,), compared=True),
     group="samples",
 )  # fmt: skip
 def manifold(run: GenerationRun, s: ImageSet) -> dict[str, float]:
@@ -226,7 +227,7 @@ def _accuracy_note(m: dict) -> list[str]:
 
 @GENERATION.register(
     Column("class_accuracy", "share of samples classified as their class (asked for, or named by the noise)",
-           better="higher", in_table=False),
+           better="higher", in_table=False, compared=True),
     Column("class_accuracy_per_class", "the same, per class", better="higher", in_table=False),
     when=lambda run: run.conditional,
     note=_accuracy_note,

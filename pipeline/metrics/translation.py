@@ -84,7 +84,7 @@ def _fid_position(raw: dict[str, dict]) -> float | None:
 
 @TRANSLATION.register(
     Column("fid", "Fréchet distance of the translations to real B's features", label="FID",
-           anchors=(REAL_FLOOR, IDENTITY)),
+           anchors=(REAL_FLOOR, IDENTITY), compared=True),
     Column("kid", "kernel inception distance to real B", digits=6, anchors=(IDENTITY,), source="kid_mean",
            in_table=False),
     derived={"fid_position": _fid_position},
@@ -122,11 +122,11 @@ def _gain_note(m: dict) -> list[str]:
 
 @TRANSLATION.register(
     Column("l1", "mean absolute difference from the target", label="L1", fmt=".4f", digits=5,
-           anchors=(IDENTITY,), ideal="0"),
+           anchors=(IDENTITY,), ideal="0", compared=True),
     Column("psnr", "peak signal-to-noise ratio against the target", better="higher", label="PSNR (dB)",
-           fmt=".2f", digits=5, anchors=(IDENTITY,), ideal="∞"),
+           fmt=".2f", digits=5, anchors=(IDENTITY,), ideal="∞", compared=True),
     Column("ssim", "structural similarity to the target", better="higher", label="SSIM", fmt=".4f", digits=5,
-           anchors=(IDENTITY,), ideal="1"),
+           anchors=(IDENTITY,), ideal="1", compared=True),
     by_column=True,
     when=lambda run: run.paired,
     derived={"l1_gain": _l1_gain},
@@ -141,8 +141,8 @@ def _cycle_note(m: dict) -> list[str]:
 
 
 @TRANSLATION.register(
-    Column("cycle_l1_aba", "|G_BA(G_AB(a)) - a| on held-out A", digits=5, in_table=False),
-    Column("cycle_l1_bab", "|G_AB(G_BA(b)) - b| on held-out B", digits=5, in_table=False),
+    Column("cycle_l1_aba", "|G_BA(G_AB(a)) - a| on held-out A", digits=5, in_table=False, compared=True),
+    Column("cycle_l1_bab", "|G_AB(G_BA(b)) - b| on held-out B", digits=5, in_table=False, compared=True),
     when=lambda run: "BA" in run.gens,
     note=_cycle_note,
 )  # fmt: skip
