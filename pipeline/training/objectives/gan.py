@@ -320,5 +320,5 @@ class GanObjective:
         names = self.spec["class_names"] or [str(c) for c in range(self.num_classes)]
         labels = [f"seed {a} → {b}" + (f"\nclass {names[i % labelled]}" if labelled else "")
                   for i, (a, b) in enumerate(itertools.pairwise(WALK_SEEDS))]  # fmt: skip
-        title = f"Walks between seeds (z, spherical interpolation): the EMA generator after {steps} steps"
+        title = f"Walks between seeds (spherical, in z) after {steps} steps"
         return labelled_figure(rows, labels, title=title, nrow=WALK_STEPS + 1, stacked=True, scale=2)
