@@ -43,15 +43,39 @@ class GlyphConfig(_Section):
     scale: float = Field(0.75, gt=0.1, le=1.5, description="font size as a fraction of data.image_size")
 
 
+# data.source torchvision: the torchvision.datasets classes read (each tested on files in its own format), with
+# the official splits each has and the ones read when data.split is null. Torch-free: config never imports torchvision.
+TORCHVISION_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "CIFAR10": (("train", "test"), ("train", "test")),
+    "CIFAR100": (("train", "test"), ("train", "test")),
+    "MNIST": (("train", "test"), ("train", "test")),
+    "FashionMNIST": (("train", "test"), ("train", "test")),
+    "SVHN": (("train", "test", "extra"), ("train", "test")),
+    "STL10": (("train", "test", "unlabeled"), ("train", "test")),
+    "CelebA": (("train", "valid", "test"), ("train", "valid", "test")),
+    "Flowers102": (("train", "val", "test"), ("train", "val", "test")),
+    "LSUN": (("train", "val"), ("train",)),
+    "ImageFolder": ((), ()),
+}
+
+
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "idx", "glyphs"] = Field("digits", description="digits (scikit-learn's "
-        "1,797 8x8 images) | folder | idx (MNIST format) | glyphs (characters in two fonts: pairs A -> B)")  # fmt: skip
+    source: Literal["digits", "folder", "idx", "glyphs", "torchvision"] = Field("digits", description="digits "
+        "(scikit-learn's 1,797 8x8 images) | folder | idx (MNIST format) | glyphs (characters in two fonts: pairs "
+        "A -> B) | torchvision (a torchvision.datasets class reading data.path; never downloads)")  # fmt: skip
     path: str | None = Field(None, description="folder: a directory, .zip, .tar or .tar.gz (e.g. data/raw/photos); "
-                             "idx: a directory of *-images-idx3-ubyte[.gz] files")  # fmt: skip
+                             "idx: a directory of *-images-idx3-ubyte[.gz] files; torchvision: the dataset's root "
+                             "(its `root` argument)")  # fmt: skip
+    dataset: Literal[tuple(TORCHVISION_DATASETS)] | None = Field(  # type: ignore[valid-type]
+        None, description="torchvision: the torchvision.datasets class, read with download=False"
+    )
+    split: list[str] | None = Field(None, description="torchvision: the dataset's own splits to read; null = "
+                                    "train and test (CelebA, Flowers102: all three; LSUN: train). When a train and "
+                                    "a test/val split are read, test/val is the val split")  # fmt: skip
     layout: Literal["classes", "unpaired", "paired"] = Field(
         "classes", description="folder: class sub-folders | trainA/trainB[/testA/testB] | A/ B/ matched by name"
     )
-    class_names: list[str] | None = Field(None, description="names for numeric labels (idx source), in order")
+    class_names: list[str] | None = Field(None, description="names for numeric labels (idx, torchvision), in order")
     glyphs: GlyphConfig = GlyphConfig()
     image_size: int = Field(32, ge=8, le=1024, description="power of two; images are centre-cropped and resized")
     channels: Literal[1, 3] = Field(1, description="1 = grey (colour images are made grey), 3 = RGB")
@@ -79,7 +103,30 @@ class DataConfig(_Section):
             raise ValueError("source 'idx' needs data.path (a directory of *-images-idx3-ubyte[.gz] files)")
         if self.layout != "classes" and self.source != "folder":
             raise ValueError(f"data.layout {self.layout!r} applies to source 'folder' only")
+        if self.source != "torchvision":
+            for key in ("dataset", "split"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.{key} applies to source 'torchvision' only")
+            return self
+        if not self.dataset:
+            raise ValueError(f"source 'torchvision' needs data.dataset: {catalog.either(list(TORCHVISION_DATASETS))}")
+        if not self.path:
+            raise ValueError(f"source 'torchvision' needs data.path: the root {self.dataset} reads (never downloads)")
+        known = TORCHVISION_DATASETS[self.dataset][0]
+        for split in self.split or []:
+            if split not in known:
+                has = f"its splits are {catalog.either(list(known))}" if known else "it has no splits: set null"
+                raise ValueError(f"data.split {split!r} is not a split of {self.dataset} ({has})")
+        if self.split is not None and known and not self.split:
+            raise ValueError(f"data.split is empty: name {self.dataset}'s splits to read, or null for its default")
         return self
+
+    @property
+    def torchvision_splits(self) -> tuple[str, ...]:
+        """The dataset's own splits read (source torchvision): data.split, or the dataset's default."""
+        if self.split:
+            return tuple(dict.fromkeys(self.split))
+        return TORCHVISION_DATASETS[self.dataset][1] if self.dataset else ()
 
     @property
     def two_domain(self) -> bool:

@@ -121,6 +121,10 @@ def source_for(cfg: DataConfig) -> Source:
         return sources.digits_source()
     if cfg.source == "idx":
         return sources.idx_source(cfg.path or "", cfg.class_names)
+    if cfg.source == "torchvision":
+        from pipeline.data.torchvision_source import torchvision_source
+
+        return torchvision_source(cfg.dataset or "", cfg.path or "", cfg.torchvision_splits, cfg.class_names)
     if cfg.source == "glyphs":
         from pipeline.data.glyphs import glyph_source
 
@@ -290,7 +294,8 @@ def _classes(cfg: DataConfig, source: Source, col: _Collector) -> tuple[list[str
     for split in SPLITS:
         if f"{split}_images" not in col.arrays:
             raise DataError(f"the {split} split is empty: raise data.val_fraction or add images")
-    return [c for c in (cfg.class_names or _class_order(used_labels)) if c in used_labels], empty
+    order = cfg.class_names or (source.declared_classes if source.ordered_classes else _class_order(used_labels))
+    return [c for c in order if c in used_labels] + [c for c in _class_order(used_labels) if c not in order], empty
 
 
 def _fail_if_needed(cfg: DataConfig, col: _Collector, empty: list[str]) -> None:
@@ -324,6 +329,8 @@ def _write_dataset(cfg: DataConfig, source: Source, col: _Collector, classes: li
     for w in col.arrays.values():
         w.finish()
     manifest = {"source": cfg.source, "path": cfg.path, "image_size": cfg.image_size, "channels": cfg.channels}
+    if cfg.source == "torchvision":  # which torchvision class, and its own splits (the files' names start with one)
+        manifest |= {"dataset": cfg.dataset, "splits": list(cfg.torchvision_splits)}
     manifest |= {"classes": classes, "files": col.files}
     if source.domains:
         manifest |= {"domains": list(source.domains), "paired": source.paired}

@@ -59,6 +59,7 @@ class Source:
     records: Iterator[Record]
     total: int | None = None  # for the progress bar, when known without reading everything
     declared_classes: list[str] = field(default_factory=list)  # class folders, empty ones included
+    ordered_classes: bool = False  # declared_classes is the dataset's own label order (torchvision's `classes`)
     domains: tuple[str, ...] = ()  # ("A", "B") for two-domain layouts
     paired: bool = False
     notes: dict = field(default_factory=dict)  # source-specific facts for the report
