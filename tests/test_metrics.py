@@ -156,6 +156,13 @@ def test_the_suite_reports_precision_recall_and_fid_as_a_multiple_of_the_real_fl
     assert "| **trained generator** |" in md and "| untrained generator (ceiling) |" in md
     assert f"the evaluator is on average {m['confidence']:.1%} sure" in md and "| confidence |" in md
     assert "Memorisation:" in md and "| classified as asked |" in md
+    # the protocol is stamped: which weights, which real images, the feature space and how images reach it
+    assert m["generator"] == f"EMA weights at the last step ({params.train.steps}, models/generator.pt)"
+    assert m["real_split"].startswith("training split") and m["resize"].startswith("none")
+    assert m["feature_dim"] == params.evaluate.evaluator.features < m["num_samples"]
+    assert "fewer images than feature dimensions" not in md.lower()  # more samples than dimensions: no warning
+    warned = generation_markdown(m | {"feature_dim": 4096})
+    assert f"**FID from fewer images than feature dimensions** ({m['num_samples']} per set, 4096-d" in warned
     assert evaluate(params, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
                     figures_dir=None) == m
 

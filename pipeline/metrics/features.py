@@ -94,6 +94,8 @@ class EvaluatorFeatures:
             "extractor_resolution": self.spec["image_size"],
         }
         self.description = f"evaluator ({self.spec['task']} CNN, {self.spec['features']}-d features)"
+        self.dim = int(self.spec["features"])
+        self.resize = "none: the prepared images at their own size, as the evaluator was trained on them"
 
     def __call__(self, images: np.ndarray | torch.Tensor, label: str = "") -> torch.Tensor:
         return embed(self.net, images, self.batch_size)
@@ -127,6 +129,9 @@ class InceptionFeatures:
         self.identity = {"extractor": self.name, "extractor_sha256": INCEPTION_SHA256,
                          "extractor_resolution": INCEPTION_SIZE}  # fmt: skip
         self.description = "inception (pt_inception-2015-12-05, 2048-d pool features, 299x299)"
+        self.dim = 2048
+        self.resize = (f"quantised to 8 bits, then bilinear to {INCEPTION_SIZE}x{INCEPTION_SIZE} with TensorFlow 1's "
+                       "sampling positions (StyleGAN2-ADA's), grey replicated to RGB")  # fmt: skip
 
     @staticmethod
     def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:

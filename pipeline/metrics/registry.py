@@ -115,12 +115,38 @@ def rounded(value: Any, digits: int) -> Any:
     return value
 
 
-# What every suite's numbers were measured with (its `setup` metric lists them after its own counts).
+# What every suite's numbers were measured with (its `setup` metric lists them after its own counts):
+# the protocol, which published FIDs differ by as much as by their models (resize filter, sample counts).
 FEATURE_SPACE = (
     Column("resolution", "image side in pixels", better="", in_table=False),
     Column("feature_extractor", "the feature space", better="", in_table=False),
     Column("extractor_sha256", "SHA-256 of the feature network's weights", better="", in_table=False),
+    Column("feature_dim", "dimensions of the features FID's covariances are taken of", better="", in_table=False),
+    Column("resize", "how images reach the extractor's input size", better="", in_table=False),
 )
+
+
+def few_images_warning(m: Mapping[str, Any], count: int) -> list[str]:
+    """The report's warning when FID compares sets of `count` images, fewer than the features' dimensions
+    (m["feature_dim"]): the covariances are then singular and FID is biased upwards, by more the fewer the
+    images, so it compares only with runs of the same count. Nothing otherwise."""
+    dim = m.get("feature_dim")
+    if dim is None or count >= dim:
+        return []
+    return ["", f"**FID from fewer images than feature dimensions** ({count} per set, {dim}-d features): "
+            "the covariances are singular and FID is biased upwards; compare it only with runs of the "
+            "same count (evaluate.num_samples), not with published numbers (those use 50,000 samples)."]  # fmt: skip
+
+
+def feature_space(extractor: Any, resolution: int, of: str = "") -> dict[str, Any]:
+    """FEATURE_SPACE's values for `extractor` on images of side `resolution` (`of`: whose features)."""
+    return {
+        "resolution": int(resolution),
+        "feature_extractor": extractor.description + (f", {of}" if of else ""),
+        "extractor_sha256": extractor.identity["extractor_sha256"],
+        "feature_dim": extractor.dim,
+        "resize": extractor.resize,
+    }
 
 
 @dataclass

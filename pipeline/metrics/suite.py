@@ -33,7 +33,15 @@ from pipeline.metrics.distance import fid, fid_kid, prdc
 from pipeline.metrics.features import EvaluatorFeatures, extractor_for
 from pipeline.metrics.figures import comparison_figure, memorisation_figure, samples_figure
 from pipeline.metrics.probe import generate
-from pipeline.metrics.registry import FEATURE_SPACE, MODEL, Column, ImageSet, Registry
+from pipeline.metrics.registry import (
+    FEATURE_SPACE,
+    MODEL,
+    Column,
+    ImageSet,
+    Registry,
+    feature_space,
+    few_images_warning,
+)
 from pipeline.models import build_generator
 from pipeline.models.artifact import built_classes, load_generator
 from pipeline.runtime import seed_everything, set_threads
@@ -208,6 +216,8 @@ def memorisation(run: GenerationRun, s: ImageSet) -> dict[str, float]:
 @GENERATION.register(
     Column("num_samples", "images per set", better="", in_table=False),
     Column("num_reference", "training images the distances are measured to", better="", in_table=False),
+    Column("real_split", "which real images each number is measured against", better="", in_table=False),
+    Column("generator", "which weights were scored", better="", in_table=False),
     *FEATURE_SPACE,
 )  # fmt: skip
 def setup(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
@@ -215,10 +225,9 @@ def setup(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
     return {
         "num_samples": run.n,
         "num_reference": len(run.train.labels),
-        "resolution": run.gspec["image_size"],
-        "feature_extractor": run.extractor.description,
-        "extractor_sha256": run.extractor.identity["extractor_sha256"],
-    }
+        "real_split": "training split (FID, KID, precision, recall); held-out split (the real-data floor)",
+        "generator": f"EMA weights at the last step ({run.params.train.steps}, models/generator.pt)",
+    } | feature_space(run.extractor, run.gspec["image_size"])
 
 
 def _accuracy_note(m: dict) -> list[str]:
@@ -361,7 +370,8 @@ def generation_markdown(m: dict) -> str:
     return "\n".join([
         headline(m) + ".", "",
         f"Feature space: {m['feature_extractor']}; {m['num_samples']} images per set vs {m['num_reference']} "
-        "training images (precision and recall: vs as many training images, k = 5 nearest neighbours).", "",
+        "training images (precision and recall: vs as many training images, k = 5 nearest neighbours).",
+        *few_images_warning(m, m["num_samples"]), "",
         "| | " + " | ".join(c.heading for c in columns) + " |", "|---" * (len(columns) + 1) + "|", *table,
         "", *GENERATION.notes(m),
     ])  # fmt: skip

@@ -33,7 +33,15 @@ from pipeline.grid import labelled_figure, save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid_kid
 from pipeline.metrics.features import extractor_for
-from pipeline.metrics.registry import FEATURE_SPACE, MODEL, Column, ImageSet, Registry
+from pipeline.metrics.registry import (
+    FEATURE_SPACE,
+    MODEL,
+    Column,
+    ImageSet,
+    Registry,
+    feature_space,
+    few_images_warning,
+)
 from pipeline.models.artifact import load_translators
 from pipeline.runtime import seed_everything, set_threads
 
@@ -105,10 +113,7 @@ def setup(run: TranslationRun, s: ImageSet) -> dict[str, Any]:
         "num_val_a": len(run.val_a),
         "num_val_b": len(run.val_b),
         "num_reference": len(run.ref),
-        "resolution": int(run.val_a.shape[-1]),
-        "feature_extractor": f"{run.extractor.description}, of domain B",
-        "extractor_sha256": run.extractor.identity["extractor_sha256"],
-    }
+    } | feature_space(run.extractor, run.val_a.shape[-1], of="of domain B")
 
 
 def _l1_gain(raw: dict[str, dict]) -> float | None:
@@ -207,6 +212,7 @@ def translation_markdown(m: dict) -> str:
     return "\n".join(
         [
             f"Held-out pairs: {m['num_val_a']} inputs; FID in {m['feature_extractor']} vs {m['num_reference']} real B.",
+            *few_images_warning(m, m["num_val_a"]),
             "",
             "| | translated A→B | untranslated input | real B (floor) |",
             "|---|---|---|---|",
