@@ -13,7 +13,7 @@ import numpy as np
 from common import Context, fmt, rates
 from PIL import Image
 
-from pipeline.data.dataset import BatchSampler, load_split
+from pipeline.dataset import BatchSampler, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from common import Context, fmt, summary, sync
 from torch import nn
 
 from pipeline.config import Params
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.errors import MissingInput
 from pipeline.metrics.distance import fid_kid, prdc
 from pipeline.metrics.evaluator import EvaluatorNet

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from flows.cli import merge_overlay  # noqa: E402
 from pipeline.config import parse_params  # noqa: E402
-from pipeline.data.dataset import load_split  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
+from pipeline.dataset import load_split  # noqa: E402
 from pipeline.metrics.evaluator import train_evaluator  # noqa: E402
 from pipeline.tasks import evaluate  # noqa: E402
 from pipeline.training.runner import TrainPaths, train  # noqa: E402

@@ -35,8 +35,8 @@ for p in (str(ROOT), str(BENCH)):
 from common import Context, fmt, rate, summary  # noqa: E402
 
 from pipeline.config import Params, parse_params  # noqa: E402
-from pipeline.data.dataset import load_split, to_float  # noqa: E402
 from pipeline.data.prepare import prepare  # noqa: E402
+from pipeline.dataset import load_split, to_float  # noqa: E402
 from pipeline.models import build_discriminator, build_generator  # noqa: E402
 from pipeline.runtime import resolve_device, resolve_precision  # noqa: E402
 from pipeline.training.distributed import World  # noqa: E402

@@ -100,8 +100,8 @@ def params_for(name: str, config: str, sets: list[str]):
 def run_pair(name: str, config: str, sets: list[str], work: Path) -> dict:
     import torch
 
-    from pipeline.data.dataset import load_split, to_float
     from pipeline.data.prepare import prepare
+    from pipeline.dataset import load_split, to_float
     from pipeline.metrics.translation import paired_scores, translate_all
     from pipeline.models.artifact import load_translators
     from pipeline.training.runner import TrainPaths, train

@@ -9,7 +9,7 @@ from flows.stage import run_stage, stage_flow, stage_task
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.metrics.evaluator import train_evaluator
 from pipeline.runtime import set_threads
 

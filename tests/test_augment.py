@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
+from pipeline.training.augment import AdaptiveProbability, DiffAugment, random_hflip
 
 
 def test_probability_zero_is_the_identity_and_one_augments_every_image():

@@ -121,7 +121,7 @@ import toy_family  # noqa: F401  (registers "toy")
 from pipeline import layout
 from pipeline.artifacts import write_json
 from pipeline.config import ConfigError, parse_params
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.data.prepare import prepare
 from pipeline.metrics import reference
 from pipeline.metrics.evaluator import train_evaluator

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig
-from pipeline.data.dataset import load_split
 from pipeline.data.prepare import DataError, prepare, split_of
+from pipeline.dataset import load_split
 
 
 def png(color: int, size=(12, 10), mode="L") -> bytes:
@@ -221,7 +221,7 @@ def test_idx_errors_name_the_file(tmp_path):
 
 
 def test_training_subset_is_stable_and_grows_as_a_superset(tmp_path):
-    from pipeline.data.dataset import stable_subset
+    from pipeline.dataset import stable_subset
 
     prepare(DataConfig(image_size=8), tmp_path / "p", tmp_path / "r.json")
     full = load_split(tmp_path / "p", "train")

@@ -20,8 +20,8 @@ from test_data_validation import cfg, png
 from test_data_validation import good_folder as shared_good_folder
 
 from pipeline.config import DataConfig, GlyphConfig
-from pipeline.data.dataset import load_split
 from pipeline.data.prepare import DataError, prepare
+from pipeline.dataset import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import DataConfig, GlyphConfig
-from pipeline.data.dataset import load_split
 from pipeline.data.prepare import DataError, prepare
+from pipeline.dataset import load_split
 
 
 def png(color, size=(12, 10), mode="L", fmt="PNG", **save) -> bytes:

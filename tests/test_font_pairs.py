@@ -25,7 +25,7 @@ def font_pairs():
 
 
 def test_a_pair_runs_into_the_results_the_table_and_the_figure(tmp_path):
-    from pipeline.data.dataset import load_split, to_float
+    from pipeline.dataset import load_split, to_float
 
     fp = font_pairs()
     dirs = ["--out", str(tmp_path / "docs"), "--work", str(tmp_path / "work")]

@@ -12,7 +12,7 @@ from conftest import TINY, merge, tiny_params
 
 from pipeline.artifacts import write_json
 from pipeline.config import parse_params
-from pipeline.data.dataset import load_split, to_float
+from pipeline.dataset import load_split, to_float
 from pipeline.metrics.distance import fid
 from pipeline.metrics.evaluator import train_evaluator
 from pipeline.metrics.registry import MODEL, Column, ImageSet, Registry

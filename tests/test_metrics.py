@@ -4,7 +4,7 @@ import torch
 from conftest import tiny_params
 from scipy import linalg
 
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.metrics.distance import PrecomputedFeatures, fid, fid_kid, prdc
 from pipeline.metrics.evaluator import load_evaluator, train_evaluator
 from pipeline.metrics.suite import bootstrap_fid, classifier_scores, copy_share, nearest

@@ -8,7 +8,7 @@ import csv
 import pytest
 from conftest import tiny_params
 
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.metrics.evaluator import train_evaluator
 from pipeline.metrics.suite import evaluate
 from pipeline.training.runner import TrainPaths, train

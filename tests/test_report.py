@@ -14,7 +14,7 @@ from conftest import tiny_params
 from test_serve_page import ARTIFACTS, browser  # noqa: F401 (a fixture, used by name)
 
 from pipeline import layout
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.grid import save_grid
 from pipeline.metrics.evaluator import train_evaluator
 from pipeline.report import build_report, curves_figure, write_report

@@ -22,8 +22,8 @@ from conftest import REPO
 from PIL import Image
 
 from pipeline.config import TORCHVISION_DATASETS, DataConfig, parse_params
-from pipeline.data.dataset import load_split
 from pipeline.data.prepare import DataError, prepare
+from pipeline.dataset import load_split
 from pipeline.params_yaml import ConfigError
 
 tvd = pytest.importorskip("torchvision.datasets")

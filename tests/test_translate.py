@@ -126,7 +126,7 @@ def test_learning_rate_decays_linearly_to_zero():
 def test_metrics_compare_with_the_identity_baseline(tmp_path, glyphs16):
     """The translation metrics stand beside the untranslated-input baseline, and the paired
     scores are right on inputs with known answers."""
-    from pipeline.data.dataset import load_split
+    from pipeline.dataset import load_split
     from pipeline.metrics.evaluator import train_evaluator
     from pipeline.metrics.translation import evaluate_translation, paired_scores
 

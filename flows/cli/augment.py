@@ -11,9 +11,9 @@ from pipeline.config import ConfigError
 
 def _cmd_preview_augment(args: argparse.Namespace) -> int:
     from pipeline.config import AugmentConfig, load_params
-    from pipeline.data.augment import preview
-    from pipeline.data.dataset import load_split, to_float
+    from pipeline.dataset import load_split, to_float
     from pipeline.grid import save_panels
+    from pipeline.training.augment import preview
 
     params = load_params(args.params)
     out = output_file(args.out, "--out")

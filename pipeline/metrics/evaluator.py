@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import save_torch
 from pipeline.config import EvaluatorConfig
-from pipeline.data.dataset import PreparedSplit, to_float
+from pipeline.dataset import PreparedSplit, to_float
 from pipeline.errors import MissingInput
 from pipeline.runtime import seed_everything
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.data.dataset import to_float
+from pipeline.dataset import to_float
 from pipeline.errors import MissingInput
 from pipeline.metrics.evaluator import load_evaluator
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.metrics.distance import fid
 from pipeline.metrics.evaluator import load_evaluator
 from pipeline.metrics.features import embed

@@ -20,7 +20,7 @@ import torch
 from pipeline import layout
 from pipeline.artifacts import save_torch
 from pipeline.config import Params
-from pipeline.data.dataset import load_split
+from pipeline.dataset import load_split
 from pipeline.errors import MissingInput
 
 # (name, split, domain): what each task compares against

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.data.dataset import to_float
+from pipeline.dataset import to_float
 
 MODEL = "model"  # the raw results of the set under test, beside those of the anchors
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from pipeline import layout
 from pipeline.config import ModelConfig, Params
-from pipeline.data.dataset import PreparedSplit, load_split, to_float
+from pipeline.dataset import PreparedSplit, load_split, to_float
 from pipeline.grid import save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid, fid_kid, prdc

@@ -28,7 +28,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from pipeline import layout
 from pipeline.artifacts import read_json
 from pipeline.config import Params
-from pipeline.data.dataset import load_split, to_float
+from pipeline.dataset import load_split, to_float
 from pipeline.grid import labelled_figure, save_figure
 from pipeline.metrics import reference
 from pipeline.metrics.distance import fid_kid

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 
 from pipeline import latents
 from pipeline.config import Params
-from pipeline.data.augment import AdaptiveProbability, DiffAugment, random_hflip
-from pipeline.data.dataset import BatchSampler, load_split, stable_subset, to_float
+from pipeline.dataset import BatchSampler, load_split, stable_subset, to_float
 from pipeline.grid import labelled_figure, make_grid, save_grid
 from pipeline.losses import LOSSES, gradient_penalty, r1_penalty
 from pipeline.models import ClassesFromNoise, build_discriminator, build_generator, classes_of
 from pipeline.models.artifact import generator_spec
 from pipeline.runtime import adam, autocast, seeded_generator
+from pipeline.training.augment import AdaptiveProbability, DiffAugment, random_hflip
 from pipeline.training.distributed import World, gather, mean, no_sync, wrap
 from pipeline.training.ema import decay_per_step, make_ema, update_ema
 from pipeline.training.live import grad_norm

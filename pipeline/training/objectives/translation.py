@@ -18,7 +18,7 @@ import torch
 
 from pipeline.artifacts import read_json
 from pipeline.config import ModelConfig, Params
-from pipeline.data.dataset import BatchSampler, PreparedSplit, load_split, stable_subset, to_float
+from pipeline.dataset import BatchSampler, PreparedSplit, load_split, stable_subset, to_float
 from pipeline.errors import MissingInput, UserError
 from pipeline.grid import make_grid, save_panels
 from pipeline.losses import LOSSES
