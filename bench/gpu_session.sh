@@ -8,10 +8,15 @@
 #   stylegan2.log    StyleGAN2 against DCGAN at 64 px (bench/stylegan2.py), FASHION=dir of the IDX files
 #   ddp.log          DDP in 2 processes against 1 accumulating the same shards: NCCL where 2 GPUs are
 #                    present (one GPU cannot hold two NCCL ranks: then gloo on the CPU only, and it says so)
+#   nvlabs.log/.json StyleGAN2 against NVlabs' stylegan2-ada-pytorch at 64 and 128 px, batch 32
+#                    (bench/stylegan2_nvlabs.py, ~4-7 min on an H100), NVLABS=path of a checkout of their
+#                    repository (never copied into this one); their CUDA kernels build on first use, which
+#                    needs nvcc and ninja (the log says whether they built). Alone, in one command:
+#                      PARTS=nvlabs NVLABS=/path/to/stylegan2-ada-pytorch bash bench/gpu_session.sh
 # Each part has its own time limit, so one that hangs does not cost the others.
 set -u
 OUT=${OUT:-reports/gpu}
-PARTS=${PARTS:-bench profile tests ddp stylegan2}  # which parts to run
+PARTS=${PARTS:-bench profile tests ddp stylegan2 nvlabs}  # which parts to run
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 part() {  # part NAME SECONDS COMMAND...: run, keep the log, report how it ended
@@ -34,5 +39,12 @@ if [ -n "${FASHION:-}" ]; then
     part stylegan2 "${SG2_S:-240}" python3 bench/stylegan2.py --source idx --path "$FASHION" --size 64 \
         --steps "${SG2_STEPS:-2000}" --batch 64
 fi
+if [ -n "${NVLABS:-}" ]; then
+    part nvlabs "${NVLABS_S:-570}" python3 bench/stylegan2_nvlabs.py --nvlabs "$NVLABS" --resolutions 64 128 \
+        --batch "${NVLABS_BATCH:-32}" --out "$OUT/nvlabs.json"
+else
+    case " $PARTS " in *" nvlabs "*) echo "== nvlabs: skipped (NVLABS=path of a stylegan2-ada-pytorch checkout runs it)" ;; esac
+fi
 grep -h "CUDA resume" "$OUT/tests.log" | head -2
 tail -n 12 "$OUT/stylegan2.log" 2>/dev/null
+grep -h "NVlabs kernels" "$OUT/nvlabs.log" 2>/dev/null
