@@ -43,6 +43,34 @@ class GlyphConfig(_Section):
     scale: float = Field(0.75, gt=0.1, le=1.5, description="font size as a fraction of data.image_size")
 
 
+# data.source emoji: the Unicode blocks offered as classes (pipeline/data/emoji.py draws them)
+EMOJI_BLOCKS = (
+    "Miscellaneous Symbols", "Dingbats", "Enclosed Alphanumeric Supplement", "Miscellaneous Symbols and Pictographs",
+    "Emoticons", "Transport and Map Symbols", "Geometric Shapes Extended", "Supplemental Symbols and Pictographs",
+    "Symbols and Pictographs Extended-A",
+)
+
+
+class EmojiConfig(_Section):
+    font: str = Field("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf", description="a CBDT colour emoji "
+                      "font; the default is Debian's fonts-noto-color-emoji")  # fmt: skip
+    blocks: list[Literal[EMOJI_BLOCKS]] = Field(  # type: ignore[valid-type]
+        ["Miscellaneous Symbols", "Miscellaneous Symbols and Pictographs", "Emoticons", "Transport and Map Symbols",
+         "Supplemental Symbols and Pictographs", "Symbols and Pictographs Extended-A"],
+        min_length=1, description="the Unicode blocks drawn, one class each (names and counts: docs/data.md; "
+        "the default: the six with at least 80 emoji in the font)",
+    )  # fmt: skip
+    background: tuple[int, int, int] = Field((255, 255, 255), description="the RGB colour the emoji are composited "
+                                             "on: white, as emoji are shown in text")  # fmt: skip
+
+    @field_validator("background")
+    @classmethod
+    def _byte_values(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError(f"each of R, G, B must be 0..255, got {list(v)}")
+        return v
+
+
 # data.source torchvision: the torchvision.datasets classes read (each tested on files in its own format), with
 # the official splits each has and the ones read when data.split is null. Torch-free: config never imports torchvision.
 TORCHVISION_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -60,9 +88,10 @@ TORCHVISION_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "idx", "glyphs", "torchvision"] = Field("digits", description="digits "
-        "(scikit-learn's 1,797 8x8 images) | folder | idx (MNIST format) | glyphs (characters in two fonts: pairs "
-        "A -> B) | torchvision (a torchvision.datasets class reading data.path; never downloads)")  # fmt: skip
+    source: Literal["digits", "folder", "idx", "glyphs", "emoji", "torchvision"] = Field("digits", description=
+        "digits (scikit-learn's 1,797 8x8 images) | folder | idx (MNIST format) | glyphs (characters in two fonts: "
+        "pairs A -> B) | emoji (colour emoji drawn from Debian's fonts-noto-color-emoji, a class per Unicode block) "
+        "| torchvision (a torchvision.datasets class reading data.path; never downloads)")  # fmt: skip
     path: str | None = Field(None, description="folder: a directory, .zip, .tar or .tar.gz (e.g. data/raw/photos); "
                              "idx: a directory of *-images-idx3-ubyte[.gz] files; torchvision: the dataset's root "
                              "(its `root` argument)")  # fmt: skip
@@ -77,6 +106,7 @@ class DataConfig(_Section):
     )
     class_names: list[str] | None = Field(None, description="names for numeric labels (idx, torchvision), in order")
     glyphs: GlyphConfig = GlyphConfig()
+    emoji: EmojiConfig = EmojiConfig()
     image_size: int = Field(32, ge=8, le=1024, description="power of two; images are centre-cropped and resized")
     channels: Literal[1, 3] = Field(1, description="1 = grey (colour images are made grey), 3 = RGB")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="val share, by content hash: new images move none")

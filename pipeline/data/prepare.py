@@ -130,6 +130,11 @@ def source_for(cfg: DataConfig) -> Source:
 
         g = cfg.glyphs
         return glyph_source(g.font_a, g.font_b, g.chars, cfg.image_size, g.scale)
+    if cfg.source == "emoji":
+        from pipeline.data.emoji import emoji_source
+
+        e = cfg.emoji
+        return emoji_source(e.font, list(e.blocks), e.background)
     if cfg.layout == "unpaired":
         return sources.unpaired_source(cfg.path or "", max_file_bytes(cfg))
     if cfg.layout == "paired":

@@ -111,6 +111,12 @@ def summary_markdown(report: dict, thumbs: str | None = None) -> str:
         lines.append(f"- glyphs: {g['kept']} of {g['requested']} characters in both fonts")
         for reason, n in g["dropped_count"].items():
             lines.append(f"  - dropped, {md(reason)}: {n}")
+    if "emoji" in report:
+        e = report["emoji"]
+        per_block = ", ".join(f"{md(b)} {n}" for b, n in e["per_block"].items())
+        lines.append(f"- emoji: {sum(e['per_block'].values())} of {e['requested']} code points drawn ({per_block})")
+        if e["blank"]:
+            lines.append(f"  - dropped, renders empty (no ink): {len(e['blank'])}")
     if thumbs:
         lines += ["", f"![training images per class]({thumbs})"]
     if report["skipped"]:
