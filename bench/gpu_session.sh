@@ -6,6 +6,8 @@
 #                    docs/benchmarks.md with: python bench/run.py --render bench.json)
 #   profile.json     where a step's time goes, engine and textbook loop (bench/step_profile.py)
 #   stylegan2.log    StyleGAN2 against DCGAN at 64 px (bench/stylegan2.py), FASHION=dir of the IDX files
+#   evaluate.log     pytest: evaluate.device auto (the GPU) against cpu on the same tiny model, within 1e-3
+#                    (tests/test_metrics.py::test_evaluation_runs_where_evaluate_device_says_and_agrees_with_the_cpu)
 #   ddp.log          DDP in 2 processes against 1 accumulating the same shards: NCCL where 2 GPUs are
 #                    present (one GPU cannot hold two NCCL ranks: then gloo on the CPU only, and it says so)
 #   nvlabs.log/.json StyleGAN2 against NVlabs' stylegan2-ada-pytorch at 64 and 128 px, batch 32
@@ -16,7 +18,7 @@
 # Each part has its own time limit, so one that hangs does not cost the others.
 set -u
 OUT=${OUT:-reports/gpu}
-PARTS=${PARTS:-bench profile tests ddp stylegan2 nvlabs}  # which parts to run
+PARTS=${PARTS:-bench profile tests evaluate ddp stylegan2 nvlabs}  # which parts to run
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 part() {  # part NAME SECONDS COMMAND...: run, keep the log, report how it ended
@@ -33,6 +35,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 part bench "${BENCH_S:-330}" python3 bench/run.py train scaling serving evaluation --no-docs --out "$OUT/bench.json"
 part profile 60 sh -c "python3 bench/step_profile.py --size 64 --batch 64 > '$OUT/profile.json'"
 part tests "${TESTS_S:-200}" python3 -m pytest tests/test_engine_devices.py -q -p no:cacheprovider -n 4 --dist load -k cuda -rA
+part evaluate 120 python3 -m pytest tests/test_metrics.py -q -p no:cacheprovider -n 0 -k evaluate_device -rA
 python3 -c "import torch; n = torch.cuda.device_count(); print(f'{n} GPU(s):', 'DDP with NCCL on 2' if n >= 2 else 'NCCL DDP not possible (one GPU per rank); DDP with gloo on the CPU only')"
 part ddp 240 python3 -m pytest tests/test_training.py -q -p no:cacheprovider -k two_process -rA
 if [ -n "${FASHION:-}" ]; then

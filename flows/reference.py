@@ -9,14 +9,16 @@ from pipeline import layout
 from pipeline.config import load_params
 from pipeline.metrics import reference
 from pipeline.metrics.features import extractor_for
-from pipeline.runtime import set_threads
+from pipeline.runtime import resolve_device, set_threads
 
 
 @stage_task
 def embed_real_images(params_path: str) -> dict:
     params = load_params(params_path)
     set_threads()
-    extractor = extractor_for(params.evaluate.feature_extractor, layout.EVALUATOR, params.evaluate.batch_size)
+    ecfg = params.evaluate
+    extractor = extractor_for(ecfg.feature_extractor, layout.EVALUATOR, ecfg.batch_size,
+                              device=resolve_device(ecfg.device, "evaluate.device"))  # fmt: skip
     key = reference.write(params, layout.PREPARED, extractor)["key"]
     counts = ", ".join(f"{name} {n}" for name, n in key["counts"].items())
     print(f"reference features: {extractor.description}; {counts} images; data {key['dataset_sha256'][:12]}")

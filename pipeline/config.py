@@ -337,6 +337,11 @@ class EvaluateConfig(_Section):
     kid_subset_size: int = Field(100, ge=2, description="images per KID subset (at most the sets' size)")
     kid_subsets: int = Field(100, ge=1, description="KID subsets averaged")
     batch_size: int = Field(256, ge=1, description="images per batch when extracting features and generating")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the reference and evaluate stages generate and extract features: auto = the GPU when "
+        "one is usable (FID etc. agree with the CPU's within 1e-3 relative), cpu forces the CPU",
+    )
     evaluator: EvaluatorConfig = EvaluatorConfig()
 
 

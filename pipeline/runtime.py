@@ -9,11 +9,13 @@ import random
 import numpy as np
 import torch
 
+from pipeline.errors import UserError
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when a GPU is usable, else CPU; 'cuda' without a GPU is an error."""
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """'auto' -> CUDA when a GPU is usable, else CPU; 'cuda' without a GPU is an error naming `key`."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no usable CUDA GPU was found; use 'auto' or 'cpu'")
+        raise UserError(f"{key} is 'cuda' but no usable CUDA GPU was found; use 'auto' or 'cpu'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
@@ -22,6 +24,11 @@ def resolve_device(name: str) -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     return dev
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where a module's weights are (the CPU for one without any): where its inputs must go."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

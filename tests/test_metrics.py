@@ -212,3 +212,33 @@ def test_prdc_prints_nothing_even_where_print_itself_is_replaced(monkeypatch, ca
     scores = prdc(torch.randn(40, 4, generator=gen), torch.randn(40, 4, generator=gen))
     assert set(scores) == {"precision", "recall", "density", "coverage"}
     assert said == [] and capsys.readouterr().out == ""
+
+
+def test_evaluation_runs_where_evaluate_device_says_and_agrees_with_the_cpu(prepared_digits, tmp_path):
+    """evaluate.device: auto is the GPU when one is usable, cpu forces the CPU; cuda without a GPU is one
+    line naming the key. With a GPU the numbers agree with the CPU's within 1e-3 relative (FID, and the
+    others within 1e-3 absolute); without one, auto is the CPU, to the bit."""
+    from pipeline.errors import UserError
+    from pipeline.metrics.suite import evaluate
+    from pipeline.training.runner import TrainPaths, train
+
+    params = tiny_params(train={"fid_every": 0})
+    train_evaluator(params.evaluate.evaluator, load_split(prepared_digits, "train"),
+                    load_split(prepared_digits, "val"), tmp_path / "ev.pt", progress=False)  # fmt: skip
+    train(params, TrainPaths(prepared=prepared_digits, checkpoints=tmp_path / "ckpt", generator=tmp_path / "g.pt",
+                             live_dir=None, samples=tmp_path / "s.png"), progress=False)  # fmt: skip
+
+    def run(device: str) -> dict:
+        p = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"device": device})})
+        return evaluate(p, tmp_path / "g.pt", tmp_path / "ev.pt", prepared_digits, comparison_png=None,
+                        figures_dir=None)  # fmt: skip
+
+    on_cpu, auto = run("cpu"), run("auto")
+    if not torch.cuda.is_available():
+        assert auto == on_cpu
+        with pytest.raises(UserError, match=r"^evaluate\.device is 'cuda' but no usable CUDA GPU was found"):
+            run("cuda")
+        return
+    assert auto["fid"] == pytest.approx(on_cpu["fid"], rel=1e-3)
+    for key in ("precision", "recall", "coverage", "density", "confidence", "class_accuracy"):
+        assert auto[key] == pytest.approx(on_cpu[key], abs=1e-3), key

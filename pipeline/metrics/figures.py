@@ -12,6 +12,7 @@ from torch import nn
 from pipeline.grid import labelled_figure
 from pipeline.metrics.probe import generate
 from pipeline.noise_classes import with_classes
+from pipeline.runtime import device_of
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -43,7 +44,8 @@ def samples_figure(g: nn.Module, gspec: dict, seed: int, per_row: int = 8, names
     if noise:  # the class is read from z: latents of each class
         z = with_classes(z, labels, noise)
     with torch.no_grad():
-        images = g.eval()(z, labels).float().numpy()
+        device = device_of(g)
+        images = g.eval()(z.to(device), labels.to(device)).float().cpu().numpy()
     rows = [images[c * per_row : (c + 1) * per_row] for c in range(count)]
     how = "per class" if k else "per class (drawn from latents of that class)"
     return labelled_figure(rows, names or gspec["class_names"], f"{per_row} samples of the generator {how}",

@@ -24,6 +24,7 @@ from pipeline.metrics.evaluator import load_evaluator
 from pipeline.metrics.features import embed
 from pipeline.models import ClassesFromNoise, build_generator
 from pipeline.models.artifact import built_classes
+from pipeline.runtime import device_of
 
 
 @torch.no_grad()
@@ -36,10 +37,12 @@ def generate(g: nn.Module, n: int, latent_dim: int, num_classes: int, seed: int,
     if labels is None and isinstance(g, ClassesFromNoise):  # it reads the class from z and ignores labels
         labels = ClassesFromNoise.classes(z, g.num_classes)
     g.eval()
+    device = device_of(g)  # the noise is drawn on the CPU whatever the device: the same z everywhere
     chunks = [
-        g(z[i : i + batch_size], None if labels is None else labels[i : i + batch_size]).float()
+        g(z[i : i + batch_size].to(device), None if labels is None else labels[i : i + batch_size].to(device))
+        .float().cpu()
         for i in range(0, n, batch_size)
-    ]
+    ]  # fmt: skip
     return torch.cat(chunks), labels
 
 

@@ -44,7 +44,7 @@ from pipeline.metrics.registry import (
 )
 from pipeline.models import build_generator
 from pipeline.models.artifact import built_classes, load_generator
-from pipeline.runtime import seed_everything, set_threads
+from pipeline.runtime import device_of, resolve_device, seed_everything, set_threads
 
 GENERATION = Registry()
 REAL_FLOOR, CEILING = "real_floor", "untrained_ceiling"  # the anchor sets
@@ -133,7 +133,11 @@ class GenerationRun:
     def probabilities(self, s: ImageSet) -> torch.Tensor:
         """The evaluator's class probabilities (its own features, whatever the FID extractor)."""
         own = s.features if self.extractor is self.evaluator else self.evaluator(s.images)
-        return self.evaluator.net.classifier(own).softmax(1)
+        return self.evaluator.net.classifier(own.to(self.device)).softmax(1).cpu()
+
+    @property
+    def device(self) -> torch.device:
+        return device_of(self.g)
 
     def nearest_train(self, s: ImageSet) -> tuple[torch.Tensor, ...]:
         """Each image's distance to its nearest training image in feature space, and that image's index."""
@@ -245,7 +249,8 @@ def class_accuracy(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
     """The share of samples the evaluator classifies as their class: the class a conditional model was
     asked for, or the one a model with classes from the noise read from each z."""
     net, names, labels = run.evaluator.net, run.class_names, s.labels
-    pred = torch.cat([net(s.images[i : i + 1024]).argmax(1) for i in range(0, len(s.images), 1024)])
+    pred = torch.cat([net(torch.as_tensor(s.images[i : i + 1024]).to(run.device)).argmax(1).cpu()
+                      for i in range(0, len(s.images), 1024)])  # fmt: skip
     hit = (pred == labels).float()
     return {
         "class_accuracy": float(hit.mean()),
@@ -321,10 +326,11 @@ def _run(params: Params, generator_path: Path | str, evaluator_path: Path | str,
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
-    evaluator = EvaluatorFeatures(evaluator_path, ecfg.batch_size)  # its classes give the confidence in any case
-    extractor = (evaluator if ecfg.feature_extractor == evaluator.name
-                 else extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size))  # fmt: skip
-    g, gspec = load_generator(generator_path)
+    device = resolve_device(ecfg.device, "evaluate.device")
+    evaluator = EvaluatorFeatures(evaluator_path, ecfg.batch_size, device)  # its classes: the confidence in any case
+    extractor = evaluator if ecfg.feature_extractor == evaluator.name else \
+        extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size, device=device)  # fmt: skip
+    g, gspec = load_generator(generator_path, device)
     train, val = load_split(prepared_dir, "train"), load_split(prepared_dir, "val")
     n = ecfg.num_samples or len(val.labels)
     refs = reference.features(params, prepared_dir, extractor, reference_path)
@@ -339,7 +345,7 @@ def _run(params: Params, generator_path: Path | str, evaluator_path: Path | str,
     if CEILING in GENERATION.anchors(run):
         torch.manual_seed(params.seed)  # the untrained G is the one training started from
         untrained = build_generator(ModelConfig(**gspec["model"]), gspec["image_size"], gspec["channels"],
-                                    built_classes(gspec))  # fmt: skip
+                                    built_classes(gspec)).to(device)  # fmt: skip
         images = generate(untrained, n, latent_dim, num_classes, params.seed + 1, ecfg.batch_size)[0]
         run.sets[CEILING] = ImageSet(images, extractor(images, label="untrained"))
     return run

@@ -43,7 +43,7 @@ from pipeline.metrics.registry import (
     few_images_warning,
 )
 from pipeline.models.artifact import load_translators
-from pipeline.runtime import seed_everything, set_threads
+from pipeline.runtime import device_of, resolve_device, seed_everything, set_threads
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -55,7 +55,10 @@ REAL_FLOOR, IDENTITY = "real_floor", "identity_baseline"  # the anchor sets: rea
 
 @torch.no_grad()
 def translate_all(g: torch.nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    return torch.cat([g(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
+    """G's output for every image, in batches on G's device; on the CPU."""
+    device = device_of(g)
+    batches = range(0, len(images), batch_size)
+    return torch.cat([g(images[i : i + batch_size].to(device)).float().cpu() for i in batches])
 
 
 def paired_scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -174,8 +177,9 @@ def evaluate_translation(
     ecfg = params.evaluate
     set_threads()
     seed_everything(params.seed)
-    gens, _ = load_translators(generator_path)
-    extractor = extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size)
+    device = resolve_device(ecfg.device, "evaluate.device")
+    gens, _ = load_translators(generator_path, device)
+    extractor = extractor_for(ecfg.feature_extractor, evaluator_path, ecfg.batch_size, device=device)
     paired = bool(read_json(Path(prepared_dir) / "manifest.json").get("paired"))
     val_a = to_float(load_split(prepared_dir, "val", "A").images)
     val_b = to_float(load_split(prepared_dir, "val", "B").images)
