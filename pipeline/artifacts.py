@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.layout import EVAL_DETAILS, EVAL_METRICS
 
 try:
     import fcntl
@@ -126,8 +127,12 @@ def read_json(path: Path | str) -> Any:
 
 
 def read_metrics(workdir: Path | str = ".") -> dict[str, Any]:
-    """Every `metrics/*.json` of a pipeline checkout, keyed by file stem (eval, export, ...)."""
-    return {p.stem: read_json(p) for p in sorted((Path(workdir) / "metrics").glob("*.json"))}
+    """Every `metrics/*.json` of a pipeline checkout, keyed by file stem (eval, export, ...); "eval" is
+    the whole evaluation, what experiments are compared by (eval.json) and the rest (eval_details.json)."""
+    found = {p.stem: read_json(p) for p in sorted((Path(workdir) / "metrics").glob("*.json"))}
+    if EVAL_DETAILS.stem in found:
+        found[EVAL_METRICS.stem] = {**found.get(EVAL_METRICS.stem, {}), **found.pop(EVAL_DETAILS.stem)}
+    return found
 
 
 def remove_unless_locked(path: str | os.PathLike) -> bool:

@@ -24,3 +24,19 @@ def test_a_folder_replaces_a_folder_whole(tmp_path):
         (tmp / "new.npy").write_bytes(b"new")
     assert sorted(p.name for p in target.iterdir()) == ["new.npy"]
     assert [p.name for p in tmp_path.iterdir()] == ["prepared"]
+
+
+def test_read_metrics_gives_the_whole_evaluation_under_eval(tmp_path):
+    """metrics/eval.json (what experiments are compared by) and eval_details.json (the rest) are one
+    evaluation to every reader: the pipeline's summary, retraining's comparison."""
+    import json
+
+    from pipeline.artifacts import read_metrics
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"fid": 1.0, "precision": 0.9}))
+    (tmp_path / "metrics/eval_details.json").write_text(json.dumps({"fid_real_floor": 0.5, "kid": 0.1}))
+    (tmp_path / "metrics/export.json").write_text(json.dumps({"parity_passed": True}))
+    found = read_metrics(tmp_path)
+    assert found == {"eval": {"fid": 1.0, "precision": 0.9, "fid_real_floor": 0.5, "kid": 0.1},
+                     "export": {"parity_passed": True}}  # fmt: skip
