@@ -87,7 +87,13 @@ def summary_markdown(metrics: dict, details: dict | None = None) -> str:
 
     parts = []
     if "eval" in metrics:
-        parts.append(report(metrics["eval"]))
+        ev = metrics["eval"]
+        if "feature_extractor" in ev:  # with metrics/eval_details.json: the whole evaluation, as the report has it
+            parts.append(report(ev))
+        else:  # eval.json from git alone (a clone that has not pulled the evaluate stage's outputs)
+            numbers = ", ".join(f"{k} {v}" for k, v in ev.items())
+            parts.append(f"{layout.EVAL_METRICS}: {numbers} ({layout.EVAL_DETAILS} is not in this workspace: "
+                         "`dvc pull` or a run of the evaluate stage brings it)")  # fmt: skip
     if "evaluator" in metrics:
         parts.append(f"Evaluator val accuracy: {metrics['evaluator']['val_accuracy']:.4f}")
     if "export" in metrics:

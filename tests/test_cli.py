@@ -159,6 +159,16 @@ def test_pipeline_summary_reads_both_export_formats_and_adds_latency_from_the_de
     assert text.count("onnxruntime 1.0 ms") == 2
 
 
+def test_pipeline_summary_of_eval_json_without_its_details_names_the_numbers_and_what_brings_the_rest():
+    """A clone has metrics/eval.json from git but eval_details.json only from DVC: `ganpipe repro prepare` there
+    summarises the compared numbers instead of failing on the report's missing anchors."""
+    from flows.pipeline import summary_markdown
+
+    text = summary_markdown({"eval": {"fid": 1.0028, "fid_vs_floor": 2.15, "precision": 0.9662}})
+    assert text == ("metrics/eval.json: fid 1.0028, fid_vs_floor 2.15, precision 0.9662 (metrics/eval_details.json "
+                    "is not in this workspace: `dvc pull` or a run of the evaluate stage brings it)")  # fmt: skip
+
+
 # -- argument ranges and output paths: one-line errors, never a traceback --------------------------------------------
 
 
