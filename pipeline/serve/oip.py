@@ -43,7 +43,6 @@ from pydantic import BaseModel, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.inference import MAX_PSI, PSI, ModelError, OnnxGenerator, OnnxTranslator, optional_inputs
-from pipeline.noise_classes import with_classes
 from pipeline.serve import release
 from pipeline.serve.common import (
     BINARY,
@@ -236,8 +235,8 @@ def _feed(model: OnnxGenerator | OnnxTranslator, req: InferRequest, binary: byte
     if "labels" in feed and ((feed["labels"] < 0) | (feed["labels"] >= count)).any():
         names = f" ({model.info.class_names})" if model.info.class_names else ""
         raise ApiError(400, "bad labels", f"input 'labels': class indices are 0-{count - 1}{names}")
-    if "labels" in feed and model.info.noise_classes:  # z of those classes, as the graph has no labels input
-        feed["z"] = with_classes(feed["z"], feed.pop("labels"), model.info.noise_classes)
+    if "labels" in feed:  # the graph's inputs for those classes: labels, or z of those classes (noise classes)
+        feed |= model.feed(feed.pop("z"), feed.pop("labels"))
     return feed
 
 
