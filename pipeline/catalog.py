@@ -59,6 +59,13 @@ ARCHITECTURES: dict[str, Arch] = {
             "per_sample_penalty": "minibatch standard deviation",
         },
     ),
+    "r3gan": Arch(
+        task="generate",
+        objective="r3gan",
+        noise_classes=True,
+        own_keys=("stage_blocks", "expansion", "group_channels"),
+        refuses={"spectral_norm": "it has no normalisation: R1 and R2 keep D smooth"},
+    ),
     "cyclegan": Arch(
         task="translate",
         objective="cyclegan",

@@ -197,7 +197,7 @@ class ModelConfig(_Section):
     conditioning: Literal["projection", "acgan"] = Field("projection", description="how D uses the class: "
                                                          "projection | acgan (auxiliary classifier)")  # fmt: skip
     classes_from_noise: bool = Field(
-        False, description="unconditional dcgan/resnet/stylegan2: train G and D on the classes (as conditional "
+        False, description="unconditional dcgan/resnet/stylegan2/r3gan: train G and D on the classes (as conditional "
         "models do) with each sample's class drawn from its noise (the argmax of z's first K entries), so samples "
         "keep to one class while the exported model still takes z alone; conditional models ignore it"
     )
@@ -206,16 +206,23 @@ class ModelConfig(_Section):
         64,
         ge=4,
         description="dcgan: G's last hidden width, doubling inwards; resnet: G's width; "
-        "stylegan2: G's width at the image size, doubled at each halving (at most 8x)",
+        "stylegan2: G's width at the image size, doubled at each halving (at most 8x); r3gan: the same, at most 4x",
     )
     d_channels: int = Field(
-        64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width; stylegan2: as g_channels"
+        64, ge=4, description="dcgan: D's first width, doubling inwards; resnet: D's width; stylegan2, r3gan: as "
+        "g_channels"
     )
     mapping_layers: int = Field(8, ge=1, le=16, description="stylegan2: layers of the mapping network z -> w")
     mbstd_group: int = Field(
         4, ge=1, le=256, description="stylegan2: samples per minibatch-standard-deviation group in D (the largest "
         "divisor of the batch up to this); 4 as in the paper, the whole batch of 32 as the official CIFAR-10 setting"
     )
+    stage_blocks: int = Field(1, ge=1, le=8, description="r3gan: residual blocks per resolution in G and D "
+                              "(the paper's CIFAR-10 model: 2)")  # fmt: skip
+    expansion: int = Field(2, ge=1, le=8, description="r3gan: a residual block's inverted bottleneck widens its "
+                           "input this many times (the paper: 2)")  # fmt: skip
+    group_channels: int = Field(16, ge=1, description="r3gan: channels per group of a block's grouped 3x3 conv (the "
+                                "largest divisor of the widened width up to this; the paper: 16)")  # fmt: skip
     d_norm: Literal["batch", "none"] = Field("batch", description="D's norm; none for wgan-gp or spectral norm")
     spectral_norm: bool = Field(False, description="spectral normalisation of every D layer")
     n_blocks: int = Field(9, ge=1, description="cyclegan: residual blocks in G (the reference uses 6 or 9)")
@@ -279,6 +286,15 @@ class TrainConfig(_Section):
     )
     pl_batch_shrink: int = Field(2, ge=1, description="stylegan2: path-length batch = micro-batch / this")
     pl_decay: float = Field(0.01, gt=0, le=1, description="stylegan2: rate of the running mean of path lengths")
+    r3gan_gamma: float = Field(0.05, ge=0, description="r3gan: weight gamma of the zero-centred penalties at step 0, "
+                               "D's loss adding gamma/2 x (R1 + R2) every step; 0 = off")  # fmt: skip
+    r3gan_gamma_final: float = Field(0.005, ge=0, description="r3gan: gamma at the last step, reached from "
+                                     "r3gan_gamma along a cosine over train.steps")  # fmt: skip
+    r3gan_lr_final: float = Field(0.25, gt=0, le=1, description="r3gan: the learning rates at the last step, as "
+                                  "a fraction of train.lr_g and train.lr_d (a cosine over train.steps; 1 = "
+                                  "constant)")  # fmt: skip
+    r3gan_beta2_final: float = Field(0.99, ge=0, lt=1, description="r3gan: Adam's beta2 at the last step, reached "
+                                     "from train.betas[1] along a cosine over train.steps")  # fmt: skip
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of G (evaluated and exported), ramped up at first")
     ema_kimg: float | None = Field(
         None, gt=0, description="EMA half-life in thousands of images (StyleGAN's form); set, it replaces ema_decay"
@@ -475,3 +491,4 @@ def load_params(path: Path | str = PARAMS) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of groups, got {type(raw).__name__}")
     return parse_params(raw, path)
+

@@ -123,11 +123,27 @@ def gradient_penalty(
     return ((grad.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
 
 
-def r1_penalty(d: Callable, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """R1 (Mescheder et al., 2018): ||grad_x D(x)||^2 on real data, pushing D flat around it."""
-    x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(x, labels)[0].sum(), x, create_graph=True)
+def zero_centred_penalty(inputs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """||grad_x D(x)||^2 averaged over the batch, for D's `logits` of `inputs` (which require grad):
+    the zero-centred gradient penalty, pushing D flat around the samples. Differentiable (create_graph)."""
+    (grad,) = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
     return grad.flatten(1).pow(2).sum(1).mean()
+
+
+def _penalty_at(d: Callable, samples: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    x = samples.detach().requires_grad_(True)
+    return zero_centred_penalty(x, d(x, labels)[0])
+
+
+def r1_penalty(d: Callable, real: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """R1 (Mescheder et al., 2018): the zero-centred penalty on real data."""
+    return _penalty_at(d, real, labels)
+
+
+def r2_penalty(d: Callable, fake: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """R2: the same on generated data; with R1, what makes the relativistic loss converge locally
+    (R3GAN, Huang et al., 2024)."""
+    return _penalty_at(d, fake, labels)
 
 
 def cycle_loss(real: torch.Tensor, reconstructed: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 
 from pipeline import catalog
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.models import dcgan, resnet, stylegan2, translation
+from pipeline.models import dcgan, r3gan, resnet, stylegan2, translation
 from pipeline.models.layers import ConditionalBatchNorm2d
 
 
@@ -120,6 +120,16 @@ def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: 
                                    cfg.conditioning, cfg.mbstd_group)  # fmt: skip
 
 
+def _r3gan_g(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return r3gan.Generator(cfg.latent_dim, image_size, channels, cfg.g_channels, classes_of(cfg, num_classes),
+                           cfg.stage_blocks, cfg.expansion, cfg.group_channels)  # fmt: skip
+
+
+def _r3gan_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    return r3gan.Discriminator(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes), cfg.conditioning,
+                               cfg.stage_blocks, cfg.expansion, cfg.group_channels)  # fmt: skip
+
+
 def _translator(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
     """cfg.translator_net: CycleGAN's ResNet G (cyclegan's reference default) or pix2pix's U-Net."""
     if cfg.translator_net == "resnet":
@@ -146,6 +156,7 @@ ARCHS = {
     "dcgan": Family(_adversarial_g(dcgan.Generator), _adversarial_d(dcgan.Discriminator), init_dcgan),
     "resnet": Family(_adversarial_g(resnet.Generator), _adversarial_d(resnet.Discriminator), init_resnet),
     "stylegan2": Family(_stylegan2_g, _stylegan2_d, init_stylegan2),
+    "r3gan": Family(_r3gan_g, _r3gan_d, r3gan.init),
     "cyclegan": Family(_translator, _patch_discriminator, translation.init_translation),
     "pix2pix": Family(_translator, _patch_discriminator, translation.init_translation),
 }

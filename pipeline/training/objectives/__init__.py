@@ -19,6 +19,7 @@ from pipeline.training.distributed import World
 from pipeline.training.objectives.cyclegan import CycleGanObjective
 from pipeline.training.objectives.gan import GanObjective
 from pipeline.training.objectives.pix2pix import Pix2PixObjective
+from pipeline.training.objectives.r3gan import R3GanObjective
 from pipeline.training.objectives.stylegan2 import StyleGan2Objective
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Objective(Protocol):
 OBJECTIVES: dict[str, type[Objective]] = {
     "gan": GanObjective,
     "stylegan2": StyleGan2Objective,
+    "r3gan": R3GanObjective,
     "cyclegan": CycleGanObjective,
     "pix2pix": Pix2PixObjective,
 }
