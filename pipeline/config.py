@@ -87,11 +87,17 @@ TORCHVISION_DATASETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+class StackedConfig(_Section):
+    count: int = Field(20_000, ge=100, description="stacked images drawn, train and val together (val: "
+                       "data.val_fraction of them, stacked from held-out digits only)")  # fmt: skip
+
+
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "idx", "glyphs", "emoji", "torchvision"] = Field("digits", description=
-        "digits (scikit-learn's 1,797 8x8 images) | folder | idx (MNIST format) | glyphs (characters in two fonts: "
-        "pairs A -> B) | emoji (colour emoji drawn from Debian's fonts-noto-color-emoji, a class per Unicode block) "
-        "| torchvision (a torchvision.datasets class reading data.path; never downloads)")  # fmt: skip
+    source: Literal["digits", "stacked", "folder", "idx", "glyphs", "emoji", "torchvision"] = Field("digits",
+        description="digits (scikit-learn's 1,797 8x8 images) | stacked (three of those digits in the three "
+        "channels of one image: 1,000 countable modes) | folder | idx (MNIST format) | glyphs (characters in two "
+        "fonts: pairs A -> B) | emoji (colour emoji drawn from Debian's fonts-noto-color-emoji, a class per Unicode "
+        "block) | torchvision (a torchvision.datasets class reading data.path; never downloads)")  # fmt: skip
     path: str | None = Field(None, description="folder: a directory, .zip, .tar or .tar.gz (e.g. data/raw/photos); "
                              "idx: a directory of *-images-idx3-ubyte[.gz] files; torchvision: the dataset's root "
                              "(its `root` argument)")  # fmt: skip
@@ -107,6 +113,7 @@ class DataConfig(_Section):
     class_names: list[str] | None = Field(None, description="names for numeric labels (idx, torchvision), in order")
     glyphs: GlyphConfig = GlyphConfig()
     emoji: EmojiConfig = EmojiConfig()
+    stacked: StackedConfig = StackedConfig()
     image_size: int = Field(32, ge=8, le=1024, description="power of two; images are centre-cropped and resized")
     channels: Literal[1, 3] = Field(1, description="1 = grey (colour images are made grey), 3 = RGB")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="val share, by content hash: new images move none")
@@ -133,6 +140,8 @@ class DataConfig(_Section):
             raise ValueError("source 'idx' needs data.path (a directory of *-images-idx3-ubyte[.gz] files)")
         if self.layout != "classes" and self.source != "folder":
             raise ValueError(f"data.layout {self.layout!r} applies to source 'folder' only")
+        if self.source == "stacked" and self.channels != 3:
+            raise ValueError("source 'stacked' puts a digit in each of 3 channels: set data.channels: 3")
         if self.source != "torchvision":
             for key in ("dataset", "split"):
                 if getattr(self, key) is not None:
@@ -491,4 +500,3 @@ def load_params(path: Path | str = PARAMS) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of groups, got {type(raw).__name__}")
     return parse_params(raw, path)
-

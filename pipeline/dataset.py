@@ -24,6 +24,19 @@ class PreparedSplit:
         return len(self.classes)
 
 
+def channel_classes(prepared_dir: Path | str) -> list[str]:
+    """The classes each channel's content belongs to (stacked digits), or [] for other data."""
+    return read_json(Path(prepared_dir) / "manifest.json").get("channel_classes", [])
+
+
+def channel_labels(prepared_dir: Path | str, split: str) -> np.ndarray:
+    """int64 [N, C]: the class of each channel of each image of `split` (indices into `channel_classes`),
+    from the manifest, which lists a split's files in the arrays' order."""
+    files = read_json(Path(prepared_dir) / "manifest.json")["files"]
+    rows = [f["channel_labels"] for f in files if f["split"] == split]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+
+
 def load_split(prepared_dir: Path | str, split: str, domain: str | None = None) -> PreparedSplit:
     """Open one split of `data/prepared/` without reading it all into RAM. Two-domain data
     (style transfer) is opened one domain at a time ("A" or "B"), as a single class."""

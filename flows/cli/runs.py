@@ -103,17 +103,21 @@ def _cmd_exp(args: argparse.Namespace) -> int:
 def _exp(args: argparse.Namespace) -> int:
     from pipeline.config import load_params, parse_params, read_yaml
 
-    overlay = read_yaml(args.config, "give the overlay's path, e.g. configs/wgan-gp.yaml") or {}
-    if not isinstance(overlay, dict):
-        raise ConfigError(f"{args.config}: must be a mapping of params groups")
-    name = args.name or os.path.splitext(os.path.basename(args.config))[0]
+    overlay: dict = {}
+    for path in args.config:  # several overlays: each laid on the ones before it
+        layer = read_yaml(path, "give the overlay's path, e.g. configs/wgan-gp.yaml") or {}
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: must be a mapping of params groups")
+        overlay = merge_overlay(overlay, layer)
+    name = args.name or "-".join(os.path.splitext(os.path.basename(path))[0] for path in args.config)
     if not {"-f", "--force"} & set(args.dvc_args) and _experiment_exists(name):  # DVC's own refusal reads as a failure
-        rerun = f"ganpipe exp {args.config}" + (f" --name {name}" if args.name else "")
+        configs = " ".join(args.config)
+        rerun = f"ganpipe exp {configs}" + (f" --name {name}" if args.name else "")
         raise UserError(f"experiment {name!r} already exists on this commit (dvc exp show); run it again under another "
-                        f"name (ganpipe exp {args.config} --name {name}-2) or replace it ({rerun} -f)")  # fmt: skip
+                        f"name (ganpipe exp {configs} --name {name}-2) or replace it ({rerun} -f)")  # fmt: skip
     _committed_params()
     base = load_params(layout.PARAMS).model_dump(mode="json")
-    parse_params(merge_overlay(base, overlay), args.config)  # validate the combination before running
+    parse_params(merge_overlay(base, overlay), " + ".join(args.config))  # validate the combination before running
     validate_set_params([*overrides(overlay), *set_params(args.dvc_args)])  # and with the user's own -S
     sets = [x for kv in overrides(overlay) for x in ("-S", kv)]
     return _run_pipeline(["exp", "run", "--name", name, *sets, *args.dvc_args])
@@ -247,8 +251,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          epilog="Other arguments go to dvc exp run: -S key=value (checked like the overlay, each "
                                 "sweep point too), -f, --queue, --temp, ... e.g. `ganpipe exp "
                                 "configs/stylegan2-digits.yaml -S train.steps=500 -f`.")  # fmt: skip
-    exp.add_argument("config", help="YAML with only the params that differ from params.yaml")
-    exp.add_argument("--name", help="experiment name (default: the file's stem)")
+    exp.add_argument("config", nargs="+", help="YAML with only the params that differ from params.yaml; several "
+                     "are laid on each other in order (configs/stacked-digits.yaml configs/wgan-gp.yaml)")  # fmt: skip
+    exp.add_argument("--name", help="experiment name (default: the files' stems, joined by '-')")
     exp.set_defaults(fn=_cmd_exp, passes_through=True)
 
     push = sub.add_parser("push", help="dvc push --run-cache, plus the files of every run the run-cache names, so "

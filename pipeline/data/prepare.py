@@ -121,6 +121,10 @@ def source_for(cfg: DataConfig) -> Source:
         return sources.digits_source()
     if cfg.source == "idx":
         return sources.idx_source(cfg.path or "", cfg.class_names)
+    if cfg.source == "stacked":
+        from pipeline.data.stacked import stacked_source
+
+        return stacked_source(cfg.stacked.count, cfg.val_fraction)
     if cfg.source == "torchvision":
         from pipeline.data.torchvision_source import torchvision_source
 
@@ -274,6 +278,8 @@ class _Collector:
             entry = {"name": rec.name, "sha256": o.sha256, "label": rec.label, "split": unit.split}
             if rec.pair is not None:
                 entry["pair"] = rec.pair
+            if rec.channel_labels is not None:
+                entry["channel_labels"] = list(rec.channel_labels)
             self.files.append(entry)
             o.image = None  # written: let it go
 
@@ -336,6 +342,8 @@ def _write_dataset(cfg: DataConfig, source: Source, col: _Collector, classes: li
     manifest = {"source": cfg.source, "path": cfg.path, "image_size": cfg.image_size, "channels": cfg.channels}
     if cfg.source == "torchvision":  # which torchvision class, and its own splits (the files' names start with one)
         manifest |= {"dataset": cfg.dataset, "splits": list(cfg.torchvision_splits)}
+    if source.channel_classes:  # each file's channel_labels index these (pipeline.dataset.channel_labels)
+        manifest["channel_classes"] = source.channel_classes
     manifest |= {"classes": classes, "files": col.files}
     if source.domains:
         manifest |= {"domains": list(source.domains), "paired": source.paired}

@@ -50,6 +50,7 @@ class Record:
     split: str | None = None  # fixed by the layout (CycleGAN's testA/testB -> val); else by content hash
     split_key: str | None = None  # hash this instead of the content to choose the split
     pair: str | None = None  # paired layouts: the key matching an A record with its B record
+    channel_labels: tuple[int, ...] | None = None  # the class of each channel's content (stacked digits)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Source:
     total: int | None = None  # for the progress bar, when known without reading everything
     declared_classes: list[str] = field(default_factory=list)  # class folders, empty ones included
     ordered_classes: bool = False  # declared_classes is the dataset's own label order (torchvision's `classes`)
+    channel_classes: list[str] = field(default_factory=list)  # what Record.channel_labels index (stacked digits)
     domains: tuple[str, ...] = ()  # ("A", "B") for two-domain layouts
     paired: bool = False
     notes: dict = field(default_factory=dict)  # source-specific facts for the report

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,6 +57,35 @@ class EvaluatorNet(nn.Module):
         return self.classifier(self.body(x))
 
 
+class PerChannel(nn.Module):
+    """An evaluator trained on single channels (stacked digits: a digit per channel) applied to every
+    channel of an image: its features are the channels' features side by side, its logits one row
+    of class logits per channel [N, C, K]."""
+
+    def __init__(self, net: EvaluatorNet, channels: int):
+        super().__init__()
+        self.net, self.channels = net, channels
+        self.num_features = net.num_features * channels
+
+    def _each(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.reshape(n * c, 1, h, w)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(self._each(x)).reshape(x.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self._each(x)).reshape(x.shape[0], x.shape[1], -1)
+
+
+def channel_split(split: PreparedSplit, labels: np.ndarray, classes: list[str]) -> PreparedSplit:
+    """Every channel of every image as a grey image of its own, labelled with its class (`labels`
+    [N, C]): what a per-channel evaluator is trained on."""
+    n, c, h, w = split.images.shape
+    images = np.asarray(split.images).reshape(n * c, 1, h, w)
+    return PreparedSplit(images=images, labels=np.asarray(labels, dtype=np.int64).reshape(-1), classes=classes)
+
+
 @dataclass(frozen=True)
 class EvaluatorResult:
     task: str  # "classes" or "rotation"
@@ -96,8 +126,11 @@ def train_evaluator(
     out: Path | str,
     seed: int = 0,
     progress: bool = True,
+    per_channel: int = 0,
 ) -> EvaluatorResult:
-    """Train the evaluator on `train`, measure it on `val`, save it atomically to `out`."""
+    """Train the evaluator on `train`, measure it on `val`, save it atomically to `out`. `per_channel`:
+    the splits are single channels (`channel_split`) of images with that many channels, which the
+    saved evaluator is applied to channel by channel."""
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed + 99)
     task = "classes" if train.num_classes >= 2 else "rotation"
@@ -131,17 +164,21 @@ def train_evaluator(
         "features": cfg.features,
         "task": task,
         "classes": train.classes,
+        **({"per_channel": per_channel} if per_channel else {}),
     }
     save_torch(out, {"spec": spec, "state_dict": net.state_dict()})
     return result
 
 
-def load_evaluator(path: Path | str) -> tuple[EvaluatorNet, dict]:
-    """The trained evaluator in eval mode, with its spec (task, classes, image size)."""
+def load_evaluator(path: Path | str) -> tuple[EvaluatorNet | PerChannel, dict]:
+    """The trained evaluator in eval mode, with its spec (task, classes, image size); one trained on single
+    channels comes as a `PerChannel`."""
     if not Path(path).is_file():
         raise MissingInput(f"{path}: evaluator missing; run the evaluator stage first")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     spec = blob["spec"]
     net = EvaluatorNet(spec["channels"], spec["num_outputs"], spec["features"])
     net.load_state_dict(blob["state_dict"])
+    if spec.get("per_channel"):
+        return PerChannel(net, spec["per_channel"]).eval(), spec
     return net.eval(), spec

@@ -96,8 +96,10 @@ class EvaluatorFeatures:
             "extractor_sha256": sha256_of(path),
             "extractor_resolution": self.spec["image_size"],
         }
-        self.description = f"evaluator ({self.spec['task']} CNN, {self.spec['features']}-d features)"
-        self.dim = int(self.spec["features"])
+        self.dim = int(self.net.num_features)
+        channels = self.spec.get("per_channel")
+        per_channel = f", applied to each of {channels} channels" if channels else ""
+        self.description = f"evaluator ({self.spec['task']} CNN{per_channel}, {self.dim}-d features)"
         self.resize = "none: the prepared images at their own size, as the evaluator was trained on them"
 
     def __call__(self, images: np.ndarray | torch.Tensor, label: str = "") -> torch.Tensor:

@@ -28,7 +28,7 @@ from pipeline import layout
 from pipeline.config import ModelConfig, Params
 from pipeline.dataset import PreparedSplit, load_split, to_float
 from pipeline.grid import save_figure
-from pipeline.metrics import reference
+from pipeline.metrics import modes, reference
 from pipeline.metrics.distance import fid, fid_kid, prdc
 from pipeline.metrics.features import EvaluatorFeatures, extractor_for
 from pipeline.metrics.figures import comparison_figure, memorisation_figure, samples_figure
@@ -114,8 +114,8 @@ class GenerationRun:
         return len(self.val_idx)
 
     @property
-    def classes(self) -> bool:  # the evaluator is a classifier of the data's classes
-        return self.evaluator.spec["task"] == "classes"
+    def classes(self) -> bool:  # the evaluator is a classifier of the data's classes (not of each channel's)
+        return self.evaluator.spec["task"] == "classes" and not self.evaluator.spec.get("per_channel")
 
     @property
     def conditional(self) -> bool:
@@ -287,6 +287,40 @@ def per_class_fid(run: GenerationRun, s: ImageSet) -> dict[str, dict[str, float]
         out["fid_per_class"][name] = fid(ref_c, fake_c)
         out["fid_per_class_real_floor"][name] = fid(ref_c, real_c)
     return out
+
+
+def _modes_note(m: dict) -> list[str]:
+    return [f"- Modes of the stacked digits: {m['modes']} of {m['mode_count']} covered, reverse KL from uniform "
+            f"{m['mode_kl']:.3f}, in {m['mode_samples']:,} samples (real stacked held-out digits: "
+            f"{m['modes_real_floor']} and {m['mode_kl_real_floor']:.3f})."]  # fmt: skip
+
+
+@GENERATION.register(
+    Column("modes", "modes covered: distinct triples of the channels' digits among the samples", better="higher",
+           fmt=".0f", anchors=(REAL_FLOOR,), compared=True),
+    Column("mode_kl", "reverse KL of the samples' mode histogram from uniform (0: every mode equally often)",
+           anchors=(REAL_FLOOR,), compared=True),
+    Column("mode_count", "the modes there are: classes per channel to the power of the channels", better="",
+           in_table=False),
+    Column("mode_samples", "samples the modes are counted in (the real floor: as many restacked held-out images)",
+           better="", in_table=False),
+    when=lambda run: bool(run.evaluator.spec.get("per_channel")),
+    note=_modes_note,
+)  # fmt: skip
+def mode_coverage(run: GenerationRun, s: ImageSet) -> dict[str, Any]:
+    """Stacked digits (pipeline/metrics/modes.py): the modes MODE_SAMPLES samples cover and how evenly,
+    the real floor measured the same way on held-out digits stacked afresh."""
+    spec, seed, net = run.evaluator.spec, run.params.seed, run.evaluator.net
+    if s is run.sets[REAL_FLOOR]:
+        classes = modes.restack(modes.channel_classes_of(net, run.val.images), modes.MODE_SAMPLES, seed)
+    else:
+        latent_dim, batch = run.gspec["model"]["latent_dim"], run.params.evaluate.batch_size
+        images = generate(run.g, modes.MODE_SAMPLES, latent_dim, run.gspec["num_classes"], seed + 3, batch)[0]
+        classes = modes.channel_classes_of(net, images)
+    num_classes = spec["num_outputs"]
+    count = num_classes ** spec["per_channel"]
+    ids = modes.mode_ids(classes, num_classes)
+    return {**modes.mode_stats(ids, count), "mode_count": count, "mode_samples": modes.MODE_SAMPLES}
 
 
 def evaluate(
