@@ -87,6 +87,7 @@ def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiment
 
     git = one_stage_repo(tmp_path, "seed, train.steps")
     (tmp_path / "steps.yaml").write_text("train:\n  steps: 7\n")
+    (tmp_path / "seed.yaml").write_text("seed: 3\ntrain:\n  steps: 9\n")
     git("add", "-A")
     git("commit", "-qm", "init")
     committed = (tmp_path / "params.yaml").read_bytes()
@@ -101,6 +102,12 @@ def test_exp_lays_its_overlay_on_the_committed_params_not_on_the_last_experiment
     refs = {r.rsplit("/", 1)[1]: r for r in git("for-each-ref", "--format=%(refname)", "refs/exps").split()}
     second = yaml.safe_load(git("show", f"{refs['steps']}:params.yaml"))
     assert (second["seed"], second["train"]["steps"]) == (0, 7)  # the commit's seed, the overlay's steps
+    # several overlays: each laid on the ones before it, the experiment named after all of them
+    res = subprocess.run([*run, "seed.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    refs = {r.rsplit("/", 1)[1]: r for r in git("for-each-ref", "--format=%(refname)", "refs/exps").split()}
+    both = yaml.safe_load(git("show", f"{refs['steps-seed']}:params.yaml"))
+    assert (both["seed"], both["train"]["steps"]) == (3, 9)  # the later overlay wins where both set a key
     # an edit of the user's is refused, untouched, and nothing runs
     (tmp_path / "params.yaml").write_bytes(committed.replace(b"seed: 0", b"seed: 9"))
     res = subprocess.run([*run, "--name", "third"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
