@@ -95,8 +95,17 @@ def test_every_class_setting_builds_g_and_d_with_the_families_interface(over):
             g(z)
 
 
-def test_training_sets_the_scheduled_values_and_resumes_exactly(prepared_digits, tmp_path):
-    over = r3(model={"classes_from_noise": True}, train={"r3gan_gamma": 0.5})
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"model": {"classes_from_noise": True}},
+        {"model": {"conditional": True, "conditioning": "acgan"}, "train": {"accumulate": 2},
+         "augment": {"diffaugment": "color,translation"}},
+    ],
+    ids=["classes-from-noise", "acgan-accumulate-diffaugment"],
+)  # fmt: skip
+def test_training_sets_the_scheduled_values_and_resumes_exactly(prepared_digits, tmp_path, extra):
+    over = r3(**{**extra, "train": {"r3gan_gamma": 0.5, **extra.get("train", {})}})
     full = paths(tmp_path / "full", prepared_digits)
     res = train(tiny_params(**over), full, progress=False)
     assert res.steps == 12
@@ -115,7 +124,7 @@ def test_training_sets_the_scheduled_values_and_resumes_exactly(prepared_digits,
     last = Schedule.at(tiny_params(**over).train, 11)
     group = full_d["opt_d"]["param_groups"][0]
     assert group["lr"] == last.lr_d and tuple(group["betas"]) == (0.0, last.beta2)
-    longer = tiny_params(**r3(model={"classes_from_noise": True}, train={"r3gan_gamma": 0.5, "steps": 24}))
+    longer = tiny_params(**{**over, "train": {**over["train"], "steps": 24}})
     assert fingerprint(longer, prepared_digits, True) != fingerprint(tiny_params(**over), prepared_digits, True)
     logged = (full.live_dir / "plots/metrics/train/R2.tsv").read_text().splitlines()
     assert len(logged) == 1 + 12 // 3 and all(float(row.split("\t")[-1]) > 0 for row in logged[1:])
