@@ -20,8 +20,8 @@ Task = Literal["generate", "translate"]
 @dataclass(frozen=True)
 class Arch:
     """One architecture family. `refuses` maps an option it cannot honour to the reason, said in
-    the refusal: "spectral_norm" (model.spectral_norm) and "per_sample_penalty" (a loss that
-    penalises each sample's gradient, which a D that mixes samples breaks)."""
+    the refusal: "spectral_norm" (model.spectral_norm), "per_sample_penalty" (a loss that
+    penalises each sample's gradient, which a D that mixes samples breaks) and "r1_gamma" (lazy R1)."""
 
     task: Task
     objective: str  # the training objective (a key of OBJECTIVES)
@@ -32,6 +32,7 @@ class Arch:
     directions: tuple[str, ...] = ()  # translate: the translators trained and exported, by direction
     translator: str | None = None  # translate: the reference's translator network (model.translator: null)
     pairs: bool = False  # translate: learns from aligned pairs only
+    loss: str | None = None  # the one adversarial loss (train.loss) its objective trains with; None: any
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,11 @@ ARCHITECTURES: dict[str, Arch] = {
         objective="r3gan",
         noise_classes=True,
         own_keys=("stage_blocks", "expansion", "group_channels"),
-        refuses={"spectral_norm": "it has no normalisation: R1 and R2 keep D smooth"},
+        refuses={
+            "spectral_norm": "it has no normalisation: R1 and R2 keep D smooth",
+            "r1_gamma": "applies R1 and R2 at every step, weighted by train.r3gan_gamma",
+        },
+        loss="relativistic",
     ),
     "cyclegan": Arch(
         task="translate",

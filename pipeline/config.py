@@ -445,6 +445,11 @@ class Params(_Section):
         if model.classes_from_noise and not model.conditional and not family.noise_classes:
             raise ValueError(f"model.classes_from_noise does not apply to {model.arch}: set "
                              "model.classes_from_noise: false (or model.conditional: true)")  # fmt: skip
+        if family.loss and loss != family.loss:
+            raise ValueError(f"train.loss: model.arch {model.arch} trains with the {family.loss} loss, got {loss!r}: "
+                             f"set train.loss: {family.loss}")  # fmt: skip
+        if self.train.r1_gamma and "r1_gamma" in family.refuses:
+            raise ValueError(f"train.r1_gamma: {model.arch} {family.refuses['r1_gamma']}: set train.r1_gamma: 0")
         if model.spectral_norm and "spectral_norm" in family.refuses:
             raise ValueError(f"model.spectral_norm does not apply to {model.arch} ({family.refuses['spectral_norm']}): "
                              "set model.spectral_norm: false")  # fmt: skip

@@ -21,7 +21,7 @@ from pipeline.models import ARCHS, build_discriminator, build_generator, directi
 from pipeline.training.objectives import OBJECTIVES
 
 REPO = Path(__file__).resolve().parents[1]
-GENERATION_OBJECTIVES = {"gan", "stylegan2"}
+GENERATION_OBJECTIVES = {"gan", "stylegan2", "r3gan"}
 
 
 def test_the_registries_and_the_config_list_the_catalog_s_plug_ins():
@@ -33,7 +33,8 @@ def test_the_registries_and_the_config_list_the_catalog_s_plug_ins():
         assert family.objective in OBJECTIVES, name
         assert (family.objective in GENERATION_OBJECTIVES) == (family.task == "generate"), name
         assert set(family.own_keys) <= set(ModelConfig.model_fields), name
-        assert set(family.refuses) <= {"spectral_norm", "per_sample_penalty"}, name
+        assert set(family.refuses) <= {"spectral_norm", "per_sample_penalty", "r1_gamma"}, name
+        assert family.loss is None or family.loss in catalog.LOSSES, name
         assert bool(family.directions) == bool(family.translator) == (family.task == "translate"), name
     for name, loss in losses.LOSSES.items():
         assert loss.name == name and loss.info is catalog.LOSSES[name]
@@ -43,7 +44,8 @@ def test_the_registries_and_the_config_list_the_catalog_s_plug_ins():
 def test_every_family_builds_what_its_catalog_entry_says(arch):
     family = catalog.arch(arch)
     task = {"task": family.task, "data": {"source": "glyphs"}} if family.task == "translate" else {}
-    params = parse_params({**task, "model": {"arch": arch, "g_channels": 8, "d_channels": 8, "n_blocks": 1}})
+    loss = {"train": {"loss": family.loss}} if family.loss else {}  # the one loss the family trains with
+    params = parse_params({**task, **loss, "model": {"arch": arch, "g_channels": 8, "d_channels": 8, "n_blocks": 1}})
     assert directions(arch) == list(family.directions)
     if family.task == "translate":
         assert params.model.translator_net == family.translator

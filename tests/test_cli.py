@@ -32,7 +32,7 @@ def test_shipped_overlays_are_valid_on_top_of_params_yaml():
     assert names == ["conditional-digits.yaml", "digits-10pct-ada.yaml", "digits-10pct-diffaugment.yaml",
                      "digits-10pct.yaml", "emoji-dcgan.yaml", "emoji-stylegan2.yaml", "fashion-mnist.yaml",
                      "glyphs-cyclegan.yaml", "glyphs-pix2pix.yaml", "hinge-sn.yaml", "inception.yaml",
-                     "stylegan2-digits.yaml", "wgan-gp.yaml"]  # fmt: skip
+                     "r3gan-digits.yaml", "stacked-digits.yaml", "stylegan2-digits.yaml", "wgan-gp.yaml"]  # fmt: skip
     for name in names:
         overlay = yaml.safe_load((REPO / "configs" / name).read_text())
         parse_params(merge_overlay(base, overlay), name)  # raises on any bad key or combination

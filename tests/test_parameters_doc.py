@@ -37,7 +37,7 @@ def test_the_page_names_every_key_and_the_stages_that_read_it():
     assert doc._readers("evaluate.evaluator.lr", reading) == "evaluator"  # a dotted entry stands for its keys
     assert doc._readers("data.image_size", reading) == "prepare, export"  # a group name stands for every key
     assert doc._readers("retrain.fid_margin", reading) == "no stage"
-    assert "| ≥ 8, ≤ 1024 |" in rows["data.image_size"] and "`digits`, `folder`" in rows["data.source"]
+    assert "| ≥ 8, ≤ 1024 |" in rows["data.image_size"] and "`digits`, `stacked`, `folder`" in rows["data.source"]
     assert "*logging only.*" in rows["train.log_every"] and "*logging only.*" not in rows["train.lr_g"]
 
 

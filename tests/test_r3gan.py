@@ -171,14 +171,14 @@ def test_export_follows_the_onnx_contract_with_parity(tmp_path, conditional):
 
 
 def test_config_refuses_what_r3gan_cannot_honour(prepared_digits):
-    def refused(raw: dict) -> str:
+    def refused(raw: dict) -> str:  # by the config, before any stage runs
         with pytest.raises(ConfigError) as err:
-            R3GanObjective(parse_params(raw), prepared_digits, torch.device("cpu"), torch.float32, World())
+            parse_params(raw)
         return str(err.value)
 
     hinge = refused({"model": {"arch": "r3gan"}, "train": {"loss": "hinge"}})
-    assert "train.loss: model.arch r3gan trains with the relativistic pairing loss, got 'hinge'" in hinge
-    assert refused(r3(train={"r1_gamma": 1.0})).startswith("train.r1_gamma: r3gan applies R1 and R2")
+    assert "train.loss: model.arch r3gan trains with the relativistic loss, got 'hinge'" in hinge
+    assert "train.r1_gamma: r3gan applies R1 and R2 at every step" in refused(r3(train={"r1_gamma": 1.0}))
     for key, value in (("r3gan_beta2_final", 1.0), ("r3gan_lr_final", 0.0), ("r3gan_gamma", -1.0)):
         with pytest.raises(ConfigError, match=re.escape(f"train.{key}")):
             parse_params(r3(train={key: value}))

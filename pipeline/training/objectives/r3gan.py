@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, Params, TrainConfig
+from pipeline.config import Params, TrainConfig
 from pipeline.losses import r1_penalty, r2_penalty, zero_centred_penalty
 from pipeline.runtime import autocast
 from pipeline.training.objectives.gan import GanObjective
@@ -55,25 +55,10 @@ class Schedule:
                    beta2=along(cfg.betas[1], cfg.r3gan_beta2_final))  # fmt: skip
 
 
-def refusal(params: Params) -> str | None:
-    """Why `params` cannot train with this objective (None: they can)."""
-    cfg = params.train
-    if cfg.loss != "relativistic":
-        return (f"train.loss: model.arch {params.model.arch} trains with the relativistic pairing loss, got "
-                f"{cfg.loss!r}: set train.loss: relativistic")  # fmt: skip
-    if cfg.r1_gamma:
-        return ("train.r1_gamma: r3gan applies R1 and R2 at every step, weighted by train.r3gan_gamma: set "
-                "train.r1_gamma: 0")  # fmt: skip
-    return None
-
-
 class R3GanObjective(GanObjective):
     length_matters = True  # the schedules run over train.steps
 
-    def __init__(self, params: Params, *args, **kwargs):
-        error = refusal(params)
-        if error:
-            raise ConfigError(error)
+    def __init__(self, params: Params, *args, **kwargs):  # params.train.loss is relativistic (the catalog's)
         super().__init__(params, *args, **kwargs)
         self.penalised = bool(self.cfg.r3gan_gamma or self.cfg.r3gan_gamma_final)
         self.fused = self.D_train is self.D  # no DDP or compiled wrapper: the penalties reuse the loss's forward
