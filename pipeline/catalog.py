@@ -64,7 +64,7 @@ ARCHITECTURES: dict[str, Arch] = {
         task="generate",
         objective="r3gan",
         noise_classes=True,
-        own_keys=("stage_blocks", "expansion", "group_channels"),
+        own_keys=("backbone", "stage_blocks", "expansion", "group_channels"),
         refuses={
             "spectral_norm": "it has no normalisation: R1 and R2 keep D smooth",
             "r1_gamma": "applies R1 and R2 at every step, weighted by train.r3gan_gamma",

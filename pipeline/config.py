@@ -226,6 +226,9 @@ class ModelConfig(_Section):
         4, ge=1, le=256, description="stylegan2: samples per minibatch-standard-deviation group in D (the largest "
         "divisor of the batch up to this); 4 as in the paper, the whole batch of 32 as the official CIFAR-10 setting"
     )
+    backbone: Literal["resnet", "dcgan"] = Field("resnet", description="r3gan: the networks its objective trains: "
+        "resnet (the paper's modernised ResNet) | dcgan (the dcgan family's G, and its D without normalisation: "
+        "far cheaper per step on a CPU; docs/models.md, R3GAN)")  # fmt: skip
     stage_blocks: int = Field(1, ge=1, le=8, description="r3gan: residual blocks per resolution in G and D "
                               "(the paper's CIFAR-10 model: 2)")  # fmt: skip
     expansion: int = Field(2, ge=1, le=8, description="r3gan: a residual block's inverted bottleneck widens its "

@@ -95,6 +95,23 @@ def test_every_class_setting_builds_g_and_d_with_the_families_interface(over):
             g(z)
 
 
+def test_the_dcgan_backbone_trains_the_dcgan_networks_with_no_normalisation_in_d(prepared_digits, tmp_path):
+    cfg = ModelConfig(arch="r3gan", backbone="dcgan", latent_dim=8, g_channels=8, d_channels=8, conditional=True)
+    g, d = build_generator(cfg, 16, 1, 3), build_discriminator(cfg, 16, 1, 3)
+    assert type(g).__module__ == type(d).__module__ == "pipeline.models.dcgan"
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in d.modules())  # R1/R2 are per sample
+    same = ModelConfig(arch="dcgan", latent_dim=8, g_channels=8, d_channels=8, conditional=True)
+    torch.manual_seed(0)
+    a = build_generator(cfg, 16, 1, 3)
+    torch.manual_seed(0)
+    b = build_generator(same, 16, 1, 3)
+    assert_same_weights(a.state_dict(), b.state_dict())  # the dcgan family's G, initialised as it is there
+    over = r3(model={"backbone": "dcgan", "classes_from_noise": True})
+    res = train(tiny_params(**over), paths(tmp_path, prepared_digits), progress=False)
+    trained = [w.flatten() for w in weights(tmp_path / "generator.pt").values() if w.is_floating_point()]
+    assert res.steps == 12 and torch.isfinite(torch.cat(trained)).all()
+
+
 @pytest.mark.parametrize(
     "extra",
     [

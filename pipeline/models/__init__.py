@@ -121,11 +121,20 @@ def _stylegan2_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: 
 
 
 def _r3gan_g(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    if cfg.backbone == "dcgan":  # initialised here: r3gan.init leaves modules other than its own alone
+        g = dcgan.Generator(cfg.latent_dim, image_size, channels, cfg.g_channels, classes_of(cfg, num_classes))
+        init_dcgan(g)
+        return g
     return r3gan.Generator(cfg.latent_dim, image_size, channels, cfg.g_channels, classes_of(cfg, num_classes),
                            cfg.stage_blocks, cfg.expansion, cfg.group_channels)  # fmt: skip
 
 
 def _r3gan_d(cfg: ModelConfig, image_size: int, channels: int, num_classes: int) -> nn.Module:
+    if cfg.backbone == "dcgan":  # no normalisation: R1 and R2 penalise each sample's gradient
+        d = dcgan.Discriminator(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes),
+                                conditioning=cfg.conditioning, spectral=False, norm="none")  # fmt: skip
+        init_dcgan(d)
+        return d
     return r3gan.Discriminator(image_size, channels, cfg.d_channels, classes_of(cfg, num_classes), cfg.conditioning,
                                cfg.stage_blocks, cfg.expansion, cfg.group_channels)  # fmt: skip
 
