@@ -154,17 +154,22 @@ class GanObjective:
     def _part(self, t: torch.Tensor | None, s: int) -> torch.Tensor | None:
         return None if t is None else t[s * self.micro : (s + 1) * self.micro]
 
-    def _d_loss(self, real, y_real, fake, y_fake, rng, step):
-        """D's objective on one shard: adversarial + class + penalty terms."""
-        cfg, D = self.cfg, self.D
-        real_aug, fake_aug = self.augment(real, rng), self.augment(fake, rng)
+    def _d_terms(self, real_aug, y_real, fake_aug, y_fake):
+        """D's adversarial loss on (augmented) reals and fakes, plus ACGAN's class term, and D's logits."""
         with autocast(self.device, self.precision):
             real_logits, real_cls = self.D_train(real_aug, y_real)
             fake_logits, fake_cls = self.D_train(fake_aug, y_fake)
         loss = self.loss.d(real_logits.float(), fake_logits.float())
         if self.acgan:
-            loss = loss + cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
-                                              + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
+            loss = loss + self.cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
+                                                   + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
+        return loss, real_logits, fake_logits
+
+    def _d_loss(self, real, y_real, fake, y_fake, rng, step):
+        """D's objective on one shard: adversarial + class + penalty terms."""
+        cfg, D = self.cfg, self.D
+        real_aug, fake_aug = self.augment(real, rng), self.augment(fake, rng)
+        loss, real_logits, fake_logits = self._d_terms(real_aug, y_real, fake_aug, y_fake)
         y_pen = y_real if self.num_classes else None
         if self.loss.gradient_penalty and cfg.gp_weight:
             loss = loss + cfg.gp_weight * gradient_penalty(D, real_aug, fake_aug, y_pen, rng)

@@ -21,11 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from pipeline.config import Params, TrainConfig
 from pipeline.losses import r1_penalty, r2_penalty, zero_centred_penalty
-from pipeline.runtime import autocast
 from pipeline.training.objectives.gan import GanObjective
 
 
@@ -76,18 +73,12 @@ class R3GanObjective(GanObjective):
 
     def _d_loss(self, real, y_real, fake, y_fake, rng, step):
         """D's objective on one shard: relativistic pairing + gamma/2 (R1 + R2) (+ ACGAN's class term)."""
-        cfg, gamma = self.cfg, self.schedule.gamma
+        gamma = self.schedule.gamma
         real_aug, fake_aug = self.augment(real, rng), self.augment(fake, rng)
         fused = self.penalised and self.fused
         if fused:
             real_aug, fake_aug = real_aug.detach().requires_grad_(True), fake_aug.detach().requires_grad_(True)
-        with autocast(self.device, self.precision):
-            real_logits, real_cls = self.D_train(real_aug, y_real)
-            fake_logits, fake_cls = self.D_train(fake_aug, y_fake)
-        loss = self.loss.d(real_logits.float(), fake_logits.float())
-        if self.acgan:
-            loss = loss + cfg.acgan_weight * (F.cross_entropy(real_cls.float(), y_real)
-                                              + F.cross_entropy(fake_cls.float(), y_fake))  # fmt: skip
+        loss, real_logits, fake_logits = self._d_terms(real_aug, y_real, fake_aug, y_fake)
         if self.penalised:
             if fused:
                 r1 = zero_centred_penalty(real_aug, real_logits.float())
