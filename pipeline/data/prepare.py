@@ -51,7 +51,7 @@ from pipeline.data.report import (
     thumbs_path,
     warnings_note,
 )
-from pipeline.data.sources import Source, SourceError, safe_text
+from pipeline.data.sources import Source, SourceError, safe_text, split_of
 from pipeline.data.temporaries import claim, create_file, remove_stale_temporaries
 from pipeline.errors import UserError
 from pipeline.grid import figure_png
@@ -160,11 +160,6 @@ def _collect(cfg: DataConfig, source: Source, tmp: Path) -> _Collector:
         raise DataError(f"data.path {cfg.path!r}: cannot be read to the end ({err})") from None
     collector.finish()
     return collector
-
-
-def split_of(sha256: str, val_fraction: float) -> str:
-    """Deterministic split from the content hash: stable when the dataset grows."""
-    return "val" if int(sha256[:8], 16) / 16**8 < val_fraction else "train"
 
 
 @dataclass

@@ -71,6 +71,11 @@ class SourceError(UserError, ValueError):
     """The data source itself is unusable (missing path, unknown archive, no images)."""
 
 
+def split_of(sha256: str, val_fraction: float) -> str:
+    """Deterministic split from the content hash: stable when the dataset grows."""
+    return "val" if int(sha256[:8], 16) / 16**8 < val_fraction else "train"
+
+
 def safe_text(text: str) -> str:
     """`text` as valid Unicode. Bytes of a file name that are not UTF-8 reach Python as lone
     surrogates, which no UTF-8 writer accepts (the Markdown report, Prefect's JSON API), so

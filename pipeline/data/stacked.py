@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from pipeline.data.sources import Record, Source, digits_records
+from pipeline.data.sources import Record, Source, digits_records, split_of
 
 CLASS = "stacked"
 CHANNELS = 3  # a digit in each
@@ -31,8 +31,8 @@ SEED = 20_170_101  # which digits are stacked together: fixed, so the data never
 
 
 def held_out(pixels: np.ndarray, val_fraction: float) -> bool:
-    """Whether a base digit is held out: by its pixels' hash, as prepare splits any image by content."""
-    return int(hashlib.sha256(pixels.tobytes()).hexdigest()[:8], 16) / 16**8 < val_fraction
+    """Whether a base digit is held out: prepare's own split of its pixels' hash (the digits source's split)."""
+    return split_of(hashlib.sha256(pixels.tobytes()).hexdigest(), val_fraction) == "val"
 
 
 def stacked_source(count: int, val_fraction: float) -> Source:
